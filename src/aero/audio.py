@@ -1,0 +1,213 @@
+"""Audio in: decoding, resampling, downmixing and 30-second windows.
+
+Notable choices:
+- Every source becomes 16 kHz mono float32. soundfile (libsndfile) decodes wav/flac/ogg
+  fastest; anything it refuses (mp3, m4a/aac, opus, audio inside video containers) goes
+  through PyAV, which bundles FFmpeg, so no system codecs are needed.
+- Resampling uses soxr ("HQ"), downmixing is the mean of the channels.
+- Long audio is never truncated: it is cut into consecutive 30 s windows, each of which
+  becomes its own audio item for the encoder. A tail shorter than `MIN_WINDOW_SAMPLES` is
+  padded with silence so it still yields at least one audio token.
+- Errors a user can cause (missing file, not audio, empty audio, NaN/Inf samples) raise
+  `AudioError` with one sentence that names the source.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+
+SAMPLE_RATE = 16_000  # Hz, what the Whisper encoder was trained on
+HOP_LENGTH = 160  # samples between mel frames: 10 ms
+N_FFT = 400  # samples per STFT window: 25 ms
+CHUNK_LENGTH = 30  # seconds per encoder window
+N_SAMPLES = CHUNK_LENGTH * SAMPLE_RATE  # 480000 samples per window
+N_FRAMES = N_SAMPLES // HOP_LENGTH  # 3000 mel frames per window
+MIN_WINDOW_SAMPLES = SAMPLE_RATE // 10  # 1600 samples (0.1 s): shorter tails are padded up to this
+
+AudioSource = Union[str, os.PathLike, bytes, bytearray, io.IOBase, np.ndarray, "torch.Tensor", tuple, dict]
+
+
+class AudioError(ValueError):
+    """A user-supplied audio source that cannot be used; the message names the source."""
+
+
+def _describe(source: Any) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return f"'{os.fspath(source)}'"
+    if isinstance(source, (bytes, bytearray)):
+        return f"<{len(source)} bytes>"
+    if isinstance(source, np.ndarray):
+        return f"<array shape={source.shape}>"
+    return f"<{type(source).__name__}>"
+
+
+def _decode_soundfile(data: Any) -> tuple[np.ndarray, int]:
+    import soundfile as sf
+
+    samples, sr = sf.read(data, dtype="float32", always_2d=True)  # (n, channels)
+    return samples.T, sr
+
+
+def _decode_pyav(data: Any) -> tuple[np.ndarray, int]:
+    import av
+
+    with av.open(data, mode="r") as container:
+        if not container.streams.audio:
+            raise AudioError("has no audio stream")
+        stream = container.streams.audio[0]
+        # Resample inside FFmpeg to planar float32, keeping the native rate and channels;
+        # soxr does the rate conversion afterwards for one consistent quality.
+        resampler = av.AudioResampler(format="fltp", layout=stream.layout.name, rate=stream.rate)
+        chunks = []
+        for frame in container.decode(stream):
+            for out in resampler.resample(frame):
+                chunks.append(out.to_ndarray())
+        for out in resampler.resample(None):
+            chunks.append(out.to_ndarray())
+        channels = stream.layout.nb_channels if hasattr(stream.layout, "nb_channels") else len(stream.layout.channels)
+        samples = np.concatenate(chunks, axis=1) if chunks else np.zeros((channels, 0), np.float32)
+        return samples.astype(np.float32, copy=False), stream.rate
+
+
+def _decode(source: Any, name: str) -> tuple[np.ndarray, int]:
+    """Decode a path, bytes or file object into (channels, samples) float32 and its rate."""
+    if isinstance(source, (bytes, bytearray)):
+        make = lambda: io.BytesIO(bytes(source))  # noqa: E731 - a fresh reader per decoder
+    elif isinstance(source, io.IOBase):
+        payload = source.read()
+        make = lambda: io.BytesIO(payload)  # noqa: E731
+    else:
+        path = os.fspath(source)
+        if not os.path.exists(path):
+            raise AudioError(f"Audio file {name} does not exist.")
+        if os.path.isdir(path):
+            raise AudioError(f"Audio source {name} is a directory, not an audio file.")
+        make = lambda: path  # noqa: E731
+    try:
+        return _decode_soundfile(make())
+    except AudioError:
+        raise
+    except Exception:
+        pass  # not a libsndfile format: try FFmpeg
+    try:
+        return _decode_pyav(make())
+    except AudioError as err:
+        raise AudioError(f"Audio source {name} {err}.") from None
+    except Exception as err:
+        raise AudioError(f"Audio source {name} could not be decoded as audio ({type(err).__name__}: {err}).") from None
+
+
+def _to_mono(samples: np.ndarray, name: str) -> np.ndarray:
+    """(n,) or (channels, n) or (n, channels) -> (n,). The shorter axis is taken as channels."""
+    if samples.ndim == 1:
+        return samples
+    if samples.ndim != 2:
+        raise AudioError(f"Audio array {name} must be 1-D (samples) or 2-D (channels x samples).")
+    if samples.size == 0:
+        return samples.reshape(-1)
+    if samples.shape[0] > samples.shape[1]:
+        samples = samples.T
+    return samples.mean(axis=0)
+
+
+def resample(samples: np.ndarray, orig_sr: int, target_sr: int = SAMPLE_RATE) -> np.ndarray:
+    if orig_sr == target_sr:
+        return samples
+    import soxr
+
+    return soxr.resample(samples, orig_sr, target_sr, quality="HQ").astype(np.float32, copy=False)
+
+
+def load_audio(source: AudioSource, sampling_rate: int | None = None) -> np.ndarray:
+    """Any audio source -> 16 kHz mono float32 samples, shape (n,).
+
+    `source` is a path, bytes, a binary file object, an array/tensor (with `sampling_rate`,
+    default 16 kHz), a `(array, sampling_rate)` tuple, or a datasets-style dict
+    `{"array": ..., "sampling_rate": ...}` (or `{"path": ...}` / `{"bytes": ...}`).
+    """
+    name = _describe(source)
+    if isinstance(source, dict):
+        if source.get("array") is not None:
+            return load_audio(source["array"], source.get("sampling_rate", sampling_rate))
+        if source.get("bytes") is not None:
+            return load_audio(source["bytes"])
+        if source.get("path") is not None:
+            return load_audio(source["path"])
+        raise AudioError("Audio dict needs an 'array' (with 'sampling_rate'), 'bytes' or 'path' entry.")
+    if isinstance(source, tuple):
+        if len(source) != 2:
+            raise AudioError("Audio tuple must be (samples, sampling_rate).")
+        return load_audio(source[0], source[1])
+    if type(source).__module__.startswith("torch"):
+        source = source.detach().cpu().float().numpy()
+    if isinstance(source, np.ndarray):
+        if not np.issubdtype(source.dtype, np.number):
+            raise AudioError(f"Audio array {name} has non-numeric dtype {source.dtype}.")
+        samples = _to_mono(np.asarray(source, dtype=np.float32), name)
+        sr = sampling_rate or SAMPLE_RATE
+    elif isinstance(source, (str, os.PathLike, bytes, bytearray, io.IOBase)):
+        decoded, sr = _decode(source, name)
+        samples = decoded.mean(axis=0) if decoded.shape[1] else decoded.reshape(-1)  # channels, n -> n
+    else:
+        raise AudioError(f"Unsupported audio source type {type(source).__name__}: pass a path, bytes, file object or array.")
+    if samples.size == 0:
+        raise AudioError(f"Audio source {name} contains no samples (zero-length audio).")
+    if not np.isfinite(samples).all():
+        raise AudioError(f"Audio source {name} contains NaN or Inf samples.")
+    if sr <= 0:
+        raise AudioError(f"Audio source {name} has an invalid sampling rate {sr}.")
+    return np.ascontiguousarray(resample(samples, int(sr)), dtype=np.float32)
+
+
+def duration_seconds(samples: np.ndarray) -> float:
+    return len(samples) / SAMPLE_RATE
+
+
+def num_windows(n_samples: int) -> int:
+    """How many 30 s windows `n_samples` of 16 kHz audio fill (the last one may be partial)."""
+    return max(1, math.ceil(n_samples / N_SAMPLES))
+
+
+def split_windows(samples: np.ndarray) -> list[np.ndarray]:
+    """Cut audio into consecutive 30 s windows; nothing is dropped.
+
+    A final window shorter than MIN_WINDOW_SAMPLES is padded with silence so that it still
+    maps to at least one audio token (see `encoder_output_lengths`).
+    """
+    windows = [samples[start : start + N_SAMPLES] for start in range(0, max(len(samples), 1), N_SAMPLES)]
+    if len(windows[-1]) < MIN_WINDOW_SAMPLES:
+        windows[-1] = np.pad(windows[-1], (0, MIN_WINDOW_SAMPLES - len(windows[-1])))
+    return windows
+
+
+def mel_frames(n_samples: int) -> int:
+    """Real mel frames of a window of `n_samples` (what Whisper's attention mask counts)."""
+    return min(math.ceil(n_samples / HOP_LENGTH), N_FRAMES)
+
+
+def encoder_output_lengths(frames):
+    """THE frames -> tokens arithmetic; every other place calls this.
+
+    Works on ints and on integer tensors. For `frames` real mel frames of one window:
+      conv2 (stride 2):        positions = (frames - 1) // 2 + 1      # 3000 -> 1500
+      average pool (2, 2):     tokens    = (positions - 2) // 2 + 1   # 1500 -> 750
+    i.e. 25 audio tokens per second, 40 ms per token.
+    """
+    positions = (frames - 1) // 2 + 1
+    tokens = (positions - 2) // 2 + 1
+    return positions, tokens
+
+
+def audio_tokens_for_samples(n_samples: int) -> list[int]:
+    """Audio tokens of each 30 s window of a recording of `n_samples` samples."""
+    counts = []
+    for start in range(0, max(n_samples, 1), N_SAMPLES):
+        window = max(min(N_SAMPLES, n_samples - start), MIN_WINDOW_SAMPLES)
+        counts.append(encoder_output_lengths(mel_frames(window))[1])
+    return counts
