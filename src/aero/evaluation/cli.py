@@ -1,0 +1,212 @@
+"""`aero eval`: thin Typer wrappers over the evaluation library (mounted by aero's main CLI).
+
+Notable choices:
+- The evaluation itself is the group's callback (`aero eval --model M --task T ...`), so the
+  common case needs no sub-command word; `report`, `build-longform` and `compare` are
+  sub-commands. Every command only parses options and calls a library function.
+- `--model faster-whisper:NAME_OR_DIR` runs the faster-whisper baseline; any other value goes
+  to `aero.models.load_transcriber`, imported only when needed.
+- `librispeech-long` accepts a LibriSpeech directory (built into `<output>/longform` first)
+  or a manifest built earlier with `aero eval build-longform`.
+- Errors a user can cause (missing data, bad manifest, missing optional package) are printed
+  as one sentence and exit with status 1, no traceback.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Iterable, List, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+console = Console()
+app = typer.Typer(help="Evaluate a model: WER on ASR sets, accuracy on multiple-choice audio tasks, RTFx.")
+
+TASKS = ("librispeech", "librispeech-long", "manifest", "hf", "choice")
+_USER_ERRORS = (FileNotFoundError, ValueError, ImportError, NotImplementedError)
+
+
+def resolve_model(spec: str) -> Any:
+    """A `Transcriber` for a model spec: `faster-whisper:NAME_OR_DIR`, or anything aero can load."""
+    if spec.startswith("faster-whisper:"):
+        from .baselines import FasterWhisperTranscriber
+
+        return FasterWhisperTranscriber(spec.split(":", 1)[1])
+    try:
+        from aero.models import load_transcriber
+    except ImportError as err:
+        raise ImportError(f"Cannot load model {spec!r}: aero.models.load_transcriber is not available ({err}).") from None
+    return load_transcriber(spec)
+
+
+def load_task_items(
+    task: str,
+    data: Path | str,
+    output: Path,
+    gap: float = 0.0,
+    split: Optional[str] = None,
+    config: Optional[str] = None,
+    audio_column: str = "audio",
+    text_column: str = "text",
+) -> Iterable[Any]:
+    from .choice import load_choice_items
+    from .datasets import hf_items, librispeech_items, manifest_items
+    from .longform import build_librispeech_longform
+
+    if task == "librispeech":
+        return librispeech_items(data)
+    if task == "librispeech-long":
+        if Path(data).is_dir():
+            console.print(f"Building long-form recordings from {data} into {output / 'longform'} ...")
+            return manifest_items(build_librispeech_longform(data, output / "longform", gap))
+        return manifest_items(data)
+    if task == "manifest":
+        return manifest_items(data)
+    if task == "hf":
+        return hf_items(data, split=split, config=config, audio_column=audio_column, text_column=text_column)
+    if task == "choice":
+        return load_choice_items(data)
+    raise ValueError(f"Unknown task {task!r}; choose one of {', '.join(TASKS)}.")
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "model"
+
+
+def _fmt(value: Any) -> str:
+    return "–" if value is None else str(value)
+
+
+def print_results(results: dict[str, Any]) -> None:
+    table = Table(title=f"{results['model']} on {results['task']}")
+    for column in ("metric", "value", "details"):
+        table.add_column(column)
+    counts, speed = results["counts"], results["speed"]
+    metric = results["metric"]
+    table.add_row(f"{metric} %", _fmt(results.get(f"{metric}_percent")), _fmt(results.get("reason")))
+    if results["kind"] == "asr":
+        ci = results.get("ci95_percent")
+        table.add_row("95% CI", "–" if ci is None else f"{ci[0]:.2f} – {ci[1]:.2f}", "bootstrap over utterances")
+        table.add_row("S / D / I", f"{counts['substitutions']} / {counts['deletions']} / {counts['insertions']}",
+                      f"empty references: {counts['empty_references']}")
+    else:
+        for name, cat in results["per_category"].items():
+            table.add_row(f"  {name}", _fmt(cat["accuracy_percent"]), f"{cat['correct']}/{cat['n']}")
+        table.add_row("unparsed", str(counts["unparsed"]), "replies with no option letter")
+    table.add_row("items", str(counts["items"]), f"failed: {counts['failed']}")
+    table.add_row("RTFx", _fmt(speed["rtfx"]), f"{speed['audio_seconds']} s audio in {speed['processing_seconds']} s")
+    console.print(table)
+
+
+@app.callback(invoke_without_command=True)
+def evaluate(
+    ctx: typer.Context,
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="aero model name/dir, or faster-whisper:NAME_OR_DIR."),
+    task: Optional[str] = typer.Option(None, "--task", "-t", help=f"One of: {', '.join(TASKS)}."),
+    data: Optional[str] = typer.Option(None, "--data", "-d", help="Dataset directory, manifest, JSON file or hub id."),
+    limit: Optional[int] = typer.Option(None, help="Evaluate only the first N items."),
+    batch_size: int = typer.Option(8, help="Items per model call."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Run directory [default: eval-results/MODEL/TASK]."),
+    prompt: Optional[str] = typer.Option(None, help="ASR prompt [default: the model's own]."),
+    name: Optional[str] = typer.Option(None, help="Task name in results and reports [default: --task]."),
+    cer: bool = typer.Option(False, "--cer", help="Score character error rate instead of WER."),
+    gap: float = typer.Option(0.0, help="librispeech-long: seconds of silence between utterances."),
+    split: Optional[str] = typer.Option(None, help="hf: dataset split."),
+    config: Optional[str] = typer.Option(None, help="hf: dataset configuration (hub only)."),
+    audio_column: str = typer.Option("audio", help="hf: audio column."),
+    text_column: str = typer.Option("text", help="hf: transcript column."),
+    seed: int = typer.Option(0, help="Bootstrap seed."),
+) -> None:
+    """Evaluate MODEL on TASK; writes results.json and samples.jsonl and prints a summary."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if model is None or task is None or data is None:
+        console.print(ctx.get_help())
+        console.print("[red]aero eval needs --model, --task and --data (or a sub-command).[/red]")
+        raise typer.Exit(2)
+    from .runner import run_asr_eval, run_choice_eval
+
+    task_name = name or task
+    output = output or Path("eval-results") / _slug(model) / _slug(task_name)
+    try:
+        items = load_task_items(task, data, output, gap, split, config, audio_column, text_column)
+        transcriber = resolve_model(model)
+        with Progress(console=console, transient=True) as bar:
+            job = bar.add_task(f"{task_name}", total=None)
+            progress = lambda done, total: bar.update(job, completed=done, total=total)  # noqa: E731
+            if task == "choice":
+                results = run_choice_eval(transcriber, items, batch_size, limit, output, task_name, progress)
+            else:
+                results = run_asr_eval(transcriber, items, batch_size, limit, output, task_name, prompt,
+                                       unit="char" if cer else "word", seed=seed, progress=progress)
+    except _USER_ERRORS as err:
+        console.print(f"[red]Error: {err}[/red]")
+        raise typer.Exit(1)
+    print_results(results)
+    console.print(f"Wrote {output / 'results.json'} and {output / 'samples.jsonl'}")
+    failed = results["counts"]["failed"]
+    if failed:
+        console.print(f"[yellow]{failed} of {results['counts']['items']} items failed; see 'error' in samples.jsonl.[/yellow]")
+    if failed == results["counts"]["items"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def report(
+    dirs: List[Path] = typer.Argument(..., help="Run directories (or folders holding them)."),
+    output: Path = typer.Option(Path("eval-report"), "--output", "-o", help="Where report.md and the charts go."),
+) -> None:
+    """Merge runs into a markdown table (one row per model, one column per task) and PNG charts."""
+    from .report import write_report
+
+    try:
+        files = write_report(dirs, output)
+    except _USER_ERRORS as err:
+        console.print(f"[red]Error: {err}[/red]")
+        raise typer.Exit(1)
+    console.print(files.markdown.read_text(encoding="utf-8"))
+    console.print(f"Wrote {files.markdown}" + "".join(f", {c}" for c in files.charts))
+
+
+@app.command("build-longform")
+def build_longform_cmd(
+    source: Path = typer.Argument(..., help="LibriSpeech directory, or a JSONL manifest (with --group-key)."),
+    out: Path = typer.Argument(..., help="Output directory for audio/ and manifest.jsonl."),
+    gap: float = typer.Option(0.0, help="Seconds of silence between utterances."),
+    group_key: Optional[str] = typer.Option(None, help="Manifest field that groups utterances into recordings."),
+) -> None:
+    """Concatenate utterances per group (LibriSpeech: speaker-chapter) into long recordings."""
+    from .longform import build_longform_from
+
+    try:
+        manifest = build_longform_from(source, out, gap, group_key)
+    except _USER_ERRORS as err:
+        console.print(f"[red]Error: {err}[/red]")
+        raise typer.Exit(1)
+    n = sum(1 for line in manifest.read_text(encoding="utf-8").splitlines() if line.strip())
+    console.print(f"Wrote {n} recordings and {manifest}")
+
+
+@app.command()
+def compare(
+    run_a: Path = typer.Argument(..., help="Run directory of system A."),
+    run_b: Path = typer.Argument(..., help="Run directory of system B."),
+    seed: int = typer.Option(0, help="Bootstrap seed."),
+) -> None:
+    """Paired bootstrap of two ASR runs on the utterances both scored."""
+    from .report import compare_runs
+
+    try:
+        c = compare_runs(run_a, run_b, seed=seed)
+    except _USER_ERRORS as err:
+        console.print(f"[red]Error: {err}[/red]")
+        raise typer.Exit(1)
+    console.print(
+        f"{c.n_utterances} utterances: A {100 * c.rate_a:.2f} %, B {100 * c.rate_b:.2f} %, "
+        f"A - B {100 * c.difference:+.2f} points (95% CI {100 * c.ci.low:+.2f} to {100 * c.ci.high:+.2f}); "
+        f"A better in {100 * c.a_better_fraction:.1f} % of resamples"
+    )
