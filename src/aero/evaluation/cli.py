@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Iterable, List, Optional
+from typing import Any, Iterable, List, NoReturn, Optional
 
 import typer
 from rich.console import Console
@@ -71,6 +71,12 @@ def load_task_items(
     if task == "choice":
         return load_choice_items(data)
     raise ValueError(f"Unknown task {task!r}; choose one of {', '.join(TASKS)}.")
+
+
+def _fail(err: Exception) -> NoReturn:
+    # soft_wrap: paths in messages stay on one line, so they can be copied.
+    console.print(f"[red]Error: {err}[/red]", soft_wrap=True)
+    raise typer.Exit(1)
 
 
 def _slug(text: str) -> str:
@@ -144,8 +150,7 @@ def evaluate(
                 results = run_asr_eval(transcriber, items, batch_size, limit, output, task_name, prompt,
                                        unit="char" if cer else "word", seed=seed, progress=progress)
     except _USER_ERRORS as err:
-        console.print(f"[red]Error: {err}[/red]")
-        raise typer.Exit(1)
+        _fail(err)
     print_results(results)
     console.print(f"Wrote {output / 'results.json'} and {output / 'samples.jsonl'}")
     failed = results["counts"]["failed"]
@@ -166,8 +171,7 @@ def report(
     try:
         files = write_report(dirs, output)
     except _USER_ERRORS as err:
-        console.print(f"[red]Error: {err}[/red]")
-        raise typer.Exit(1)
+        _fail(err)
     console.print(files.markdown.read_text(encoding="utf-8"))
     console.print(f"Wrote {files.markdown}" + "".join(f", {c}" for c in files.charts))
 
@@ -185,8 +189,7 @@ def build_longform_cmd(
     try:
         manifest = build_longform_from(source, out, gap, group_key)
     except _USER_ERRORS as err:
-        console.print(f"[red]Error: {err}[/red]")
-        raise typer.Exit(1)
+        _fail(err)
     n = sum(1 for line in manifest.read_text(encoding="utf-8").splitlines() if line.strip())
     console.print(f"Wrote {n} recordings and {manifest}")
 
@@ -203,8 +206,7 @@ def compare(
     try:
         c = compare_runs(run_a, run_b, seed=seed)
     except _USER_ERRORS as err:
-        console.print(f"[red]Error: {err}[/red]")
-        raise typer.Exit(1)
+        _fail(err)
     console.print(
         f"{c.n_utterances} utterances: A {100 * c.rate_a:.2f} %, B {100 * c.rate_b:.2f} %, "
         f"A - B {100 * c.difference:+.2f} points (95% CI {100 * c.ci.low:+.2f} to {100 * c.ci.high:+.2f}); "

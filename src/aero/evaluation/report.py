@@ -1,7 +1,8 @@
 """Merge runs into the release-style table (markdown) and charts (PNG); compare two runs.
 
 Notable choices:
-- One row per model, one column per task, in first-seen order; WER (or CER / accuracy) as a
+- One row per model, one column per task, in first-seen order (error-rate tasks before
+  accuracy tasks); WER (or CER / accuracy) as a
   percentage with 2 decimals. If a (model, task) pair was run twice, the newest run wins.
 - "Avg WER" averages only WER tasks and only when the model has all of them: an average over
   a different task subset would not be comparable across rows, so it shows "–" instead.
@@ -80,8 +81,9 @@ def load_runs(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
 
 def build_table(runs: Sequence[dict[str, Any]]) -> ReportTable:
     models = list(dict.fromkeys(r["model"] for r in runs))
-    tasks = list(dict.fromkeys(r["task"] for r in runs))
     metrics = {r["task"]: r["metric"] for r in runs}
+    # Error-rate columns first (next to their average), accuracy columns after; stable otherwise.
+    tasks = sorted(dict.fromkeys(r["task"] for r in runs), key=lambda t: metrics[t] == "accuracy")
     cells = {(r["model"], r["task"]): r.get(f"{r['metric']}_percent") for r in runs}
     rtfx = {(r["model"], r["task"]): r.get("speed", {}).get("rtfx") for r in runs}
     parameters = {m: next((r.get("parameters") for r in runs if r["model"] == m and r.get("parameters")), None) for m in models}
