@@ -116,3 +116,27 @@ def test_cli_build_longform(libri, tmp_path):
 
     bad = CliRunner().invoke(app, ["build-longform", str(tmp_path / "nope.jsonl"), str(tmp_path / "x")])
     assert bad.exit_code == 1 and "--group-key" in bad.output
+
+
+class SilentTranscriber:
+    """A Transcriber that hears nothing: every reference word becomes a deletion."""
+
+    name = "silent"
+
+    def transcribe(self, audios, prompt=None):
+        return ["" for _ in audios]
+
+
+@pytest.mark.parametrize("task, items", [("librispeech", 12), ("librispeech-long", 4)])
+def test_cli_librispeech_tasks(libri, tmp_path, monkeypatch, task, items):
+    from aero.evaluation import cli
+
+    root, _ = libri
+    monkeypatch.setattr(cli, "resolve_model", lambda spec: SilentTranscriber())
+    out = tmp_path / task
+    result = CliRunner().invoke(app, ["--model", "silent", "--task", task, "--data", str(root), "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    results = json.loads((out / "results.json").read_text())
+    assert results["counts"]["items"] == items and results["counts"]["deletions"] == 48  # 12 utterances x 4 words
+    assert results["wer_percent"] == 100.0
+    assert (out / "longform" / "manifest.jsonl").is_file() == (task == "librispeech-long")

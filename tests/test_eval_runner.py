@@ -11,6 +11,7 @@ from aero.audio import SAMPLE_RATE
 from aero.evaluation import cli
 from aero.evaluation.choice import ChoiceItem
 from aero.evaluation.datasets import manifest_items
+from aero.evaluation.report import write_report
 from aero.evaluation.runner import run_asr_eval, run_choice_eval
 
 # (clip samples, reference, what the fake model says): distinct lengths identify the clip.
@@ -93,6 +94,11 @@ def test_run_asr_eval_writes_results_and_samples(manifest, tmp_path):
 
     # Warm-up: one untimed single-item call first; the prompt is passed through.
     assert model.calls[0] == (1, "P:")
+
+    # The run directory feeds the report directly.
+    files = write_report([out], tmp_path / "report")
+    assert "| fake-asr | 17.65 | 17.65 |" in files.markdown.read_text()
+    assert [c.name for c in files.charts] == ["wer_by_task.png", "parameters_vs_wer.png"]
 
 
 def test_failing_batch_is_retried_item_by_item(manifest, tmp_path):

@@ -140,6 +140,7 @@ def _scatter(table: ReportTable, path: Path) -> Path | None:
     if not points:
         return None
     from matplotlib.figure import Figure
+    from matplotlib.ticker import ScalarFormatter
 
     fig = Figure(figsize=(6, 4.5))
     ax = fig.add_subplot()
@@ -147,6 +148,8 @@ def _scatter(table: ReportTable, path: Path) -> Path | None:
         ax.scatter(params / 1e6, wer)
         ax.annotate(model, (params / 1e6, wer), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(ScalarFormatter())  # "100", not "10^2": sizes read as in the release
+    ax.margins(x=0.3, y=0.15)  # room for the labels next to the points
     ax.set_xlabel("parameters (millions, log scale)")
     ax.set_ylabel("average WER %")
     fig.tight_layout()
