@@ -59,16 +59,38 @@ def test_parse_choice_prefers_the_most_specific_option_text():
 
 def test_load_mmau_and_airbench_styles(tmp_path):
     mmau = [
-        {"id": "m1", "audio_id": "./a/1.wav", "question": "Which?", "choices": ["x", "y", "z"], "answer": "z", "task": "sound"},
-        {"id": "m2", "audio_id": "/abs/2.wav", "question": "Which?", "choices": ["x", "y"], "answer": "(B)", "task": "music"},
+        {
+            "id": "m1",
+            "audio_id": "./a/1.wav",
+            "question": "Which?",
+            "choices": ["x", "y", "z"],
+            "answer": "z",
+            "task": "sound",
+        },
+        {
+            "id": "m2",
+            "audio_id": "/abs/2.wav",
+            "question": "Which?",
+            "choices": ["x", "y"],
+            "answer": "(B)",
+            "task": "music",
+        },
     ]
     (tmp_path / "mmau.json").write_text(json.dumps(mmau))
     items = load_choice_items(tmp_path / "mmau.json")
     assert [(i.id, i.answer, i.category) for i in items] == [("m1", 2, "sound"), ("m2", 1, "music")]
     assert items[0].audio == str(tmp_path / "a" / "1.wav") and items[1].audio == "/abs/2.wav"
 
-    air = {"uniq_id": 7, "path": "b.wav", "question": "Q", "choice_a": "p", "choice_b": "q", "choice_c": "r",
-           "answer_gt": "q", "task_name": "Speaker_Gender"}
+    air = {
+        "uniq_id": 7,
+        "path": "b.wav",
+        "question": "Q",
+        "choice_a": "p",
+        "choice_b": "q",
+        "choice_c": "r",
+        "answer_gt": "q",
+        "task_name": "Speaker_Gender",
+    }
     (tmp_path / "air.jsonl").write_text(json.dumps(air) + "\n")
     (item,) = load_choice_items(tmp_path / "air.jsonl")
     assert item.choices == ("p", "q", "r") and item.answer == 1 and item.id == "7" and item.category == "Speaker_Gender"
@@ -76,8 +98,10 @@ def test_load_mmau_and_airbench_styles(tmp_path):
 
 def test_load_errors_name_the_item(tmp_path):
     (tmp_path / "bad.jsonl").write_text(
-        json.dumps({"audio": "a.wav", "question": "Q", "choices": ["x", "y"], "answer": "x"}) + "\n"
-        + json.dumps({"audio": "a.wav", "question": "Q", "choices": ["x", "y"], "answer": "w"}) + "\n"
+        json.dumps({"audio": "a.wav", "question": "Q", "choices": ["x", "y"], "answer": "x"})
+        + "\n"
+        + json.dumps({"audio": "a.wav", "question": "Q", "choices": ["x", "y"], "answer": "w"})
+        + "\n"
     )
     with pytest.raises(ValueError, match=r"bad.jsonl:2: answer 'w'"):
         load_choice_items(tmp_path / "bad.jsonl")

@@ -49,8 +49,18 @@ def test_librispeech_listing_is_sorted_numerically(libri):
     root, truth = libri
     items = librispeech_items(root)
     assert [i.id for i in items] == [
-        "19-198-0000", "19-198-0001", "19-198-0002", "19-227-0000", "19-227-0001", "19-227-0002",
-        "103-1240-0000", "103-1240-0001", "103-1240-0002", "103-1241-0000", "103-1241-0001", "103-1241-0002",
+        "19-198-0000",
+        "19-198-0001",
+        "19-198-0002",
+        "19-227-0000",
+        "19-227-0001",
+        "19-227-0002",
+        "103-1240-0000",
+        "103-1240-0001",
+        "103-1240-0002",
+        "103-1241-0000",
+        "103-1241-0001",
+        "103-1241-0002",
     ]
     assert items[4].text == truth["19-227-0001"][0] == "bravo bravo SAID 19"
     assert items[4].group == "19-227"
@@ -80,7 +90,9 @@ def test_longform_groups_order_durations_and_text(libri, tmp_path, gap):
         # Parts appear in utterance order, separated by exact silence.
         pos = 0
         for k, u in enumerate(utts):
-            part, _ = sf.read(root / "test-tiny" / r["id"].split("-")[0] / r["id"].split("-")[1] / f"{u}.flac", dtype="float32")
+            part, _ = sf.read(
+                root / "test-tiny" / r["id"].split("-")[0] / r["id"].split("-")[1] / f"{u}.flac", dtype="float32"
+            )
             np.testing.assert_array_equal(audio[pos : pos + len(part)], part)
             pos += len(part)
             if k < 2:

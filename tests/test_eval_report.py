@@ -14,8 +14,14 @@ def _run(root, model, task, metric, value, params=None, stamp="2026-01-01T00:00:
     d = root / f"{model}-{task}"
     d.mkdir(parents=True)
     results = {
-        "model": model, "task": task, "kind": "choice" if metric == "accuracy" else "asr", "metric": metric,
-        f"{metric}_percent": value, "parameters": params, "speed": {"rtfx": rtfx}, "environment": {"timestamp": stamp},
+        "model": model,
+        "task": task,
+        "kind": "choice" if metric == "accuracy" else "asr",
+        "metric": metric,
+        f"{metric}_percent": value,
+        "parameters": params,
+        "speed": {"rtfx": rtfx},
+        "environment": {"timestamp": stamp},
     }
     (d / "results.json").write_text(json.dumps(results))
     (d / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))

@@ -145,7 +145,9 @@ def test_cli_evaluate(manifest, tmp_path, monkeypatch):
     assert "17.65" in result.output and "2 of 6 items failed" in result.output
     assert json.loads((out / "results.json").read_text())["task"] == "tiny"
 
-    missing = CliRunner().invoke(cli.app, ["--model", "fake", "--task", "manifest", "--data", str(tmp_path / "no.jsonl")])
+    missing = CliRunner().invoke(
+        cli.app, ["--model", "fake", "--task", "manifest", "--data", str(tmp_path / "no.jsonl")]
+    )
     assert missing.exit_code == 1 and "does not exist" in missing.output
     no_args = CliRunner().invoke(cli.app, [])
     assert no_args.exit_code == 2 and "--model" in no_args.output

@@ -19,9 +19,10 @@ from __future__ import annotations
 import json
 import re
 import string
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 INSTRUCTION = "Answer with the option's letter from the given choices directly."
 LETTERS = string.ascii_uppercase
@@ -72,7 +73,9 @@ def _index(letter: str, n: int) -> int | None:
 
 _BARE = re.compile(r"[(\[]?([A-Za-z])[)\]]?[.:)]?")
 _LEADING = re.compile(r"(?:[(\[]([A-Za-z])[)\]]|([A-Z])(?:[.:)](?=\s|$)|$))")
-_PHRASE = re.compile(r"\b(answer|option|choice)\b(?:\s+is)?\s*[:\-]?\s*([(\[])?([A-Za-z])(?![A-Za-z])([)\]])?(.?)", re.I)
+_PHRASE = re.compile(
+    r"\b(answer|option|choice)\b(?:\s+is)?\s*[:\-]?\s*([(\[])?([A-Za-z])(?![A-Za-z])([)\]])?(.?)", re.IGNORECASE
+)
 _BRACKETED = re.compile(r"(?<![A-Za-z])[(\[]([A-Z])[)\]]")
 
 
@@ -97,9 +100,13 @@ def parse_choice(response: str, choices: Sequence[str]) -> int | None:
         standalone = bool(opening or closing) or after == "" or after in ".,;:!?"
         if (letter.isupper() or standalone) and (k := _index(letter, n)) is not None:
             return k
-    mentioned = [k for k, c in enumerate(choices) if _fold(str(c)) and re.search(rf"\b{re.escape(_fold(str(c)))}\b", folded)]
+    mentioned = [
+        k for k, c in enumerate(choices) if _fold(str(c)) and re.search(rf"\b{re.escape(_fold(str(c)))}\b", folded)
+    ]
     # "hot dog" also contains "dog": keep only options not contained in another mentioned one.
-    mentioned = [k for k in mentioned if not any(k != j and _fold(str(choices[k])) in _fold(str(choices[j])) for j in mentioned)]
+    mentioned = [
+        k for k in mentioned if not any(k != j and _fold(str(choices[k])) in _fold(str(choices[j])) for j in mentioned)
+    ]
     if len(mentioned) == 1:
         return mentioned[0]
     bracketed = {k for m in _BRACKETED.finditer(text) if (k := _index(m[1], n)) is not None}

@@ -15,8 +15,9 @@ Notable choices:
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable, List, NoReturn, Optional
+from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -39,7 +40,9 @@ def resolve_model(spec: str) -> Any:
     try:
         from aero.models import load_transcriber
     except ImportError as err:
-        raise ImportError(f"Cannot load model {spec!r}: aero.models.load_transcriber is not available ({err}).") from None
+        raise ImportError(
+            f"Cannot load model {spec!r}: aero.models.load_transcriber is not available ({err})."
+        ) from None
     return load_transcriber(spec)
 
 
@@ -48,8 +51,8 @@ def load_task_items(
     data: Path | str,
     output: Path,
     gap: float = 0.0,
-    split: Optional[str] = None,
-    config: Optional[str] = None,
+    split: str | None = None,
+    config: str | None = None,
     audio_column: str = "audio",
     text_column: str = "text",
 ) -> Iterable[Any]:
@@ -97,8 +100,11 @@ def print_results(results: dict[str, Any]) -> None:
     if results["kind"] == "asr":
         ci = results.get("ci95_percent")
         table.add_row("95% CI", "–" if ci is None else f"{ci[0]:.2f} – {ci[1]:.2f}", "bootstrap over utterances")
-        table.add_row("S / D / I", f"{counts['substitutions']} / {counts['deletions']} / {counts['insertions']}",
-                      f"empty references: {counts['empty_references']}")
+        table.add_row(
+            "S / D / I",
+            f"{counts['substitutions']} / {counts['deletions']} / {counts['insertions']}",
+            f"empty references: {counts['empty_references']}",
+        )
     else:
         for name, cat in results["per_category"].items():
             table.add_row(f"  {name}", _fmt(cat["accuracy_percent"]), f"{cat['correct']}/{cat['n']}")
@@ -111,18 +117,20 @@ def print_results(results: dict[str, Any]) -> None:
 @app.callback(invoke_without_command=True)
 def evaluate(
     ctx: typer.Context,
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="aero model name/dir, or faster-whisper:NAME_OR_DIR."),
-    task: Optional[str] = typer.Option(None, "--task", "-t", help=f"One of: {', '.join(TASKS)}."),
-    data: Optional[str] = typer.Option(None, "--data", "-d", help="Dataset directory, manifest, JSON file or hub id."),
-    limit: Optional[int] = typer.Option(None, help="Evaluate only the first N items."),
+    model: str | None = typer.Option(None, "--model", "-m", help="aero model name/dir, or faster-whisper:NAME_OR_DIR."),
+    task: str | None = typer.Option(None, "--task", "-t", help=f"One of: {', '.join(TASKS)}."),
+    data: str | None = typer.Option(None, "--data", "-d", help="Dataset directory, manifest, JSON file or hub id."),
+    limit: int | None = typer.Option(None, help="Evaluate only the first N items."),
     batch_size: int = typer.Option(8, help="Items per model call."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Run directory [default: eval-results/MODEL/TASK]."),
-    prompt: Optional[str] = typer.Option(None, help="ASR prompt [default: the model's own]."),
-    name: Optional[str] = typer.Option(None, help="Task name in results and reports [default: --task]."),
+    output: Path | None = typer.Option(
+        None, "--output", "-o", help="Run directory [default: eval-results/MODEL/TASK]."
+    ),
+    prompt: str | None = typer.Option(None, help="ASR prompt [default: the model's own]."),
+    name: str | None = typer.Option(None, help="Task name in results and reports [default: --task]."),
     cer: bool = typer.Option(False, "--cer", help="Score character error rate instead of WER."),
     gap: float = typer.Option(0.0, help="librispeech-long: seconds of silence between utterances."),
-    split: Optional[str] = typer.Option(None, help="hf: dataset split."),
-    config: Optional[str] = typer.Option(None, help="hf: dataset configuration (hub only)."),
+    split: str | None = typer.Option(None, help="hf: dataset split."),
+    config: str | None = typer.Option(None, help="hf: dataset configuration (hub only)."),
     audio_column: str = typer.Option("audio", help="hf: audio column."),
     text_column: str = typer.Option("text", help="hf: transcript column."),
     seed: int = typer.Option(0, help="Bootstrap seed."),
@@ -143,26 +151,41 @@ def evaluate(
         transcriber = resolve_model(model)
         with Progress(console=console, transient=True) as bar:
             job = bar.add_task(f"{task_name}", total=None)
-            progress = lambda done, total: bar.update(job, completed=done, total=total)  # noqa: E731
+
+            def progress(done: int, total: int) -> None:
+                bar.update(job, completed=done, total=total)
+
             if task == "choice":
                 results = run_choice_eval(transcriber, items, batch_size, limit, output, task_name, progress)
             else:
-                results = run_asr_eval(transcriber, items, batch_size, limit, output, task_name, prompt,
-                                       unit="char" if cer else "word", seed=seed, progress=progress)
+                results = run_asr_eval(
+                    transcriber,
+                    items,
+                    batch_size,
+                    limit,
+                    output,
+                    task_name,
+                    prompt,
+                    unit="char" if cer else "word",
+                    seed=seed,
+                    progress=progress,
+                )
     except _USER_ERRORS as err:
         _fail(err)
     print_results(results)
     console.print(f"Wrote {output / 'results.json'} and {output / 'samples.jsonl'}")
     failed = results["counts"]["failed"]
     if failed:
-        console.print(f"[yellow]{failed} of {results['counts']['items']} items failed; see 'error' in samples.jsonl.[/yellow]")
+        console.print(
+            f"[yellow]{failed} of {results['counts']['items']} items failed; see 'error' in samples.jsonl.[/yellow]"
+        )
     if failed == results["counts"]["items"]:
         raise typer.Exit(1)
 
 
 @app.command()
 def report(
-    dirs: List[Path] = typer.Argument(..., help="Run directories (or folders holding them)."),
+    dirs: list[Path] = typer.Argument(..., help="Run directories (or folders holding them)."),
     output: Path = typer.Option(Path("eval-report"), "--output", "-o", help="Where report.md and the charts go."),
 ) -> None:
     """Merge runs into a markdown table (one row per model, one column per task) and PNG charts."""
@@ -181,7 +204,7 @@ def build_longform_cmd(
     source: Path = typer.Argument(..., help="LibriSpeech directory, or a JSONL manifest (with --group-key)."),
     out: Path = typer.Argument(..., help="Output directory for audio/ and manifest.jsonl."),
     gap: float = typer.Option(0.0, help="Seconds of silence between utterances."),
-    group_key: Optional[str] = typer.Option(None, help="Manifest field that groups utterances into recordings."),
+    group_key: str | None = typer.Option(None, help="Manifest field that groups utterances into recordings."),
 ) -> None:
     """Concatenate utterances per group (LibriSpeech: speaker-chapter) into long recordings."""
     from .longform import build_longform_from

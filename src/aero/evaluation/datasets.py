@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -52,8 +53,10 @@ def librispeech_items(root: str | Path) -> list[EvalItem]:
             if not line.strip():
                 continue
             utt_id, _, text = line.strip().partition(" ")
-            if not text:
-                raise ManifestError(f"{trans}:{lineno}: expected 'ID TEXT', got {line.strip()!r}.")
+            if not text or utt_id.count("-") != 2:
+                raise ManifestError(
+                    f"{trans}:{lineno}: expected 'SPEAKER-CHAPTER-UTTERANCE TEXT', got {line.strip()!r}."
+                )
             speaker, chapter = utt_id.split("-")[:2]
             items.append(
                 EvalItem(id=utt_id, audio=str(trans.parent / f"{utt_id}.flac"), text=text, group=f"{speaker}-{chapter}")
@@ -123,7 +126,9 @@ def hf_items(
     try:
         import datasets
     except ImportError:
-        raise ImportError("Reading a Hugging Face dataset needs the optional package `datasets`: pip install datasets") from None
+        raise ImportError(
+            "Reading a Hugging Face dataset needs the optional package `datasets`: pip install datasets"
+        ) from None
     if Path(source).exists():
         ds = datasets.load_from_disk(str(source))
     else:

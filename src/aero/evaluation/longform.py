@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import soundfile as sf
@@ -73,15 +73,21 @@ def build_librispeech_longform(root: str | Path, out_dir: str | Path, gap_second
     return build_longform(librispeech_items(root), out_dir, gap_seconds)
 
 
-def build_manifest_longform(manifest: str | Path, group_key: str, out_dir: str | Path, gap_seconds: float = 0.0) -> Path:
+def build_manifest_longform(
+    manifest: str | Path, group_key: str, out_dir: str | Path, gap_seconds: float = 0.0
+) -> Path:
     return build_longform(manifest_items(manifest, group_key=group_key), out_dir, gap_seconds)
 
 
-def build_longform_from(source: str | Path, out_dir: str | Path, gap_seconds: float = 0.0, group_key: str | None = None) -> Path:
+def build_longform_from(
+    source: str | Path, out_dir: str | Path, gap_seconds: float = 0.0, group_key: str | None = None
+) -> Path:
     """CLI entry: a LibriSpeech directory, or a JSONL manifest with `group_key`."""
     source = Path(source)
     if source.is_dir():
         return build_librispeech_longform(source, out_dir, gap_seconds)
     if group_key is None:
-        raise ValueError(f"{source} is a manifest, not a LibriSpeech directory; pass --group-key to say which field groups utterances.")
+        raise ValueError(
+            f"{source} is not a LibriSpeech directory; for a manifest, pass --group-key (the grouping field)."
+        )
     return build_manifest_longform(source, group_key, out_dir, gap_seconds)

@@ -16,9 +16,10 @@ Notable choices:
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .runner import RESULTS_NAME, SAMPLES_NAME
 from .wer import PairedComparison, UtteranceErrors, paired_bootstrap
@@ -86,7 +87,9 @@ def build_table(runs: Sequence[dict[str, Any]]) -> ReportTable:
     tasks = sorted(dict.fromkeys(r["task"] for r in runs), key=lambda t: metrics[t] == "accuracy")
     cells = {(r["model"], r["task"]): r.get(f"{r['metric']}_percent") for r in runs}
     rtfx = {(r["model"], r["task"]): r.get("speed", {}).get("rtfx") for r in runs}
-    parameters = {m: next((r.get("parameters") for r in runs if r["model"] == m and r.get("parameters")), None) for m in models}
+    parameters = {
+        m: next((r.get("parameters") for r in runs if r["model"] == m and r.get("parameters")), None) for m in models
+    }
     wer_tasks = [t for t in tasks if metrics[t] == "wer"]
     average = {}
     for model in models:
@@ -112,7 +115,9 @@ def to_markdown(table: ReportTable) -> str:
     speed = ["| Model | " + " | ".join(table.tasks) + " |", "|" + "---|" * (len(table.tasks) + 1)]
     for model in table.models:
         speed.append("| " + " | ".join([model, *(_cell(table.rtfx.get((model, t))) for t in table.tasks)]) + " |")
-    return "\n".join(["## Results", "", *lines, "", "## Speed (RTFx: audio seconds / processing seconds)", "", *speed, ""])
+    return "\n".join(
+        ["## Results", "", *lines, "", "## Speed (RTFx: audio seconds / processing seconds)", "", *speed, ""]
+    )
 
 
 def _bar_chart(table: ReportTable, tasks: list[str], ylabel: str, path: Path) -> Path:
@@ -165,7 +170,10 @@ def write_report(paths: Sequence[str | Path], output_dir: str | Path) -> ReportF
     markdown = output_dir / REPORT_NAME
     markdown.write_text(to_markdown(table), encoding="utf-8")
     charts = []
-    for metrics, name, label in ((("wer", "cer"), WER_CHART, "error rate %"), (("accuracy",), ACCURACY_CHART, "accuracy %")):
+    for metrics, name, label in (
+        (("wer", "cer"), WER_CHART, "error rate %"),
+        (("accuracy",), ACCURACY_CHART, "accuracy %"),
+    ):
         tasks = [t for t in table.tasks if table.metrics[t] in metrics]
         if tasks:
             charts.append(_bar_chart(table, tasks, label, output_dir / name))
@@ -183,7 +191,9 @@ def _load_errors(run_dir: Path) -> dict[str, UtteranceErrors]:
         s = json.loads(line)
         if s.get("error") is None and "reference_length" in s:
             hits = s["reference_length"] - s["substitutions"] - s["deletions"]
-            errors[s["id"]] = UtteranceErrors(s["reference_length"], s["substitutions"], s["deletions"], s["insertions"], hits)
+            errors[s["id"]] = UtteranceErrors(
+                s["reference_length"], s["substitutions"], s["deletions"], s["insertions"], hits
+            )
     return errors
 
 

@@ -24,10 +24,11 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, Callable, Iterable, Protocol, Sequence, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -206,7 +207,9 @@ def run_asr_eval(
 ) -> dict[str, Any]:
     """Transcribe, score (corpus WER or CER), write both files; return the results dict."""
     items = _take(items, limit)
-    outcomes, timing = _run(items, lambda audios, _: transcriber.transcribe(audios, prompt=prompt), batch_size, progress)
+    outcomes, timing = _run(
+        items, lambda audios, _: transcriber.transcribe(audios, prompt=prompt), batch_size, progress
+    )
 
     samples, scored = [], []
     for item, outcome in zip(items, outcomes):

@@ -15,8 +15,9 @@ Notable choices:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 import jiwer
 import numpy as np
