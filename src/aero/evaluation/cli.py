@@ -123,10 +123,10 @@ def evaluate(
     limit: int | None = typer.Option(None, help="Evaluate only the first N items."),
     batch_size: int = typer.Option(8, help="Items per model call."),
     output: Path | None = typer.Option(
-        None, "--output", "-o", help="Run directory [default: eval-results/MODEL/TASK]."
+        None, "--output", "-o", help="Run directory (default: eval-results/MODEL/TASK)."
     ),
-    prompt: str | None = typer.Option(None, help="ASR prompt [default: the model's own]."),
-    name: str | None = typer.Option(None, help="Task name in results and reports [default: --task]."),
+    prompt: str | None = typer.Option(None, help="ASR prompt (default: the model's own)."),
+    name: str | None = typer.Option(None, help="Task name in results and reports (default: the --task value)."),
     cer: bool = typer.Option(False, "--cer", help="Score character error rate instead of WER."),
     gap: float = typer.Option(0.0, help="librispeech-long: seconds of silence between utterances."),
     split: str | None = typer.Option(None, help="hf: dataset split."),
@@ -139,7 +139,7 @@ def evaluate(
     if ctx.invoked_subcommand is not None:
         return
     if model is None or task is None or data is None:
-        console.print(ctx.get_help())
+        typer.echo(ctx.get_help())
         console.print("[red]aero eval needs --model, --task and --data (or a sub-command).[/red]")
         raise typer.Exit(2)
     from .runner import run_asr_eval, run_choice_eval
