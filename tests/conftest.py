@@ -64,3 +64,29 @@ def tiny_model():
 @pytest.fixture
 def processor():
     return make_tiny_processor()
+
+
+def write_manifest(root: Path, durations: list[float], name: str = "train.jsonl", texts: list[str] | None = None) -> Path:
+    """A reference-format JSONL manifest with one generated wav per sample, paths relative to root."""
+    import json
+
+    import soundfile as sf
+
+    root.mkdir(parents=True, exist_ok=True)
+    words = "the quick brown fox jumps over the lazy dog hello world".split()
+    lines = []
+    for i, seconds in enumerate(durations):
+        audio = root / "audio" / f"clip{i}.wav"
+        audio.parent.mkdir(exist_ok=True)
+        sf.write(audio, tone(seconds, 200 + 40 * i, seed=i), SAMPLE_RATE)
+        text = texts[i] if texts else " ".join(words[(i + k) % len(words)] for k in range(3 + i % 4))
+        lines.append(json.dumps({"messages": [
+            {"role": "user", "content": [
+                {"type": "audio_url", "audio_url": {"url": f"audio/clip{i}.wav"}},
+                {"type": "text", "text": "Please transcribe the audio"},
+            ]},
+            {"role": "assistant", "content": [{"type": "text", "text": text}]},
+        ]}))
+    path = root / name
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -127,6 +127,21 @@ def render_segments(
     return pieces
 
 
+def repeat_audio_parts(messages: Sequence[dict], per_audio: Sequence[int]) -> list[dict]:
+    """The k-th audio part becomes per_audio[k] bare audio parts (one per 30 s window)."""
+    counts = iter(per_audio)
+    out = []
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, list):
+            parts = []
+            for part in content:
+                parts += [{"type": "audio"}] * next(counts) if _is_audio_part(part) else [part]
+            message = {**message, "content": parts}
+        out.append(message)
+    return out
+
+
 @dataclass
 class AudioWindows:
     """The windows of all audios of one prompt, in placeholder order."""
@@ -212,16 +227,19 @@ class AeroProcessor:
             out.durations.append(len(samples) / SAMPLE_RATE)
         return out
 
-    def audio_features(self, windows: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    def audio_features(
+        self, windows: Sequence[np.ndarray], pad_to_30s: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Windows of <= 30 s -> (W, M, T) log-mel and (W, T) mask of real frames.
 
         T is the longest window's real frames + 2 (capped at 3000): the two extra frames are
         the ones the encoder's convolutions read past the end (see `encode_audio`).
+        `pad_to_30s` gives the reference's T = 3000 for every batch (for comparisons).
         """
         if any(len(w) > N_SAMPLES for w in windows):
             raise AudioError("An audio window is longer than 30 s; split audio with aero.audio.split_windows.")
         frames = [mel_frames(len(w)) for w in windows]
-        T = min(max(frames) + 2, N_FRAMES)
+        T = N_FRAMES if pad_to_30s else min(max(frames) + 2, N_FRAMES)
         # Zero-pad far enough that every kept frame's FFT sees the same samples as in the
         # reference's 30 s zero-padded input; a full window gets exactly that input.
         padded = min(T * HOP_LENGTH + N_FFT, N_SAMPLES)
@@ -270,7 +288,7 @@ class AeroProcessor:
         self, messages: Sequence[dict], root: str | os.PathLike | None = None, sampling_rate: int | None = None
     ) -> tuple[list[dict], AudioWindows]:
         """Load every audio part; a recording of k windows becomes k consecutive audio parts."""
-        expanded, sources = [], []
+        sources = []
         for message in messages:
             content = message.get("content")
             if isinstance(content, list):
@@ -280,16 +298,7 @@ class AeroProcessor:
                     if _is_audio_part(part):
                         sources.append(audio_source(part, root))
         audio = self.load_windows(sources, sampling_rate)
-        counts = iter(audio.per_audio)
-        for message in messages:
-            content = message.get("content")
-            if isinstance(content, list):
-                parts = []
-                for part in content:
-                    parts += [{"type": "audio"}] * next(counts) if _is_audio_part(part) else [part]
-                message = {**message, "content": parts}
-            expanded.append(message)
-        return expanded, audio
+        return repeat_audio_parts(messages, audio.per_audio), audio
 
     def encode_conversation(
         self,

@@ -1,0 +1,1 @@
+"""Aero-1-Audio: a compact audio-language model."""

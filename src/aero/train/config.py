@@ -1,0 +1,154 @@
+"""Training configuration: a typed dataclass, a YAML file of overrides, `key=value` on the CLI.
+
+A YAML file holds only what differs from the defaults below; unknown keys are errors that
+name the key, so a typo never silently trains with a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from aero.data.manifest import DatasetSpec
+
+PRESETS = ("projector", "lora", "full")
+
+
+class ConfigError(ValueError):
+    """A configuration the user must fix; the message names the key or file."""
+
+
+@dataclass
+class TrainConfig:
+    model: str = ""  # checkpoint directory (model + processor), or a name aero.models.load knows
+    output_dir: str = "runs/aero"
+    data: list[DatasetSpec] = field(default_factory=list)
+    strict_data: bool = False  # fail on an unreadable sample instead of skipping and counting it
+
+    # What trains.
+    preset: str = "projector"  # projector (stage 1) | lora (projector + LoRA on the LM) | full
+    train_audio_tower: bool = False
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_targets: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+    # Batching.
+    batching: str = "pack"  # pack | budget (dynamic batch size) | fixed
+    pack_length: int = 8192  # tokens per packed row (pack)
+    token_budget: int = 8192  # padded tokens per batch (budget)
+    batch_size: int = 8  # samples per batch (fixed)
+    grad_accum: int = 1
+    num_workers: int = 0
+    pad_audio_to_30s: bool = False  # the reference's encoder padding, for comparisons only
+
+    # Optimisation.
+    max_steps: int = 100
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
+    max_grad_norm: float = 1.0
+    loss_reduction: str = "token"  # token | sample
+    loss_chunk: int = 4096
+    seed: int = 0
+    bf16: bool | None = None  # None: bf16 autocast on CUDA, fp32 on CPU
+
+    # Checkpoints and logs.
+    save_every: int = 50
+    keep_last: int = 3
+    log_every: int = 1
+    resume: bool = True  # continue from the newest checkpoint in output_dir if there is one
+    peak_flops: float | None = None  # device peak FLOP/s for MFU (H100 bf16: 989e12)
+    progress: bool = True
+
+    def validate(self) -> "TrainConfig":
+        if not self.model:
+            raise ConfigError("Set `model`: a checkpoint directory or a known model name.")
+        if not self.data:
+            raise ConfigError("Set `data`: a list of datasets ({path, root, weight}).")
+        if self.preset not in PRESETS:
+            raise ConfigError(f"preset must be one of {', '.join(PRESETS)}, not {self.preset!r}.")
+        if self.batching not in ("pack", "budget", "fixed"):
+            raise ConfigError(f"batching must be pack, budget or fixed, not {self.batching!r}.")
+        if self.loss_reduction not in ("token", "sample"):
+            raise ConfigError(f"loss_reduction must be token or sample, not {self.loss_reduction!r}.")
+        for name in ("max_steps", "grad_accum", "pack_length", "token_budget", "batch_size", "keep_last", "save_every"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}.")
+        return self
+
+    @property
+    def batch_size_or_budget(self) -> int:
+        return {"pack": self.pack_length, "budget": self.token_budget, "fixed": self.batch_size}[self.batching]
+
+
+def _coerce(name: str, value: Any, current: Any) -> Any:
+    if name == "data":
+        if not isinstance(value, list):
+            raise ConfigError("`data` must be a list of datasets.")
+        specs = []
+        for entry in value:
+            entry = {"path": entry} if isinstance(entry, str) else entry
+            unknown = set(entry) - {f.name for f in dataclasses.fields(DatasetSpec)}
+            if unknown:
+                raise ConfigError(f"Unknown dataset key(s) {sorted(unknown)} in `data`.")
+            specs.append(DatasetSpec(**entry))
+        return specs
+    if name == "betas":
+        return tuple(float(v) for v in value)
+    if isinstance(current, bool) or current is None:
+        return value
+    if isinstance(current, (int, float)) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return type(current)(value)
+    return value
+
+
+def apply_overrides(config: TrainConfig, values: dict) -> TrainConfig:
+    known = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"Unknown config key {key!r}; known keys: {', '.join(sorted(known))}.")
+        setattr(config, key, _coerce(key, value, getattr(config, key)))
+    return config
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """Defaults <- YAML file <- `key=value` overrides (values parsed as YAML scalars/lists)."""
+    config = TrainConfig()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"Config file {path} does not exist.")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"Config file {path} is not valid YAML: {err}") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"Config file {path} must hold a mapping of keys to values.")
+        apply_overrides(config, values)
+        # Relative data paths in a YAML file are relative to the file.
+        for spec in config.data:
+            for attr in ("path", "root"):
+                value = getattr(spec, attr)
+                if value and not Path(value).is_absolute() and not Path(value).exists():
+                    setattr(spec, attr, str(path.parent / value))
+    parsed = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"Override {item!r} must look like key=value.")
+        key, value = item.split("=", 1)
+        parsed[key.strip()] = yaml.safe_load(value)
+    apply_overrides(config, parsed)
+    return config
+
+
+def to_dict(config: TrainConfig) -> dict:
+    return dataclasses.asdict(config)

@@ -1,0 +1,333 @@
+"""The training loop: one process, or `torchrun` with FSDP2 (gloo on CPU, NCCL on GPU).
+
+Notable choices:
+- A step = `grad_accum` micro-batches. The loss is a sum of per-token (or per-sample) terms
+  divided by the step's total number of terms over every micro-batch and every rank, so
+  accumulation and sharding give the same gradient as one big batch.
+- The data position is the number of batches consumed; resume fast-forwards the batch
+  plan to it (cheap: plans are computed, not loaded), so prefetching workers cannot skew it.
+- The encoder's frozen features run under no_grad-free autograd only when it trains.
+- Metrics go to `metrics.jsonl` (and TensorBoard when installed); skipped samples to
+  `skipped.jsonl`, with a running count in the metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from aero.data.batching import BatchPlan
+from aero.data.collate import Collator, TrainDataset
+from aero.data.lengths import cached_lengths
+from aero.data.manifest import read_dataset
+from aero.processing import IGNORE_INDEX
+from aero.train import checkpoint as ckpt
+from aero.train.adapter import apply_preset, lora_settings, merge_lora, save_adapter
+from aero.train.config import TrainConfig, to_dict
+from aero.train.flops import flop_model
+from aero.train.step import TrainingModule
+
+
+def load_model_and_processor(name: str):
+    from aero.modeling import AeroForConditionalGeneration
+    from aero.processing import AeroProcessor
+
+    if Path(name).is_dir():
+        return AeroForConditionalGeneration.from_pretrained(name), AeroProcessor.from_pretrained(name)
+    from aero.models import load
+
+    return load(name)
+
+
+class Distributed:
+    def __init__(self):
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.enabled = self.world_size > 1
+        if torch.cuda.is_available():
+            torch.cuda.set_device(self.local_rank)
+            self.device = torch.device("cuda", self.local_rank)
+        else:
+            self.device = torch.device("cpu")
+        if self.enabled and not torch.distributed.is_initialized():
+            torch.distributed.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def sum(self, value: float) -> float:
+        if not self.enabled:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=self.device if self.device.type == "cuda" else "cpu")
+        torch.distributed.all_reduce(t)
+        return float(t.item())
+
+    def barrier(self) -> None:
+        if self.enabled:
+            torch.distributed.barrier()
+
+    def close(self) -> None:
+        if self.enabled and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def shard(module: TrainingModule) -> None:
+    """FSDP2: every encoder and decoder layer is its own unit, the rest lives in the root."""
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in module.model.audio_tower.layers:
+        fully_shard(layer)
+    for layer in module.model.language_model.get_decoder().layers:
+        fully_shard(layer)
+    fully_shard(module)
+
+
+def cosine_schedule(optimizer, warmup: int, total: int, min_ratio: float):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = (step - warmup) / max(1, total - warmup)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def loss_terms(batch: dict, mode: str) -> float:
+    """How many loss terms a micro-batch adds (supervised tokens, or supervised samples)."""
+    if "targets" not in batch:
+        return 0.0
+    supervised = batch["targets"] != IGNORE_INDEX
+    if mode == "token":
+        return float(supervised.sum())
+    return float(batch["sample_ids"][supervised].unique().numel())
+
+
+class MetricsLog:
+    def __init__(self, output_dir: Path, enabled: bool):
+        self.enabled = enabled
+        self.path = output_dir / "metrics.jsonl"
+        self.tb = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(output_dir / "tensorboard"))
+            except Exception:  # tensorboard not installed: the JSONL log is enough
+                self.tb = None
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k != "step":
+                    self.tb.add_scalar(k, v, record["step"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _progress(enabled: bool, total: int, start: int):
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    progress = Progress(
+        TextColumn("step {task.completed}/{task.total}"),
+        BarColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeRemainingColumn(),
+        disable=not enabled,
+    )
+    task = progress.add_task("train", total=total, completed=start, info="")
+    return progress, task
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train(config: TrainConfig, stop_after: int | None = None) -> dict:
+    """Run (or resume) training; returns a summary. `stop_after` ends the run after that
+    many steps of this call without exporting (a stand-in for a crash, used by tests)."""
+    config.validate()
+    dist = Distributed()
+    out = Path(config.output_dir)
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(to_dict(config), indent=2, default=str))
+    seed_everything(config.seed)
+
+    model, processor = load_model_and_processor(config.model)
+    lora = lora_settings(config) if config.preset == "lora" else None
+    model = apply_preset(model, config.preset, config.train_audio_tower, lora)
+    model.to(dist.device)
+    model.train()
+    flops = flop_model(model)
+    module = TrainingModule(model, config.loss_chunk, config.loss_reduction)
+
+    # Data: every dataset read and measured once (lengths cached per manifest).
+    samples, lengths, sizes, unreadable = [], [], [], 0
+    for spec in config.data:
+        part = read_dataset(spec)
+        n, _, errors = cached_lengths(spec.path, part, processor, strict=config.strict_data)
+        unreadable += len(errors)
+        if dist.is_main and errors:
+            with open(out / "skipped.jsonl", "a") as f:
+                for i, msg in errors.items():
+                    f.write(json.dumps({"stage": "length", "sample": part[int(i)].source, "error": msg}) + "\n")
+        samples += part
+        lengths += n
+        sizes.append(len(part))
+    plan = BatchPlan(
+        lengths, config.batching, config.batch_size_or_budget, sizes, [s.weight for s in config.data],
+        seed=config.seed, rank=dist.rank, world_size=dist.world_size,
+    )
+    dataset = TrainDataset(samples, processor, strict=config.strict_data)
+    collate = Collator(processor, packed=config.batching == "pack", pad_audio_to_30s=config.pad_audio_to_30s)
+
+    if dist.enabled:
+        shard(module)
+    params = [p for p in module.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
+    scheduler = cosine_schedule(optimizer, config.warmup_steps, config.max_steps, config.min_lr_ratio)
+
+    step, consumed, skipped = 0, 0, unreadable
+    if config.resume and ckpt.checkpoints(out):
+        state = ckpt.load_checkpoint(ckpt.checkpoints(out)[-1], module, optimizer)
+        scheduler.load_state_dict(state["scheduler"])
+        step, consumed, skipped = state["step"], state["consumed"], state["skipped"]
+
+    def batches():
+        plan.epoch, plan.position = 0, 0
+        it = iter(plan)
+        for _ in range(consumed):
+            next(it)  # fast-forward: plans are computed, nothing is loaded
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_sampler=it, collate_fn=collate, num_workers=config.num_workers,
+            persistent_workers=config.num_workers > 0,
+        )
+        yield from loader
+
+    use_bf16 = config.bf16 if config.bf16 is not None else dist.device.type == "cuda"
+    metrics = MetricsLog(out, dist.is_main)
+    progress, task = _progress(config.progress and dist.is_main, config.max_steps, step)
+    data = batches()
+    last_batch = None
+    steps_this_call = 0
+    started = time.perf_counter()
+    losses: list[float] = []
+    with progress:
+        while step < config.max_steps:
+            t0 = time.perf_counter()
+            micro = []
+            for _ in range(config.grad_accum):
+                batch = next(data)
+                consumed += 1
+                if batch["errors"]:
+                    skipped += len(batch["errors"])
+                    if dist.is_main:
+                        with open(out / "skipped.jsonl", "a") as f:
+                            for msg in batch["errors"]:
+                                f.write(json.dumps({"stage": "load", "step": step, "error": msg}) + "\n")
+                if batch["n_samples"] == 0:
+                    if not dist.enabled:
+                        continue
+                    batch = {**last_batch, "_weight": 0.0}  # keep ranks in step with a zero-weight repeat
+                last_batch = batch
+                micro.append(batch)
+            terms = dist.sum(sum(loss_terms(b, config.loss_reduction) * b.get("_weight", 1.0) for b in micro))
+            loss_sum = 0.0
+            for batch in micro:
+                with torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                    total, _ = module(batch)
+                scaled = total * batch.get("_weight", 1.0) * dist.world_size / max(terms, 1.0)
+                scaled.backward()
+                loss_sum += float(total.detach()) * batch.get("_weight", 1.0)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            steps_this_call += 1
+
+            elapsed = time.perf_counter() - t0
+            real = dist.sum(sum(b["n_tokens"] for b in micro if "_weight" not in b))
+            slots = dist.sum(sum(b["n_slots"] for b in micro if "_weight" not in b))
+            loss = dist.sum(loss_sum) / max(terms, 1.0)
+            losses.append(loss)
+            step_flops = dist.sum(sum(
+                flops.step_flops(b["seq_lens"], _window_positions(b), int((b["targets"] != IGNORE_INDEX).sum()))
+                for b in micro if "_weight" not in b
+            ))
+            record = {
+                "step": step, "loss": loss, "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+                "tokens": real, "padding": 1 - real / max(slots, 1), "tokens_per_s": real / elapsed,
+                "step_s": elapsed, "samples": dist.sum(sum(b["n_samples"] for b in micro if "_weight" not in b)),
+                "skipped": skipped, "flops": step_flops, "consumed": consumed,
+            }
+            if config.peak_flops:
+                record["mfu"] = step_flops / elapsed / (config.peak_flops * dist.world_size)
+            if step % config.log_every == 0 or step == config.max_steps:
+                metrics.write(record)
+            info = f"loss {loss:.4f} | {record['tokens_per_s']:.0f} tok/s | pad {record['padding']:.1%}"
+            if "mfu" in record:
+                info += f" | MFU {record['mfu']:.2f}"
+            progress.update(task, completed=step, info=info)
+
+            if step % config.save_every == 0 or step == config.max_steps:
+                trainer_state = {"scheduler": scheduler.state_dict(), "step": step, "consumed": consumed,
+                                 "skipped": skipped}
+                ckpt.save_checkpoint(out, step, module, optimizer, trainer_state, config.keep_last, dist.is_main)
+                dist.barrier()
+            if stop_after is not None and steps_this_call >= stop_after:
+                break
+    metrics.close()
+
+    summary = {"step": step, "losses": losses, "skipped": skipped, "seconds": time.perf_counter() - started}
+    if step >= config.max_steps:
+        export(module, model, processor, config, out, dist)
+        summary["model_dir"] = str(out / "final" / "model")
+        summary["adapter_dir"] = str(out / "final" / "adapter")
+    dist.close()
+    return summary
+
+
+def _window_positions(batch: dict) -> list[int]:
+    if "audio_attention_mask" not in batch:
+        return []
+    from aero.audio import encoder_output_lengths
+
+    return encoder_output_lengths(batch["audio_attention_mask"].sum(-1))[0].tolist()
+
+
+def export(module, model, processor, config: TrainConfig, out: Path, dist: Distributed) -> None:
+    """`final/adapter`: the trained weights only; `final/model`: a normal save_pretrained directory."""
+    weights = {k.removeprefix("model."): v for k, v in ckpt.trainable_state(module).items()}
+    if not dist.is_main:
+        return
+    lora = lora_settings(config) if config.preset == "lora" else None
+    save_adapter(out / "final" / "adapter", weights, config.preset, config.train_audio_tower, lora, config.model)
+    if dist.enabled:
+        # Sharded parameters cannot be saved directly: rebuild the model and load the weights.
+        base, _ = load_model_and_processor(config.model)
+        from aero.train.adapter import apply_adapter
+
+        export_model = apply_adapter(base, out / "final" / "adapter")
+    else:
+        export_model = merge_lora(model) if config.preset == "lora" else model
+    export_model.requires_grad_(False)
+    export_model.save_pretrained(out / "final" / "model")
+    processor.save_pretrained(out / "final" / "model")

@@ -1,0 +1,169 @@
+"""Training end to end on CPU: files written, resume equals an uninterrupted run, FSDP2 = one process."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from aero.data.manifest import ManifestError
+from aero.modeling import AeroForConditionalGeneration
+from aero.train.adapter import apply_adapter
+from aero.train.config import ConfigError, TrainConfig, load_config
+from aero.train.loop import train
+from conftest import make_tiny_model, make_tiny_processor, tone, write_manifest
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    path = tmp_path_factory.mktemp("base") / "tiny"
+    make_tiny_model().save_pretrained(path)
+    make_tiny_processor(system_prompt=None).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    path = write_manifest(root, [1.0, 2.5, 0.8, 3.1, 1.7, 0.6, 2.2, 1.3])
+    bad = root / "audio" / "broken.wav"
+    bad.write_text("not audio")
+    rows = path.read_text().splitlines()
+    broken = json.loads(rows[0])
+    broken["messages"][0]["content"][0]["audio_url"]["url"] = "audio/broken.wav"
+    escaping = json.loads(rows[1])
+    escaping["messages"][0]["content"][0]["audio_url"]["url"] = "../../etc/passwd"
+    path.write_text("\n".join(rows + [json.dumps(broken), json.dumps(escaping)]) + "\n")
+    return path
+
+
+def config(base, manifest, out, **kw):
+    values = dict(model=str(base), output_dir=str(out), data=[{"path": str(manifest)}], preset="lora", lora_r=4,
+                  batching="pack", pack_length=256, max_steps=4, lr=3e-3, save_every=2, progress=False, seed=1)
+    values.update(kw)
+    cfg = TrainConfig()
+    from aero.train.config import apply_overrides
+
+    return apply_overrides(cfg, values)
+
+
+def read_metrics(out):
+    return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_end_to_end_training_writes_checkpoint_metrics_and_loadable_model(base, manifest, tmp_path, monkeypatch):
+    monkeypatch.setenv("AERO_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    summary = train(config(base, manifest, out))
+    assert summary["step"] == 4 and summary["skipped"] == 2  # the broken file and the escaping path
+    skipped = [json.loads(l) for l in (out / "skipped.jsonl").read_text().splitlines()]
+    assert any("escapes the data root" in s["error"] for s in skipped)
+    assert any("broken.wav" in s["error"] for s in skipped)
+
+    rows = read_metrics(out)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    for r in rows:
+        assert math.isfinite(r["loss"]) and r["tokens"] > 0 and 0 <= r["padding"] < 0.5 and r["flops"] > 0
+        assert r["skipped"] == 2
+    ckpts = sorted((out / "checkpoints").iterdir())
+    assert [c.name for c in ckpts] == ["step-00000002", "step-00000004"]
+    assert {p.name for p in ckpts[-1].iterdir()} == {"trainable.safetensors", "optimizer.pt", "trainer.pt", "state.json"}
+    assert json.loads((ckpts[-1] / "state.json").read_text())["step"] == 4
+    trained = load_file(ckpts[-1] / "trainable.safetensors")
+    assert any("lora_A" in k for k in trained) and any("audio_modal_projector" in k for k in trained)
+
+    model = AeroForConditionalGeneration.from_pretrained(out / "final" / "model")
+    assert not any("lora" in k for k in model.state_dict())  # merged
+    from aero.processing import AeroProcessor
+
+    processor = AeroProcessor.from_pretrained(out / "final" / "model")
+    inputs = processor(messages=[{"role": "user", "content": [{"type": "audio", "audio": tone(1.0)}]}])
+    assert model.generate(**inputs, max_new_tokens=3, do_sample=False).shape[1] == inputs["input_ids"].shape[1] + 3
+    # The adapter on the base model is the exported model.
+    rebuilt = apply_adapter(AeroForConditionalGeneration.from_pretrained(base), out / "final" / "adapter")
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(rebuilt.state_dict()[k], v)
+    assert (out / "final" / "adapter" / "trainable.safetensors").stat().st_size < 200_000
+
+
+def test_training_reduces_loss_on_a_tiny_set(base, manifest, tmp_path, monkeypatch):
+    monkeypatch.setenv("AERO_CACHE", str(tmp_path / "cache"))
+    summary = train(config(base, manifest, tmp_path / "run", preset="full", max_steps=12, lr=1e-2, save_every=100))
+    assert summary["losses"][-1] < 0.5 * summary["losses"][0]
+
+
+def test_strict_mode_fails_on_unreadable_sample(base, manifest, tmp_path, monkeypatch):
+    monkeypatch.setenv("AERO_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(ManifestError, match="broken.wav|escapes the data root"):
+        train(config(base, manifest, tmp_path / "run", strict_data=True))
+
+
+def test_resume_after_kill_gives_the_same_loss_curve(base, manifest, tmp_path, monkeypatch):
+    monkeypatch.setenv("AERO_CACHE", str(tmp_path / "cache"))
+    full = train(config(base, manifest, tmp_path / "a", max_steps=6, save_every=3, batching="budget",
+                        token_budget=300))["losses"]
+    first = train(config(base, manifest, tmp_path / "b", max_steps=6, save_every=3, batching="budget",
+                         token_budget=300), stop_after=3)
+    assert first["step"] == 3 and not (tmp_path / "b" / "final").exists()
+    second = train(config(base, manifest, tmp_path / "b", max_steps=6, save_every=3, batching="budget",
+                          token_budget=300))
+    assert second["step"] == 6
+    curve = [r["loss"] for r in read_metrics(tmp_path / "b")]
+    assert curve == pytest.approx(full, rel=1e-6)
+
+
+def test_fsdp2_two_processes_match_one_process(base, manifest, tmp_path):
+    """torchrun with 2 CPU ranks (gloo, FSDP2) vs one process accumulating the same 2 batches."""
+    env = {**os.environ, "AERO_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    common = dict(preset="full", max_steps=3, save_every=100, lr=1e-2, batching="fixed", batch_size=2)
+    single_cfg = config(base, manifest, tmp_path / "single", grad_accum=2, **common)
+    dist_cfg = config(base, manifest, tmp_path / "dist", grad_accum=1, **common)
+    for name, cfg in (("single", single_cfg), ("dist", dist_cfg)):
+        values = {k: v for k, v in vars(cfg).items()}
+        values["data"] = [{"path": str(manifest)}]
+        values["betas"] = list(values["betas"])
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(values))
+    subprocess.run([sys.executable, "-m", "aero.cli", "train", str(tmp_path / "single.yaml")], env=env, check=True,
+                   capture_output=True)
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+         "-m", "aero.cli", "train", str(tmp_path / "dist.yaml")],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    single = [r["loss"] for r in read_metrics(tmp_path / "single")]
+    dist = [r["loss"] for r in read_metrics(tmp_path / "dist")]
+    assert len(single) == len(dist) == 3
+    assert dist == pytest.approx(single, rel=1e-4)
+    a = load_file(tmp_path / "single" / "final" / "adapter" / "trainable.safetensors")
+    b = load_file(tmp_path / "dist" / "final" / "adapter" / "trainable.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-5)
+
+
+def test_config_yaml_overrides_and_errors(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model: m\nlr: 0.01\ndata:\n  - path: train.jsonl\n    weight: 2\n")
+    cfg = load_config(path, ["max_steps=7", "preset=full"])
+    assert cfg.lr == 0.01 and cfg.max_steps == 7 and cfg.preset == "full"
+    assert cfg.data[0].weight == 2 and cfg.data[0].path == str(tmp_path / "train.jsonl")
+    with pytest.raises(ConfigError, match="Unknown config key 'learning_rate'"):
+        load_config(path, ["learning_rate=1"])
+    with pytest.raises(ConfigError, match="preset must be one of"):
+        load_config(path, ["preset=everything"]).validate()
+    path.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path)
+
+
+def test_shipped_configs_load():
+    configs = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+    for path in configs:
+        load_config(path).validate()
