@@ -72,6 +72,23 @@ def test_aero_mini_applies_the_shipped_adapter(monkeypatch, tmp_path):
         load("aero-mini")
 
 
+def test_adapter_lora_factors_are_merged(tmp_path):
+    model = make_tiny_model()
+    module = "language_model.model.layers.0.self_attn.q_proj"
+    before = model.get_parameter(f"{module}.weight").detach().clone()
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(2, before.shape[1], generator=g), torch.randn(before.shape[0], 2, generator=g)
+    adapter = tmp_path / "adapter.safetensors"
+    save_file({f"{module}.lora_A.default.weight": a, f"{module}.lora_B.default.weight": b}, adapter,
+              metadata={"lora_alpha": "4", "lora_r": "2"})
+    models.apply_adapter(model, adapter)
+    torch.testing.assert_close(model.get_parameter(f"{module}.weight"), before + 2.0 * b @ a)
+
+    save_file({f"{module}.lora_A.default.weight": a, f"{module}.lora_B.default.weight": b}, adapter)
+    with pytest.raises(ValueError, match="lora_alpha"):
+        models.apply_adapter(model, adapter)
+
+
 def test_hub_ids_pass_through_and_missing_paths_fail_clearly(monkeypatch, tmp_path):
     seen = []
     monkeypatch.setattr(models.AeroForConditionalGeneration, "from_pretrained", lambda name: seen.append(name) or make_tiny_model())
