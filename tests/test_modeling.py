@@ -9,7 +9,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModel, WhisperFeatureExtractor
 from transformers.models.qwen2_audio.modeling_qwen2_audio import Qwen2AudioEncoder
 
-from aero.audio import N_SAMPLES, SAMPLE_RATE, encoder_output_lengths, mel_frames
+from aero.audio import SAMPLE_RATE, encoder_output_lengths, mel_frames
 from aero.modeling import AeroForConditionalGeneration
 from aero.processing import AeroProcessor
 from conftest import N_MELS, make_tiny_model, make_tiny_processor, tone

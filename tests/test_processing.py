@@ -3,7 +3,6 @@
 import base64
 import io
 
-import numpy as np
 import pytest
 import soundfile as sf
 import torch

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from aero.data.manifest import ManifestError
 from aero.modeling import AeroForConditionalGeneration
-from aero.train.adapter import apply_adapter
+from aero.adapter import apply_adapter
 from aero.train.config import ConfigError, TrainConfig, load_config
 from aero.train.loop import train
 from conftest import make_tiny_model, make_tiny_processor, tone, write_manifest
@@ -86,10 +86,15 @@ def test_end_to_end_training_writes_checkpoint_metrics_and_loadable_model(base, 
     inputs = processor(messages=[{"role": "user", "content": [{"type": "audio", "audio": tone(1.0)}]}])
     assert model.generate(**inputs, max_new_tokens=3, do_sample=False).shape[1] == inputs["input_ids"].shape[1] + 3
     # The adapter on the base model is the exported model.
-    rebuilt = apply_adapter(AeroForConditionalGeneration.from_pretrained(base), out / "final" / "adapter")
+    rebuilt = AeroForConditionalGeneration.from_pretrained(base)
+    apply_adapter(rebuilt, out / "final" / "adapter.safetensors")
     for k, v in model.state_dict().items():
         torch.testing.assert_close(rebuilt.state_dict()[k], v)
-    assert (out / "final" / "adapter" / "trainable.safetensors").stat().st_size < 200_000
+    assert (out / "final" / "adapter.safetensors").stat().st_size < 200_000
+    # The merged LoRA really changed the LM (the adapter is not a no-op).
+    original = AeroForConditionalGeneration.from_pretrained(base)
+    key = "language_model.model.layers.0.self_attn.q_proj.weight"
+    assert not torch.allclose(original.state_dict()[key], model.state_dict()[key])
 
 
 def test_training_reduces_loss_on_a_tiny_set(base, manifest, tmp_path, monkeypatch):
@@ -141,8 +146,8 @@ def test_fsdp2_two_processes_match_one_process(base, manifest, tmp_path):
     dist = [r["loss"] for r in read_metrics(tmp_path / "dist")]
     assert len(single) == len(dist) == 3
     assert dist == pytest.approx(single, rel=1e-4)
-    a = load_file(tmp_path / "single" / "final" / "adapter" / "trainable.safetensors")
-    b = load_file(tmp_path / "dist" / "final" / "adapter" / "trainable.safetensors")
+    a = load_file(tmp_path / "single" / "final" / "adapter.safetensors")
+    b = load_file(tmp_path / "dist" / "final" / "adapter.safetensors")
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-5)

@@ -17,10 +17,12 @@ from __future__ import annotations
 import io
 import math
 import os
-from pathlib import Path
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 SAMPLE_RATE = 16_000  # Hz, what the Whisper encoder was trained on
 HOP_LENGTH = 160  # samples between mel frames: 10 ms

@@ -29,7 +29,7 @@ def train(
     summary = run(cfg)
     typer.echo(f"trained {summary['step']} steps; skipped samples: {summary['skipped']}")
     if "model_dir" in summary:
-        typer.echo(f"model: {summary['model_dir']}\nadapter: {summary['adapter_dir']}")
+        typer.echo(f"model: {summary['model_dir']}\nadapter: {summary['adapter']}")
 
 
 def _mount_eval() -> None:

@@ -165,10 +165,28 @@ class AeroForConditionalGeneration(AeroPreTrainedModel, GenerationMixin):
     def get_audio_features(
         self, audio_values: torch.Tensor, audio_attention_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """(W, M, T) log-mel -> (N, H) projected features of the real tokens, window by window."""
-        features, tokens = self.encode_audio(audio_values, audio_attention_mask)
-        keep = torch.arange(features.shape[1], device=features.device)[None, :] < tokens.to(features.device)[:, None]
-        return self.audio_modal_projector(features[keep])
+        """(W, M, T) log-mel -> (N, H) projected features of the real tokens, window by window.
+
+        Windows of very different lengths (a 2 s clip beside full 30 s windows of a long
+        recording) are encoded in separate groups of similar length, so padding inside any
+        encoder batch stays under ~10% of its frames; the output order is the input order.
+        """
+        groups = [None]
+        if audio_attention_mask is not None and audio_values.shape[0] > 1:
+            groups = _length_groups(audio_attention_mask.sum(-1).tolist())
+        pieces: list[tuple[int, torch.Tensor]] = []
+        for group in groups:
+            values, mask = audio_values, audio_attention_mask
+            if group is not None:
+                T = min(max(group_frames for _, group_frames in group) + 2, audio_values.shape[-1])
+                index = torch.tensor([i for i, _ in group], device=audio_values.device)
+                values, mask = audio_values[index, :, :T], audio_attention_mask[index, :T]
+            features, tokens = self.encode_audio(values, mask)
+            order = [i for i, _ in group] if group is not None else range(features.shape[0])
+            for window, feats, n in zip(order, features, tokens.tolist()):
+                pieces.append((window, feats[:n]))
+        pieces.sort(key=lambda p: p[0])
+        return self.audio_modal_projector(torch.cat([p[1] for p in pieces]))
 
     def merge_audio(self, input_ids: torch.Tensor, inputs_embeds: torch.Tensor, audio_features: torch.Tensor):
         """Put the (N, H) audio features at the N `<|AUDIO|>` positions of the prompt."""
@@ -230,6 +248,18 @@ class AeroForConditionalGeneration(AeroPreTrainedModel, GenerationMixin):
         return inputs
 
 
+def _length_groups(frames: list[int], slack: float = 1.1) -> list[list[tuple[int, int]]]:
+    """Windows sorted by length, cut into groups whose longest is <= slack x their shortest."""
+    order = sorted(enumerate(frames), key=lambda p: p[1])
+    groups: list[list[tuple[int, int]]] = []
+    for item in order:
+        if groups and item[1] <= slack * groups[-1][0][1] + 2:
+            groups[-1].append(item)
+        else:
+            groups.append([item])
+    return groups
+
+
 def register_auto_classes() -> None:
     """Make `AutoConfig` / `AutoModel*` resolve `model_type: "aero"` to these classes."""
     from transformers import AutoModel, AutoModelForImageTextToText
@@ -243,3 +273,4 @@ def register_auto_classes() -> None:
 
 
 register_auto_classes()
+

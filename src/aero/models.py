@@ -19,17 +19,16 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, GenerationConfig, LlamaForCausalLM, WhisperConfig, WhisperFeatureExtractor
 
+from aero.adapter import apply_adapter
 from aero.convert.gguf import smollm2_dir
 from aero.convert.whisper_ct2 import encoder_config, whisper_tiny_en_dir
 from aero.modeling import AUDIO_TOKEN, AeroConfig, AeroForConditionalGeneration
@@ -84,43 +83,6 @@ def build_aero_mini_base(cache_dir: str | os.PathLike | None = None) -> tuple[Ae
     )
     processor = AeroProcessor(tokenizer, WhisperFeatureExtractor(feature_size=whisper.num_mel_bins), system_prompt=None)
     return model.eval(), processor
-
-
-def apply_adapter(model: AeroForConditionalGeneration, path: str | os.PathLike) -> None:
-    """Load an adapter file onto the model in place.
-
-    Plain entries are Aero parameters by name (e.g. `audio_modal_projector.linear.weight`) and
-    replace the model's own. LoRA factors (`<module>.lora_A[.<name>].weight` and `lora_B`, as
-    peft names them) are merged: `W += lora_alpha / lora_r * B @ A`, with `lora_alpha` and
-    `lora_r` read from the file's metadata. Merging here keeps peft out of inference.
-    """
-    with safe_open(path, framework="pt") as f:
-        metadata = f.metadata() or {}
-    weights = load_file(path)
-    params = model.state_dict()
-    plain: dict[str, torch.Tensor] = {}
-    lora: dict[str, dict[str, torch.Tensor]] = {}
-    for name, tensor in weights.items():
-        match = re.fullmatch(r"(.+)\.lora_([AB])(?:\.[^.]+)?\.weight", name)
-        if match:
-            lora.setdefault(match[1], {})[match[2]] = tensor
-        else:
-            plain[name] = tensor
-    unknown = sorted(set(plain) - set(params)) + sorted(f"{m}.weight" for m in lora if f"{m}.weight" not in params)
-    if unknown:
-        raise ValueError(f"The adapter {path} has weights this model does not have: {unknown[:5]}; it was made for another model.")
-    model.load_state_dict(plain, strict=False)
-    if not lora:
-        return
-    if "lora_alpha" not in metadata or "lora_r" not in metadata:
-        raise ValueError(f"The adapter {path} has LoRA factors but no lora_alpha / lora_r in its metadata.")
-    scale = float(metadata["lora_alpha"]) / float(metadata["lora_r"])
-    with torch.no_grad():
-        for module, factors in lora.items():
-            if set(factors) != {"A", "B"}:
-                raise ValueError(f"The adapter {path} has only lora_{''.join(factors)} for {module}; it needs both A and B.")
-            weight = model.get_parameter(f"{module}.weight")
-            weight += scale * (factors["B"].float() @ factors["A"].float()).to(weight.dtype)
 
 
 def _looks_like_path(name: str) -> bool:

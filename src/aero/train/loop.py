@@ -29,7 +29,8 @@ from aero.data.lengths import cached_lengths
 from aero.data.manifest import read_dataset
 from aero.processing import IGNORE_INDEX
 from aero.train import checkpoint as ckpt
-from aero.train.adapter import apply_preset, lora_settings, merge_lora, save_adapter
+from aero.adapter import ADAPTER_FILENAME, apply_adapter, save_adapter
+from aero.train.adapter import apply_preset, lora_settings
 from aero.train.config import TrainConfig, to_dict
 from aero.train.flops import flop_model
 from aero.train.step import TrainingModule
@@ -278,6 +279,10 @@ def train(config: TrainConfig, stop_after: int | None = None) -> dict:
                 "step_s": elapsed, "samples": dist.sum(sum(b["n_samples"] for b in micro if "_weight" not in b)),
                 "skipped": skipped, "flops": step_flops, "consumed": consumed,
             }
+            frames = dist.sum(sum(b.get("audio_frames", 0) for b in micro if "_weight" not in b))
+            frame_slots = dist.sum(sum(b.get("audio_frame_slots", 0) for b in micro if "_weight" not in b))
+            if frame_slots:
+                record["audio_padding"] = 1 - frames / frame_slots
             if config.peak_flops:
                 record["mfu"] = step_flops / elapsed / (config.peak_flops * dist.world_size)
             if step % config.log_every == 0 or step == config.max_steps:
@@ -300,7 +305,7 @@ def train(config: TrainConfig, stop_after: int | None = None) -> dict:
     if step >= config.max_steps:
         export(module, model, processor, config, out, dist)
         summary["model_dir"] = str(out / "final" / "model")
-        summary["adapter_dir"] = str(out / "final" / "adapter")
+        summary["adapter"] = str(out / "final" / ADAPTER_FILENAME)
     dist.close()
     return summary
 
@@ -314,20 +319,19 @@ def _window_positions(batch: dict) -> list[int]:
 
 
 def export(module, model, processor, config: TrainConfig, out: Path, dist: Distributed) -> None:
-    """`final/adapter`: the trained weights only; `final/model`: a normal save_pretrained directory."""
+    """`final/adapter.safetensors`: the trained weights only; `final/model`: base + adapter merged,
+    a normal save_pretrained directory."""
+    # Gathered full tensors, named as in the model (LoRA factors under peft's names).
     weights = {k.removeprefix("model."): v for k, v in ckpt.trainable_state(module).items()}
     if not dist.is_main:
         return
-    lora = lora_settings(config) if config.preset == "lora" else None
-    save_adapter(out / "final" / "adapter", weights, config.preset, config.train_audio_tower, lora, config.model)
-    if dist.enabled:
-        # Sharded parameters cannot be saved directly: rebuild the model and load the weights.
-        base, _ = load_model_and_processor(config.model)
-        from aero.train.adapter import apply_adapter
-
-        export_model = apply_adapter(base, out / "final" / "adapter")
-    else:
-        export_model = merge_lora(model) if config.preset == "lora" else model
-    export_model.requires_grad_(False)
-    export_model.save_pretrained(out / "final" / "model")
+    metadata = {"preset": config.preset, "train_audio_tower": config.train_audio_tower, "base_model": config.model}
+    if config.preset == "lora":
+        metadata.update(lora_r=config.lora_r, lora_alpha=config.lora_alpha)
+    save_adapter(out / "final" / ADAPTER_FILENAME, weights, metadata)
+    # Rebuilt from the base rather than saved from the live model: sharded (FSDP) or LoRA-wrapped
+    # parameters cannot be saved as a plain checkpoint, and this checks the adapter file itself.
+    base, _ = load_model_and_processor(config.model)
+    apply_adapter(base, out / "final" / ADAPTER_FILENAME)
+    base.save_pretrained(out / "final" / "model")
     processor.save_pretrained(out / "final" / "model")
