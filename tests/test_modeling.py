@@ -199,3 +199,26 @@ def test_batch_of_three_lengths_equals_one_by_one(model, processor):
             alone = model.generate(**single, **kwargs)[0, single["input_ids"].shape[1] :]
             assert together[row].tolist() == alone.tolist()
             assert processor.decode(together[row]) == processor.decode(alone)
+
+
+@pytest.mark.parametrize("stack,kind", [(4, "mlp"), (3, "linear")])
+def test_frame_stacking_and_mlp_projector(stack, kind, tmp_path):
+    """A compact-model option: k encoder frames per audio token; counts follow the one formula."""
+    model = make_tiny_model(projector_stack=stack, projector_type=kind)
+    processor = make_tiny_processor(audio_stack=stack)
+    clips = [tone(2.0), tone(31.0, seed=1)]
+    inputs = processor(messages=[{"role": "user", "content": [{"type": "audio", "audio": c} for c in clips]}])
+    expected = sum(encoder_output_lengths(mel_frames(n), stack)[1] for n in (32000, 480000, 16000))
+    assert int((inputs["input_ids"] == processor.audio_token_id).sum()) == expected
+    assert model.get_audio_features(inputs["audio_values"], inputs["audio_attention_mask"]).shape[0] == expected
+    with torch.no_grad():
+        logits = model(**inputs).logits
+    assert torch.isfinite(logits).all()
+    model.save_pretrained(tmp_path / "m")
+    processor.save_pretrained(tmp_path / "m")
+    again = AeroProcessor.from_pretrained(tmp_path / "m")
+    assert again.audio_stack == stack
+    loaded = AeroForConditionalGeneration.from_pretrained(tmp_path / "m")
+    assert loaded.config.projector_stack == stack and loaded.config.projector_type == kind
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**inputs).logits, logits)

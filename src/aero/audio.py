@@ -193,23 +193,25 @@ def mel_frames(n_samples: int) -> int:
     return min(math.ceil(n_samples / HOP_LENGTH), N_FRAMES)
 
 
-def encoder_output_lengths(frames):
+def encoder_output_lengths(frames, stack: int = 1):
     """THE frames -> tokens arithmetic; every other place calls this.
 
     Works on ints and on integer tensors. For `frames` real mel frames of one window:
       conv2 (stride 2):        positions = (frames - 1) // 2 + 1      # 3000 -> 1500
-      average pool (2, 2):     tokens    = (positions - 2) // 2 + 1   # 1500 -> 750
-    i.e. 25 audio tokens per second, 40 ms per token.
+      average pool (2, 2):     pooled    = (positions - 2) // 2 + 1   # 1500 -> 750
+      stacking `stack` frames: tokens    = ceil(pooled / stack)       # 750 -> 750 (stack 1)
+    i.e. 25 audio tokens per second (40 ms per token) at stack 1, as published; a model may
+    stack adjacent frames before its projector (the last group zero-padded, never dropped).
     """
     positions = (frames - 1) // 2 + 1
-    tokens = (positions - 2) // 2 + 1
-    return positions, tokens
+    pooled = (positions - 2) // 2 + 1
+    return positions, (pooled + stack - 1) // stack
 
 
-def audio_tokens_for_samples(n_samples: int) -> list[int]:
+def audio_tokens_for_samples(n_samples: int, stack: int = 1) -> list[int]:
     """Audio tokens of each 30 s window of a recording of `n_samples` samples."""
     counts = []
     for start in range(0, max(n_samples, 1), N_SAMPLES):
         window = max(min(N_SAMPLES, n_samples - start), MIN_WINDOW_SAMPLES)
-        counts.append(encoder_output_lengths(mel_frames(window))[1])
+        counts.append(encoder_output_lengths(mel_frames(window), stack)[1])
     return counts

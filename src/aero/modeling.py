@@ -60,6 +60,11 @@ class AeroConfig(PreTrainedConfig):
     text_config: dict | PreTrainedConfig | None = None
     audio_token_index: int = DEFAULT_AUDIO_TOKEN_INDEX
     tie_word_embeddings: bool = False
+    # Options for compact models (the published checkpoint uses the defaults): stack this many
+    # adjacent encoder frames into one audio token (fewer LM positions per second), and a
+    # "linear" or two-layer "mlp" projector.
+    projector_stack: int = 1
+    projector_type: str = "linear"
 
     def __post_init__(self, **kwargs):
         # Published configs carry remote-code pointers; we are the local code for them.
@@ -68,14 +73,19 @@ class AeroConfig(PreTrainedConfig):
 
 
 class AeroAudioProjector(nn.Module):
-    """B, N, D -> B, N, H with one linear layer (the published `audio_modal_projector`)."""
+    """N, k*D -> N, H. Published: one linear layer (`linear`), k = 1. Option: Linear-GELU-Linear."""
 
     def __init__(self, config: AeroConfig):
         super().__init__()
-        self.linear = nn.Linear(config.audio_config.d_model, config.text_config.hidden_size, bias=True)
+        if config.projector_type not in ("linear", "mlp"):
+            raise ValueError(f"projector_type must be 'linear' or 'mlp', not {config.projector_type!r}.")
+        hidden = config.text_config.hidden_size
+        self.linear = nn.Linear(config.audio_config.d_model * config.projector_stack, hidden, bias=True)
+        self.linear2 = nn.Linear(hidden, hidden, bias=True) if config.projector_type == "mlp" else None
 
     def forward(self, audio_features: torch.Tensor) -> torch.Tensor:
-        return self.linear(audio_features)
+        x = self.linear(audio_features)
+        return self.linear2(nn.functional.gelu(x)) if self.linear2 is not None else x
 
 
 class AeroPreTrainedModel(PreTrainedModel):
@@ -186,7 +196,19 @@ class AeroForConditionalGeneration(AeroPreTrainedModel, GenerationMixin):
             for window, feats, n in zip(order, features, tokens.tolist()):
                 pieces.append((window, feats[:n]))
         pieces.sort(key=lambda p: p[0])
-        return self.audio_modal_projector(torch.cat([p[1] for p in pieces]))
+        return self.project_audio([p[1] for p in pieces])
+
+    def project_audio(self, windows: list[torch.Tensor]) -> torch.Tensor:
+        """Per-window encoder outputs [(n_i, D)] -> (N, H): stack k frames per token, project."""
+        k = self.config.projector_stack
+        if k > 1:
+            stacked = []
+            for feats in windows:
+                pad = (-feats.shape[0]) % k  # zero-pad the last group: no frame is dropped
+                feats = nn.functional.pad(feats, (0, 0, 0, pad))
+                stacked.append(feats.reshape(-1, k * feats.shape[-1]))  # n, D -> n/k, k*D
+            windows = stacked
+        return self.audio_modal_projector(torch.cat(windows))
 
     def merge_audio(self, input_ids: torch.Tensor, inputs_embeds: torch.Tensor, audio_features: torch.Tensor):
         """Put the (N, H) audio features at the N `<|AUDIO|>` positions of the prompt."""

@@ -166,8 +166,10 @@ class AeroProcessor:
         feature_extractor: WhisperFeatureExtractor,
         system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
         audio_token: str = AUDIO_TOKEN,
+        audio_stack: int = 1,
     ):
         self.tokenizer = tokenizer
+        self.audio_stack = audio_stack  # encoder frames per audio token (the model's projector_stack)
         self.feature_extractor = feature_extractor
         self.system_prompt = system_prompt
         self.audio_token = audio_token
@@ -197,7 +199,10 @@ class AeroProcessor:
         else:
             feature_extractor = WhisperFeatureExtractor.from_pretrained(path_or_id, **kwargs)
         system_prompt = settings.get("system_prompt", DEFAULT_SYSTEM_PROMPT)
-        return cls(tokenizer, feature_extractor, system_prompt=system_prompt)
+        stack = settings.get("audio_stack")
+        if stack is None and (local / "config.json").is_file():
+            stack = json.loads((local / "config.json").read_text()).get("projector_stack")
+        return cls(tokenizer, feature_extractor, system_prompt=system_prompt, audio_stack=stack or 1)
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         directory = Path(directory)
@@ -207,6 +212,7 @@ class AeroProcessor:
         (directory / "chat_template.jinja").write_text(self.chat_template)
         settings = {"processor_class": "AeroProcessor", "audio_token": self.audio_token}
         settings["system_prompt"] = self.system_prompt
+        settings["audio_stack"] = self.audio_stack
         (directory / "processor_config.json").write_text(json.dumps(settings, indent=2) + "\n")
 
     @property
@@ -280,9 +286,8 @@ class AeroProcessor:
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    @staticmethod
-    def tokens_per_window(windows: Sequence[np.ndarray]) -> list[int]:
-        return [int(encoder_output_lengths(mel_frames(len(w)))[1]) for w in windows]
+    def tokens_per_window(self, windows: Sequence[np.ndarray]) -> list[int]:
+        return [int(encoder_output_lengths(mel_frames(len(w)), self.audio_stack)[1]) for w in windows]
 
     def expand_audio_parts(
         self, messages: Sequence[dict], root: str | os.PathLike | None = None, sampling_rate: int | None = None

@@ -59,7 +59,7 @@ def estimate_length(sample: Sample, processor) -> tuple[int, float]:
             raise ManifestError(f"{sample.source}: audio file {path} does not exist.")
         n = audio_samples(path)
         seconds += n / SAMPLE_RATE
-        tokens = audio_tokens_for_samples(n)
+        tokens = audio_tokens_for_samples(n, processor.audio_stack)
         window_tokens += tokens
         per_audio.append(len(tokens))
     # Render with one placeholder per window; each placeholder then stands for its tokens.
@@ -72,7 +72,7 @@ def manifest_key(path: str | os.PathLike, processor) -> str:
     p = Path(path).resolve()
     stat = p.stat()
     tok = processor.tokenizer
-    ident = f"{p}|{stat.st_size}|{stat.st_mtime_ns}|{len(tok)}|{processor.system_prompt}"
+    ident = f"{p}|{stat.st_size}|{stat.st_mtime_ns}|{len(tok)}|{processor.system_prompt}|{processor.audio_stack}"
     return hashlib.sha256(ident.encode()).hexdigest()[:24]
 
 
