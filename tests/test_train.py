@@ -60,7 +60,8 @@ def read_metrics(out):
 def test_end_to_end_training_writes_checkpoint_metrics_and_loadable_model(base, manifest, tmp_path, monkeypatch):
     monkeypatch.setenv("AERO_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "run"
-    summary = train(config(base, manifest, out))
+    summary = train(config(base, manifest, out, eval_data=str(manifest), eval_every=2, eval_samples=3,
+                           eval_max_new_tokens=4))
     assert summary["step"] == 4 and summary["skipped"] == 2  # the broken file and the escaping path
     skipped = [json.loads(l) for l in (out / "skipped.jsonl").read_text().splitlines()]
     assert any("escapes the data root" in s["error"] for s in skipped)
@@ -68,6 +69,9 @@ def test_end_to_end_training_writes_checkpoint_metrics_and_loadable_model(base, 
 
     rows = read_metrics(out)
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert [("heldout_wer" in r) for r in rows] == [False, True, False, True]
+    assert rows[-1]["heldout_utterances"] == 3 and rows[-1]["heldout_wer"] >= 0
+    assert rows[-1]["samples_seen"] == sum(r["samples"] for r in rows)
     for r in rows:
         assert math.isfinite(r["loss"]) and r["tokens"] > 0 and 0 <= r["padding"] < 0.5 and r["flops"] > 0
         assert r["skipped"] == 2

@@ -67,6 +67,10 @@ class TrainConfig:
     log_every: int = 1
     resume: bool = True  # continue from the newest checkpoint in output_dir if there is one
     peak_flops: float | None = None  # device peak FLOP/s for MFU (H100 bf16: 989e12)
+    eval_data: str | None = None  # a held-out manifest: greedy WER every `eval_every` steps
+    eval_every: int = 500
+    eval_samples: int = 32  # the first N rows of eval_data
+    eval_max_new_tokens: int = 128
     progress: bool = True
 
     def validate(self) -> "TrainConfig":

@@ -205,11 +205,17 @@ def train(config: TrainConfig, stop_after: int | None = None) -> dict:
     optimizer = torch.optim.AdamW(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
     scheduler = cosine_schedule(optimizer, config.warmup_steps, config.max_steps, config.min_lr_ratio)
 
-    step, consumed, skipped = 0, 0, unreadable
+    step, consumed, skipped, seen_samples, seen_tokens = 0, 0, unreadable, 0.0, 0.0
     if config.resume and ckpt.checkpoints(out):
         state = ckpt.load_checkpoint(ckpt.checkpoints(out)[-1], module, optimizer)
         scheduler.load_state_dict(state["scheduler"])
         step, consumed, skipped = state["step"], state["consumed"], state["skipped"]
+        seen_samples, seen_tokens = state.get("seen_samples", 0.0), state.get("seen_tokens", 0.0)
+    heldout = None
+    if config.eval_data:
+        from aero.data.manifest import DatasetSpec
+
+        heldout = read_dataset(DatasetSpec(config.eval_data))[: config.eval_samples]
 
     def batches():
         plan.epoch, plan.position = 0, 0
@@ -273,19 +279,26 @@ def train(config: TrainConfig, stop_after: int | None = None) -> dict:
                 flops.step_flops(b["seq_lens"], _window_positions(b), int((b["targets"] != IGNORE_INDEX).sum()))
                 for b in micro if "_weight" not in b
             ))
+            samples_now = dist.sum(sum(b["n_samples"] for b in micro if "_weight" not in b))
+            seen_samples += samples_now
+            seen_tokens += real
             record = {
                 "step": step, "loss": loss, "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
                 "tokens": real, "padding": 1 - real / max(slots, 1), "tokens_per_s": real / elapsed,
-                "step_s": elapsed, "samples": dist.sum(sum(b["n_samples"] for b in micro if "_weight" not in b)),
+                "step_s": elapsed, "samples": samples_now, "samples_seen": seen_samples, "tokens_seen": seen_tokens,
                 "skipped": skipped, "flops": step_flops, "consumed": consumed,
             }
+            if heldout and not dist.enabled and (step % config.eval_every == 0 or step == config.max_steps):
+                from aero.train.heldout import heldout_wer
+
+                record.update(heldout_wer(model, processor, heldout, max_new_tokens=config.eval_max_new_tokens))
             frames = dist.sum(sum(b.get("audio_frames", 0) for b in micro if "_weight" not in b))
             frame_slots = dist.sum(sum(b.get("audio_frame_slots", 0) for b in micro if "_weight" not in b))
             if frame_slots:
                 record["audio_padding"] = 1 - frames / frame_slots
             if config.peak_flops:
                 record["mfu"] = step_flops / elapsed / (config.peak_flops * dist.world_size)
-            if step % config.log_every == 0 or step == config.max_steps:
+            if step % config.log_every == 0 or step == config.max_steps or "heldout_wer" in record:
                 metrics.write(record)
             info = f"loss {loss:.4f} | {record['tokens_per_s']:.0f} tok/s | pad {record['padding']:.1%}"
             if "mfu" in record:
@@ -294,7 +307,7 @@ def train(config: TrainConfig, stop_after: int | None = None) -> dict:
 
             if step % config.save_every == 0 or step == config.max_steps:
                 trainer_state = {"scheduler": scheduler.state_dict(), "step": step, "consumed": consumed,
-                                 "skipped": skipped}
+                                 "skipped": skipped, "seen_samples": seen_samples, "seen_tokens": seen_tokens}
                 ckpt.save_checkpoint(out, step, module, optimizer, trainer_state, config.keep_last, dist.is_main)
                 dist.barrier()
             if stop_after is not None and steps_this_call >= stop_after:
