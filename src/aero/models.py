@@ -11,8 +11,8 @@ Notable choices:
 - The adapter file holds Aero parameters by name (the projector, any weights the recipe
   trained) and LoRA factors, merged on load (`lora_alpha`, `lora_r` in the file's metadata),
   so a few MB carry a LoRA-tuned LM. A name the model does not have is an error.
-- `Transcriber` is plain batched greedy generation with left padding; the generation engine
-  replaces it where speed matters.
+- `Transcriber` (what `aero eval` drives) is a thin adapter over `aero.engine.Engine`:
+  greedy, batched by length, repetition guard on.
 """
 
 from __future__ import annotations
@@ -130,41 +130,32 @@ def load(
 
 @dataclass
 class Transcriber:
-    """Batched greedy transcription and spoken-question answering with one model."""
+    """Batched greedy transcription and spoken-question answering with one model (via the engine)."""
 
     name: str
     model: AeroForConditionalGeneration
     processor: AeroProcessor
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    batch_size: int = 8
+
+    def __post_init__(self):
+        from aero.engine import Engine, GenerationOptions
+
+        self.engine = Engine(self.model, self.processor, name=self.name, batch_size=self.batch_size)
+        self.options = GenerationOptions(max_new_tokens=self.max_new_tokens)
 
     def transcribe(self, audios: Sequence[np.ndarray], prompt: str | None = None) -> list[str]:
         """16 kHz clips (any length: long ones become several 30 s windows) -> transcripts."""
         return self.answer(audios, [prompt or TRANSCRIBE_PROMPT] * len(audios))
 
     def answer(self, audios: Sequence[np.ndarray], prompts: Sequence[str]) -> list[str]:
-        """One clip and one text prompt per sample -> the model's replies, in one batch."""
+        """One clip and one text prompt per sample -> the model's replies, batched by length."""
+        from aero.engine import transcription_messages
+
         if len(audios) != len(prompts):
             raise ValueError(f"Got {len(audios)} audios but {len(prompts)} prompts; pass one prompt per audio.")
-        if not audios:
-            return []
-        texts = [
-            self.processor.apply_chat_template(
-                [{"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": p}]}]
-            )
-            for p in prompts
-        ]
-        inputs = self.processor(text=texts, audios=list(audios), padding_side="left")
-        tokenizer = self.processor.tokenizer
-        with torch.inference_mode():
-            out = self.model.generate(
-                **inputs,
-                do_sample=False,
-                max_new_tokens=self.max_new_tokens,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-        new = out[:, inputs["input_ids"].shape[1] :]
-        return [text.strip() for text in self.processor.batch_decode(new, skip_special_tokens=True)]
+        prepared = [self.engine.prepare(transcription_messages(a, p), self.options) for a, p in zip(audios, prompts)]
+        return [r.text for r in self.engine.generate_all(prepared, self.options)]
 
 
 def load_transcriber(

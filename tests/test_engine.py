@@ -1,0 +1,164 @@
+"""The generation engine on a tiny random model: batching, streaming, the repetition guard."""
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from conftest import make_tiny_model, make_tiny_processor, tone
+
+from aero.audio import SAMPLE_RATE, AudioError
+from aero.engine import (
+    ContextLengthError,
+    Engine,
+    GenerationOptions,
+    loop_start,
+    repeated_ngram,
+)
+
+GREEDY = GenerationOptions(max_new_tokens=12, repetition_guard=False)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Tiny models run faster on one thread, and the CI machine's cores are shared.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return Engine(make_tiny_model(), make_tiny_processor(), batch_size=3)
+
+
+def clips():
+    return [tone(s, 200 + 60 * i, seed=i) for i, s in enumerate([1.0, 4.5, 0.3, 7.0, 2.0, 33.0, 1.5])]
+
+
+def test_batches_equal_one_by_one(engine):
+    audios = clips()
+    batched = engine.transcribe(audios, options=GREEDY)
+    assert len(engine.batches([engine.prepare([{"role": "user", "content": "x"}])] * 7)) == 3
+    for audio, result in zip(audios, batched):
+        alone = engine.transcribe([audio], options=GREEDY)[0]
+        assert result.token_ids == alone.token_ids and result.text == alone.text
+        assert result.duration == pytest.approx(len(audio) / SAMPLE_RATE)
+        assert result.finish_reason == "length" and len(result.token_ids) == 12
+    assert batched[5].audios[0].windows == [(0, 30), (30, pytest.approx(33.0))]
+
+
+def test_stream_joins_to_text(engine):
+    messages = [{"role": "user", "content": [{"type": "audio", "audio": tone(2.0)}, {"type": "text", "text": "What is it?"}]}]
+    stream = engine.stream(engine.prepare(messages, GREEDY), GREEDY)
+    pieces = list(stream)
+    assert len(pieces) > 1 and "".join(pieces) == stream.result.text
+    assert stream.result.text == engine.chat(messages, GREEDY).text
+
+
+def test_repetition_guard_stops_a_forced_loop():
+    model = make_tiny_model()
+    with torch.no_grad():  # every logit equal: greedy picks token 0 forever
+        model.language_model.lm_head.weight.zero_()
+    engine = Engine(model, make_tiny_processor())
+    result = engine.transcribe([tone(1.0)], options=GenerationOptions(max_new_tokens=500))[0]
+    assert result.stopped_by_repetition and result.finish_reason == "repetition"
+    assert result.token_ids == [0]  # the loop is cut back to its first copy
+    off = engine.transcribe([tone(1.0)], options=GenerationOptions(max_new_tokens=50, repetition_guard=False))[0]
+    assert off.finish_reason == "length" and off.token_ids == [0] * 50
+
+
+def test_repeated_ngram_rules():
+    options = GenerationOptions()  # n-grams up to 16, >= 4 copies spanning >= 32 tokens
+    assert repeated_ngram([7] * 31, options) == 0 and repeated_ngram([7] * 32, options) == 1
+    loop = [1, 2, 3] + [5, 6, 7, 8, 9] * 7  # 35 tokens of a 5-gram
+    assert repeated_ngram(loop, options) == 5 and loop_start(loop, 5) == 8
+    assert repeated_ngram([5, 6, 7, 8, 9] * 6, options) == 0  # 30 tokens: not yet a loop
+    assert repeated_ngram(list(range(40)), options) == 0
+
+
+def test_context_limit_is_an_error_not_truncation():
+    engine = Engine(make_tiny_model(text={"max_position_embeddings": 512}), make_tiny_processor())
+    with pytest.raises(ContextLengthError, match=r"33\.0 s of audio.*at most ~1[0-9] s"):
+        engine.transcribe([tone(33.0)])
+    with pytest.raises(ContextLengthError, match="lower max_new_tokens"):
+        engine.transcribe([tone(5.0)], options=GenerationOptions(max_new_tokens=400))
+    assert engine.transcribe([tone(5.0)], options=GenerationOptions(max_new_tokens=4))[0].completion_tokens <= 4
+
+
+def test_timestamps_one_segment_per_window(engine):
+    result = engine.transcribe([tone(65.0)], options=GREEDY, timestamps=True)[0]
+    assert [(s.start, s.end) for s in result.segments] == [(0, 30), (30, 60), (60, pytest.approx(65.0))]
+    assert result.text == " ".join(s.text for s in result.segments if s.text)
+    first = engine.transcribe([tone(65.0)[: 30 * SAMPLE_RATE]], options=GREEDY)[0]
+    assert result.segments[0].text == first.text
+
+
+def test_failed_file_does_not_stop_the_rest(engine, tmp_path):
+    good = tmp_path / "good.wav"
+    sf.write(good, tone(1.0), SAMPLE_RATE)
+    (tmp_path / "bad.wav").write_text("not audio")
+    out = dict(engine.transcribe_iter([str(tmp_path / "bad.wav"), str(good), str(tmp_path / "missing.wav")], options=GREEDY))
+    assert isinstance(out[0], AudioError) and isinstance(out[2], AudioError) and "does not exist" in str(out[2])
+    assert out[1].text == engine.transcribe([tone(1.0)], options=GREEDY)[0].text
+
+
+def test_sampling_is_seeded_and_top_p_small_is_greedy(engine):
+    audio = [tone(1.0)]
+    sample = GenerationOptions(max_new_tokens=10, temperature=1.0, seed=3, repetition_guard=False)
+    assert engine.transcribe(audio, options=sample)[0].token_ids == engine.transcribe(audio, options=sample)[0].token_ids
+    nucleus = GenerationOptions(max_new_tokens=10, temperature=1.0, top_p=1e-6, seed=1, repetition_guard=False)
+    greedy = GenerationOptions(max_new_tokens=10, repetition_guard=False)
+    assert engine.transcribe(audio, options=nucleus)[0].token_ids == engine.transcribe(audio, options=greedy)[0].token_ids
+
+
+def test_multi_turn_chat_with_two_audios(engine):
+    messages = [
+        {"role": "user", "content": [{"type": "audio", "audio": tone(1.0)}, {"type": "audio", "audio": tone(31.0, 300)},
+                                     {"type": "text", "text": "Compare them."}]},
+        {"role": "assistant", "content": "The second is longer."},
+        {"role": "user", "content": "By how much?"},
+    ]
+    result = engine.chat(messages, GREEDY)
+    assert [a.duration for a in result.audios] == [pytest.approx(1.0), pytest.approx(31.0)]
+    assert len(result.audios[1].windows) == 2 and result.completion_tokens == 12
+
+
+def test_eos_stops_a_row():
+    model, processor = make_tiny_model(), make_tiny_processor()
+    eos = processor.tokenizer.eos_token_id
+
+    def end_now(module, args, logits):  # the end-of-turn token always wins
+        logits[..., eos] = 1e4
+        return logits
+
+    model.language_model.lm_head.register_forward_hook(end_now)
+    result = Engine(model, processor).transcribe([tone(1.0)])[0]
+    assert result.finish_reason == "stop" and result.token_ids == [] and result.text == ""
+
+
+def test_options_are_validated():
+    with pytest.raises(ValueError, match="temperature"):
+        GenerationOptions(temperature=-1)
+    with pytest.raises(ValueError, match="top_p"):
+        GenerationOptions(top_p=0)
+    with pytest.raises(AttributeError):
+        GenerationOptions().temperature = 1.0  # frozen
+
+
+def test_int8_quantized_model_runs(engine):
+    from aero.quantize import quantize_dynamic_int8
+
+    model = quantize_dynamic_int8(make_tiny_model())
+    assert not any(type(m) is torch.nn.Linear for m in model.language_model.modules())
+    result = Engine(model, make_tiny_processor()).transcribe([tone(2.0)], options=GREEDY)[0]
+    assert len(result.token_ids) == 12 and isinstance(result.text, str)
+
+
+def test_array_bytes_and_path_sources_agree(engine, tmp_path):
+    audio = tone(1.5)
+    path = tmp_path / "a.wav"
+    sf.write(path, audio, SAMPLE_RATE, subtype="FLOAT")
+    texts = [r.text for r in engine.transcribe([audio, str(path), path.read_bytes()], options=GREEDY)]
+    assert texts[0] == texts[1] == texts[2]
+    assert np.isfinite(audio).all()
