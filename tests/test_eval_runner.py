@@ -137,7 +137,7 @@ def test_run_choice_eval(manifest, tmp_path):
 
 def test_cli_evaluate(manifest, tmp_path, monkeypatch):
     # The CLI's model lookup is replaced by the in-test model; the rest is the real path.
-    monkeypatch.setattr(cli, "resolve_model", lambda spec: FakeTranscriber())
+    monkeypatch.setattr(cli, "resolve_model", lambda spec, max_new_tokens=None: FakeTranscriber())
     out = tmp_path / "cli-run"
     args = ["--model", "fake", "--task", "manifest", "--data", str(manifest), "--output", str(out), "--name", "tiny"]
     result = CliRunner().invoke(cli.app, args)

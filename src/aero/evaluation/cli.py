@@ -31,7 +31,7 @@ TASKS = ("librispeech", "librispeech-long", "manifest", "hf", "choice")
 _USER_ERRORS = (FileNotFoundError, ValueError, ImportError, NotImplementedError)
 
 
-def resolve_model(spec: str) -> Any:
+def resolve_model(spec: str, max_new_tokens: int | None = None) -> Any:
     """A `Transcriber` for a model spec: `faster-whisper:NAME_OR_DIR`, or anything aero can load."""
     if spec.startswith("faster-whisper:"):
         from .baselines import FasterWhisperTranscriber
@@ -43,7 +43,7 @@ def resolve_model(spec: str) -> Any:
         raise ImportError(
             f"Cannot load model {spec!r}: aero.models.load_transcriber is not available ({err})."
         ) from None
-    return load_transcriber(spec)
+    return load_transcriber(spec) if max_new_tokens is None else load_transcriber(spec, max_new_tokens=max_new_tokens)
 
 
 def load_task_items(
@@ -134,6 +134,7 @@ def evaluate(
     audio_column: str = typer.Option("audio", help="hf: audio column."),
     text_column: str = typer.Option("text", help="hf: transcript column."),
     seed: int = typer.Option(0, help="Bootstrap seed."),
+    max_new_tokens: int | None = typer.Option(None, help="Generation limit per item (default: the model's)."),
 ) -> None:
     """Evaluate MODEL on TASK; writes results.json and samples.jsonl and prints a summary."""
     if ctx.invoked_subcommand is not None:
@@ -148,7 +149,7 @@ def evaluate(
     output = output or Path("eval-results") / _slug(model) / _slug(task_name)
     try:
         items = load_task_items(task, data, output, gap, split, config, audio_column, text_column)
-        transcriber = resolve_model(model)
+        transcriber = resolve_model(model, max_new_tokens)
         with Progress(console=console, transient=True) as bar:
             job = bar.add_task(f"{task_name}", total=None)
 
