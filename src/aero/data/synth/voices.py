@@ -1,0 +1,141 @@
+"""Voices: espeak-ng (language voice + variant) and festival, rendered to 16 kHz float32.
+
+Notable choices:
+- Only espeak-ng's own formant voices (gmw/...) are used: the mbrola voices need the mbrola
+  program and data, which Debian does not ship by default.
+- A voice's gender comes from its variant file's `gender` line (m1..m8 and the named male
+  variants are male; f1..f5, Alicia, Annie, ... are female); festival's kal and ked diphone
+  voices are male, cmu_us_slt_arctic_hts is female.
+- Held out, never in training: the espeak language voice en-gb-x-gbcwmd, the variants m3
+  and f4, and festival's cmu_us_slt_arctic_hts. Held-out espeak voices combine only held-out
+  parts, so a held-out voice shares neither accent nor timbre with any training voice.
+- espeak's rate (-s, words per minute) is the speaking-rate label; festival voices get a
+  Duration_Stretch instead and are never used for speaking-rate questions.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from aero.audio import SAMPLE_RATE
+
+ESPEAK_TRAIN_LANGS = ("en-us", "en-gb", "en-gb-x-rp", "en-gb-scotland", "en-gb-x-gbclan", "en-029", "en-us-nyc")
+ESPEAK_TRAIN_VARIANTS = {
+    "m1": "male", "m2": "male", "m4": "male", "m5": "male", "m6": "male", "m7": "male", "m8": "male",
+    "Andy": "male", "Lee": "male", "john": "male", "paul": "male", "robert": "male", "Mike": "male",
+    "f1": "female", "f2": "female", "f3": "female", "f5": "female", "Alicia": "female", "Andrea": "female",
+    "Annie": "female", "aunty": "female", "belinda": "female", "linda": "female", "steph": "female",
+    "anika": "female", "grandma": "female",
+}
+ESPEAK_HELDOUT_LANGS = ("en-gb-x-gbcwmd",)
+ESPEAK_HELDOUT_VARIANTS = {"m3": "male", "f4": "female"}
+FESTIVAL_TRAIN = {"kal_diphone": "male", "ked_diphone": "male"}
+FESTIVAL_HELDOUT = {"cmu_us_slt_arctic_hts": "female"}
+
+RATE_RANGE = (110, 230)  # espeak -s, words per minute (espeak's default is 175)
+PITCH_RANGE = (20, 80)  # espeak -p, 0..99 within the variant's own pitch range
+RATE_LABELS = {"slow": (105, 135), "normal": (160, 190), "fast": (215, 250)}  # clear gaps between classes
+
+
+class ToolMissing(RuntimeError):
+    """A system program (espeak-ng, text2wave, sox) is not installed."""
+
+
+def require(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        raise ToolMissing(f"`{tool}` is not installed; run: apt-get install -y espeak-ng festival festvox-kallpc16k "
+                          "festvox-kdlpc16k festvox-us-slt-hts sox fortunes")
+    return path
+
+
+@dataclass(frozen=True)
+class Voice:
+    engine: str  # "espeak" or "festival"
+    name: str  # espeak language voice or festival voice
+    variant: str | None  # espeak variant (None for festival)
+    gender: str  # "male" / "female", from how the voice is defined
+
+    @property
+    def key(self) -> str:
+        return f"{self.engine}:{self.name}" + (f"+{self.variant}" if self.variant else "")
+
+
+def _espeak(langs, variants) -> list[Voice]:
+    return [Voice("espeak", lang, v, g) for lang in langs for v, g in variants.items()]
+
+
+def voice_set(name: str) -> list[Voice]:
+    """'train' (every training voice), 'heldout-espeak', 'heldout-slt' or 'heldout' (both)."""
+    sets = {
+        "train": _espeak(ESPEAK_TRAIN_LANGS, ESPEAK_TRAIN_VARIANTS)
+        + [Voice("festival", n, None, g) for n, g in FESTIVAL_TRAIN.items()],
+        "train-espeak": _espeak(ESPEAK_TRAIN_LANGS, ESPEAK_TRAIN_VARIANTS),
+        "heldout-espeak": _espeak(ESPEAK_HELDOUT_LANGS, ESPEAK_HELDOUT_VARIANTS),
+        "heldout-slt": [Voice("festival", n, None, g) for n, g in FESTIVAL_HELDOUT.items()],
+    }
+    sets["heldout"] = sets["heldout-espeak"] + sets["heldout-slt"]
+    if name not in sets:
+        raise ValueError(f"Unknown voice set {name!r}; choose one of {', '.join(sets)}.")
+    return sets[name]
+
+
+@dataclass(frozen=True)
+class Speech:
+    """One utterance to render: the voice and its prosody settings."""
+
+    say: str
+    voice: Voice
+    rate: int = 175  # espeak words per minute
+    pitch: int = 50  # espeak 0..99
+    word_gap: int = 0  # espeak extra pause between words, in units of 10 ms
+    stretch: float = 1.0  # festival Duration_Stretch (>1 is slower)
+
+    def describe(self) -> dict:
+        d = {**asdict(self.voice), "key": self.voice.key}
+        if self.voice.engine == "espeak":
+            d.update(rate=self.rate, pitch=self.pitch, word_gap=self.word_gap)
+        else:
+            d.update(stretch=self.stretch)
+        return d
+
+
+def _read_wav(path: str) -> np.ndarray:
+    import soundfile as sf
+    import soxr
+
+    audio, sr = sf.read(path, dtype="float32", always_2d=True)
+    audio = audio.mean(axis=1)
+    return soxr.resample(audio, sr, SAMPLE_RATE, quality="HQ").astype(np.float32) if sr != SAMPLE_RATE else audio
+
+
+def render(speech: Speech, workdir: str) -> np.ndarray:
+    """The utterance as 16 kHz mono float32."""
+    fd, wav = tempfile.mkstemp(suffix=".wav", dir=workdir)
+    os.close(fd)
+    try:
+        v = speech.voice
+        if v.engine == "espeak":
+            cmd = [require("espeak-ng"), "-v", f"{v.name}+{v.variant}" if v.variant else v.name,
+                   "-s", str(speech.rate), "-p", str(speech.pitch), "-g", str(speech.word_gap), "-w", wav, "--stdin"]
+            subprocess.run(cmd, input=speech.say.encode(), check=True, capture_output=True)
+        else:
+            txt = wav[:-4] + ".txt"
+            with open(txt, "w") as f:
+                f.write(speech.say + "\n")
+            cmd = [require("text2wave"), "-eval", f"(voice_{v.name})",
+                   "-eval", f"(Parameter.set 'Duration_Stretch {speech.stretch:.3f})", txt, "-o", wav]
+            subprocess.run(cmd, check=True, capture_output=True)
+            os.unlink(txt)
+        audio = _read_wav(wav)
+    finally:
+        os.unlink(wav)
+    if audio.size == 0 or not np.any(audio):
+        raise RuntimeError(f"{speech.voice.key} produced no audio for {speech.say!r}")
+    return audio
