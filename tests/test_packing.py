@@ -19,9 +19,12 @@ def setup(tmp_path_factory):
     return make_tiny_model(), processor, dataset
 
 
-@pytest.mark.parametrize("reduction", ["token", "sample"])
-def test_packed_loss_equals_per_sample_losses_with_audio(setup, reduction):
+@pytest.mark.parametrize("reduction,attention", [("token", "sdpa"), ("sample", "sdpa"), ("token", "packed")])
+def test_packed_loss_equals_per_sample_losses_with_audio(setup, reduction, attention):
     model, processor, dataset = setup
+    from aero.train.packed_attention import register
+
+    model.language_model.set_attn_implementation(register() if attention == "packed" else "sdpa")
     step = TrainingModule(model, loss_reduction=reduction)
     items = [dataset[i] for i in range(len(dataset))]
     packed = Collator(processor, packed=True)(items)
@@ -80,3 +83,23 @@ def test_fused_loss_matches_full_logits_and_gradients():
     torch.testing.assert_close(g_h, hidden.grad)
     torch.testing.assert_close(g_w, weight.grad)
     assert keep.sum() == 64
+
+
+def test_per_sample_attention_equals_block_mask(setup):
+    from aero.train.packed_attention import register, varlen_kwargs
+
+    model, _, _ = setup
+    decoder = model.language_model.get_decoder()
+    torch.manual_seed(1)
+    lens = [7, 12, 3, 9]
+    ids = torch.randint(0, 400, (1, sum(lens)))
+    pos = torch.cat([torch.arange(n) for n in lens])[None]
+    model.language_model.set_attn_implementation("sdpa")
+    block = decoder(input_ids=ids, position_ids=pos, use_cache=False).last_hidden_state
+    model.language_model.set_attn_implementation(register())
+    looped = decoder(input_ids=ids, position_ids=pos, use_cache=False, **varlen_kwargs(lens, "cpu")).last_hidden_state
+    # Without varlen kwargs it is plain SDPA (generation, padded batches).
+    plain = decoder(input_ids=ids[:, :7], use_cache=False).last_hidden_state
+    model.language_model.set_attn_implementation("sdpa")
+    torch.testing.assert_close(looped, block, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(plain, block[:, :7], rtol=1e-5, atol=1e-5)

@@ -92,6 +92,25 @@ def shard(module: TrainingModule) -> None:
     fully_shard(module)
 
 
+def choose_attention(model, device, packed: bool) -> str:
+    """flash-attention 2 on CUDA when installed (varlen for packed rows); otherwise SDPA, with
+    the per-sample loop for packed rows (see train/packed_attention.py)."""
+    name = "sdpa"
+    if device.type == "cuda":
+        try:
+            import flash_attn  # noqa: F401
+
+            name = "flash_attention_2"
+        except ImportError:
+            pass
+    if name == "sdpa" and packed:
+        from aero.train.packed_attention import register
+
+        name = register()
+    model.language_model.set_attn_implementation(name)
+    return name
+
+
 def cosine_schedule(optimizer, warmup: int, total: int, min_ratio: float):
     def factor(step: int) -> float:
         if step < warmup:
@@ -176,6 +195,7 @@ def train(config: TrainConfig, stop_after: int | None = None) -> dict:
     model = apply_preset(model, config.preset, config.train_audio_tower, lora)
     model.to(dist.device)
     model.train()
+    attention = choose_attention(model, dist.device, packed=config.batching == "pack")
     flops = flop_model(model)
     module = TrainingModule(model, config.loss_chunk, config.loss_reduction)
 
@@ -286,7 +306,7 @@ def train(config: TrainConfig, stop_after: int | None = None) -> dict:
                 "step": step, "loss": loss, "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
                 "tokens": real, "padding": 1 - real / max(slots, 1), "tokens_per_s": real / elapsed,
                 "step_s": elapsed, "samples": samples_now, "samples_seen": seen_samples, "tokens_seen": seen_tokens,
-                "skipped": skipped, "flops": step_flops, "consumed": consumed,
+                "skipped": skipped, "flops": step_flops, "consumed": consumed, "attention": attention,
             }
             if heldout and not dist.enabled and (step % config.eval_every == 0 or step == config.max_steps):
                 from aero.train.heldout import heldout_wer

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from aero.train.loss import fused_linear_cross_entropy, reduce_losses
+from aero.train.packed_attention import varlen_kwargs
 
 
 class TrainingModule(nn.Module):
@@ -31,11 +32,15 @@ class TrainingModule(nn.Module):
             features = aero.get_audio_features(batch["audio_values"].to(device), batch["audio_attention_mask"].to(device))
             embeds = aero.merge_audio(input_ids, embeds, features)
         mask = batch.get("attention_mask")
+        # A packed row (no mask) attends per sample: flash-attention varlen or the per-sample SDPA
+        # loop read these; plain SDPA/eager fall back to a block-diagonal mask from position_ids.
+        varlen = varlen_kwargs(batch["seq_lens"], device) if mask is None else {}
         hidden = lm.get_decoder()(
             inputs_embeds=embeds,
             position_ids=batch["position_ids"].to(device),
             attention_mask=mask.to(device) if mask is not None else None,
             use_cache=False,  # with a cache, packed position ids are not read as sample boundaries
+            **varlen,
         ).last_hidden_state
         losses, keep = fused_linear_cross_entropy(
             hidden, lm.get_output_embeddings().weight, batch["targets"], chunk=self.loss_chunk
