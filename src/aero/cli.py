@@ -32,6 +32,189 @@ def train(
         typer.echo(f"model: {summary['model_dir']}\nadapter: {summary['adapter']}")
 
 
+# ----- inference: transcribe, chat, serve, info ------------------------------------------------
+
+TIMESTAMP_HELP = (
+    "Output format: txt, json, srt or vtt. srt/vtt transcribe each 30 s window separately and give "
+    "one cue per window: cue times are the exact window boundaries, so timing precision is 30 s "
+    "(nothing finer inside a window; a word spoken across a boundary may be cut or repeated). "
+    "txt/json transcribe the whole recording in one generation."
+)
+
+
+def _load_engine(model: str, batch_size: int = 8, int8: bool = False, threads: int | None = None):
+    import torch
+
+    from aero.engine import Engine
+
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return Engine.load(model, quantize=int8, batch_size=batch_size)
+    except (OSError, ValueError) as err:
+        typer.echo(f"error: cannot load model {model!r}: {err}", err=True)
+        raise typer.Exit(2)
+
+
+def _options(max_new_tokens: int | None, temperature: float = 0.0, repetition_guard: bool = True):
+    from aero.engine import GenerationOptions
+
+    try:
+        return GenerationOptions(max_new_tokens=max_new_tokens, temperature=temperature, repetition_guard=repetition_guard)
+    except ValueError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2)
+
+
+@app.command()
+def transcribe(
+    files: list[str] = typer.Argument(..., help="Audio files and/or directories (searched recursively for audio)."),
+    model: str = typer.Option("aero-mini", help="'aero-mini', a checkpoint directory or a hub id."),
+    format: str = typer.Option("txt", "--format", "-f", help=TIMESTAMP_HELP),
+    output_dir: str = typer.Option(".", "--output-dir", "-o", help="Where <name>.<format> files are written."),
+    batch_size: int = typer.Option(8, help="Recordings decoded together (grouped by length)."),
+    prompt: str | None = typer.Option(None, help="Instruction instead of 'Please transcribe the audio'."),
+    max_new_tokens: int | None = typer.Option(None, help="Token budget per recording (default: 32 + 8 per second)."),
+    int8: bool = typer.Option(False, "--int8", help="Dynamic int8 quantization of the LM's Linear layers (CPU)."),
+    threads: int | None = typer.Option(None, help="CPU threads for torch (default: torch's choice)."),
+) -> None:
+    """Transcribe recordings; each result is written as soon as it is done. Exit code 1 if any failed."""
+    from pathlib import Path
+
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    from aero.formats import FORMATS, collect_audio_files, output_paths, write_result
+
+    if format not in FORMATS:
+        typer.echo(f"error: --format must be one of {', '.join(FORMATS)}, not {format!r}.", err=True)
+        raise typer.Exit(2)
+    paths = collect_audio_files(files)
+    if not paths:
+        typer.echo("error: no audio files found in the given paths.", err=True)
+        raise typer.Exit(2)
+    options = _options(max_new_tokens)
+    engine = _load_engine(model, batch_size, int8, threads)
+    targets = output_paths(paths, Path(output_dir), format)
+    console = Console(stderr=True)
+    failed = 0
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=False) as progress:
+        task = progress.add_task("transcribing", total=len(paths))
+        results = engine.transcribe_iter([str(p) for p in paths], prompt, options, timestamps=format in ("srt", "vtt"))
+        for i, result in results:
+            if isinstance(result, Exception):
+                failed += 1
+                progress.console.print(f"[red]failed[/red] {escape(str(paths[i]))}: {escape(str(result))}", markup=True, highlight=False, soft_wrap=True)
+            else:
+                write_result(result, targets[i], format)
+                note = " (stopped a repetition loop)" if result.stopped_by_repetition else ""
+                progress.console.print(f"{paths[i]} -> {targets[i]}{note}", markup=False, highlight=False, soft_wrap=True)
+            progress.advance(task)
+    console.print(f"{len(paths) - failed} transcribed, {failed} failed", highlight=False)
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def chat(
+    audio: list[str] = typer.Argument(..., help="Audio files the conversation is about."),
+    ask: str | None = typer.Option(None, "--ask", "-a", help="One question; without it, an interactive chat."),
+    model: str = typer.Option("aero-mini", help="'aero-mini', a checkpoint directory or a hub id."),
+    max_new_tokens: int | None = typer.Option(None, help="Reply budget (default 512)."),
+    temperature: float = typer.Option(0.0, help="0 is greedy."),
+    int8: bool = typer.Option(False, "--int8", help="Dynamic int8 quantization of the LM's Linear layers (CPU)."),
+    threads: int | None = typer.Option(None, help="CPU threads for torch."),
+) -> None:
+    """Ask about audio; the reply streams as it is generated. Interactive (multi-turn) without --ask."""
+    from aero.audio import AudioError, load_audio
+
+    try:
+        sources = [load_audio(a) for a in audio]
+    except AudioError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2)
+    options = _options(max_new_tokens, temperature)
+    engine = _load_engine(model, 1, int8, threads)
+    parts = [{"type": "audio", "audio": s} for s in sources]
+    messages: list = []
+    question = ask
+    while True:
+        if question is None:
+            try:
+                question = input("you> ").strip()
+            except (EOFError, KeyboardInterrupt):
+                typer.echo()
+                return
+            if question in ("", "exit", "quit"):
+                return
+        content = parts + [{"type": "text", "text": question}] if not messages else question
+        messages.append({"role": "user", "content": content})
+        try:
+            stream = engine.stream(engine.prepare(messages, options), options)
+        except ValueError as err:  # AudioError, ContextLengthError
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(2)
+        for piece in stream:
+            typer.echo(piece, nl=False)
+        typer.echo()
+        if stream.result.stopped_by_repetition:
+            typer.echo("[stopped: the reply was repeating itself]", err=True)
+        messages.append({"role": "assistant", "content": stream.result.text})
+        if ask is not None:
+            return
+        question = None
+
+
+@app.command()
+def serve(
+    model: str = typer.Option("aero-mini", help="'aero-mini', a checkpoint directory or a hub id."),
+    host: str = typer.Option("127.0.0.1", help="Interface to bind (0.0.0.0 exposes it to the network)."),
+    port: int = typer.Option(8000),
+    api_key: str | None = typer.Option(None, envvar="AERO_API_KEY", help="Require 'Authorization: Bearer KEY' (all routes but /health)."),
+    max_upload_mb: float = typer.Option(25.0, help="Largest upload or request body, MB (413 above)."),
+    max_audio_seconds: float = typer.Option(1800.0, help="Longest audio per request, seconds (400 above)."),
+    max_queue: int = typer.Option(64, help="Requests waiting or running at once; more get 503."),
+    timeout: float = typer.Option(600.0, help="Seconds a request may wait and run before a 504."),
+    batch_size: int = typer.Option(8, help="Queued requests decoded together."),
+    int8: bool = typer.Option(False, "--int8", help="Dynamic int8 quantization of the LM's Linear layers (CPU)."),
+    threads: int | None = typer.Option(None, help="CPU threads for torch."),
+) -> None:
+    """OpenAI-compatible HTTP server: /v1/audio/transcriptions, /v1/chat/completions, /v1/models, /health."""
+    import uvicorn
+
+    from aero.server import ServerSettings, create_app
+
+    engine = _load_engine(model, batch_size, int8, threads)
+    settings = ServerSettings(
+        model_name=model, api_key=api_key or None, max_upload_bytes=int(max_upload_mb * 2**20),
+        max_audio_seconds=max_audio_seconds, max_queue=max_queue, timeout_s=timeout, batch_size=batch_size,
+    )
+    uvicorn.run(create_app(engine, settings), host=host, port=port, log_level="info")
+
+
+@app.command()
+def info(model: str = typer.Argument("aero-mini", help="'aero-mini', a checkpoint directory or a hub id.")) -> None:
+    """Model facts: parameters per part, context, audio token rate, longest audio per request."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from aero.engine import model_facts
+
+    engine = _load_engine(model)
+    table = Table(title=model, show_header=False)
+    for key, value in model_facts(engine).items():
+        table.add_row(key, str(value))
+    Console().print(table)
+
+
 def _mount_eval() -> None:
     from aero.evaluation.cli import app as eval_app
 

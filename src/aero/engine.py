@@ -461,3 +461,31 @@ def with_options(options: GenerationOptions | None, **changes) -> GenerationOpti
     """A copy of `options` (or the defaults) with the given fields changed; None values skipped."""
     return replace(options or GenerationOptions(), **{k: v for k, v in changes.items() if v is not None})
 
+
+
+def model_facts(engine: Engine) -> dict[str, Any]:
+    """What `aero info` prints: sizes, context, audio token rate, longest audio per request."""
+    model, processor = engine.model, engine.processor
+
+    def millions(module) -> str:
+        return f"{sum(p.numel() for p in module.parameters()) / 1e6:.1f} M"
+
+    rate = processor.tokens_per_window([np.zeros(N_SAMPLES, np.float32)])[0] / CHUNK_LENGTH
+    probe = processor.encode_conversation(transcription_messages(np.zeros(N_SAMPLES, np.float32)), add_generation_prompt=True)
+    text_tokens = len(probe["input_ids"]) - processor.tokens_per_window(probe["audio"].windows)[0]
+    room = engine.context - text_tokens
+    # Longest audio whose default transcript budget (32 + 8/s) still fits: rate*s + 32 + 8*s <= room.
+    longest = (room - TRANSCRIPT_BASE_TOKENS) / (rate + TRANSCRIPT_TOKENS_PER_SECOND)
+    text = model.config.text_config
+    return {
+        "audio encoder": f"{millions(model.audio_tower)} ({model.config.audio_config.encoder_layers} layers, d={model.config.audio_config.d_model})",
+        "projector": millions(model.audio_modal_projector),
+        "language model": f"{millions(model.language_model)} ({text.model_type}, {text.num_hidden_layers} layers, d={text.hidden_size})",
+        "LM context": f"{engine.context} tokens",
+        "audio tokens": f"{rate:.2f} per second",
+        "transcription prompt": f"{text_tokens} text tokens + audio",
+        "longest audio (default budget)": f"~{longest / 60:.1f} min per request",
+        "end of turn": ", ".join(processor.tokenizer.convert_ids_to_tokens(sorted(engine.eos_ids))),
+        "system prompt": repr(processor.system_prompt),
+        "dtype": str(next(model.parameters()).dtype),
+    }

@@ -12,7 +12,9 @@ Notable choices:
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict
+from pathlib import Path
 
 from aero.engine import Result, Segment
 
@@ -74,3 +76,36 @@ def render(result: Result, fmt: str) -> str:
     if fmt not in WRITERS:
         raise ValueError(f"Unknown output format {fmt!r}; use one of {', '.join(FORMATS)}.")
     return WRITERS[fmt](result)
+
+
+AUDIO_EXTENSIONS = {".wav", ".flac", ".mp3", ".m4a", ".aac", ".ogg", ".oga", ".opus", ".webm", ".mp4", ".mkv", ".mov", ".wma", ".aiff", ".aif"}
+
+
+def collect_audio_files(paths: list[str | os.PathLike]) -> list[Path]:
+    """Files as given (any extension: the decoder decides) plus audio files found in directories, recursively."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS)
+        else:
+            out.append(p)  # a missing file is reported by the decoder, with the rest still transcribed
+    return out
+
+
+def output_paths(files: list[Path], output_dir: Path, fmt: str) -> list[Path]:
+    """`<output_dir>/<stem>.<fmt>` per input; stems seen before get `-1`, `-2`, ... (no overwriting)."""
+    seen: dict[str, int] = {}
+    out = []
+    for f in files:
+        n = seen.get(f.stem, 0)
+        seen[f.stem] = n + 1
+        out.append(output_dir / (f"{f.stem}.{fmt}" if n == 0 else f"{f.stem}-{n}.{fmt}"))
+    return out
+
+
+def write_result(result: Result, path: Path, fmt: str) -> None:
+    """Write atomically: a crash never leaves a half-written transcript behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_text(render(result, fmt), encoding="utf-8")
+    os.replace(tmp, path)

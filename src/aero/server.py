@@ -1,0 +1,529 @@
+"""An OpenAI-compatible HTTP server that only wraps the engine (FastAPI + uvicorn).
+
+Routes: POST /v1/audio/transcriptions, POST /v1/chat/completions, GET /v1/models[/{id}],
+GET /health.
+
+Notable choices:
+- One worker thread owns the model. Handlers check and decode each request (body size,
+  audio decoding, duration) and queue it; the worker takes what is waiting, up to
+  `batch_size` non-streaming requests, and decodes those with equal options as one batch:
+  concurrent clients share forward passes instead of taking turns.
+- Bounded: at most `max_queue` requests waiting or running (503 beyond that), each with a
+  deadline (504; a request that times out before it starts is never run).
+- Audio comes only from uploaded bytes or base64 `input_audio` parts. Parts that name a
+  path or URL (`audio_url`, `audio`) are refused: the server never opens anything a client
+  names.
+- Errors use OpenAI's shape {"error": {"message", "type", "param", "code"}}; malformed
+  requests (FastAPI's 422) are 400s. A body over the upload limit is a 413 read no further
+  than its Content-Length header; a POST without one is refused (411).
+- Differences from OpenAI, on purpose: `prompt` of a transcription REPLACES the instruction
+  (Aero follows instructions; Whisper reads it as preceding text); a missing `temperature`
+  means greedy (0), not 1; any `model` name is accepted and answered by the served model.
+- verbose_json, srt and vtt transcribe each 30 s window on its own; segment times are the
+  window boundaries (see aero.engine).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import hmac
+import json
+import queue
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from aero.audio import SAMPLE_RATE, AudioError, load_audio
+from aero.engine import (
+    ContextLengthError,
+    Engine,
+    GenerationOptions,
+    Result,
+    transcription_messages,
+)
+from aero.formats import to_srt, to_vtt
+
+RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
+FORM_OVERHEAD_BYTES = 64 * 1024  # multipart boundaries and text fields beside the file
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    model_name: str = "aero"  # the id /v1/models reports and responses carry
+    api_key: str | None = None  # when set, every route but /health needs "Authorization: Bearer <key>"
+    max_upload_bytes: int = 25 * 2**20  # largest audio upload / JSON body (OpenAI's limit is 25 MB)
+    max_audio_seconds: float = 1800.0  # longest audio in one request (all its audios together)
+    max_queue: int = 64  # requests waiting or running; more are refused with 503
+    timeout_s: float = 600.0  # a request's deadline from arrival, waiting included (504 after)
+    batch_size: int = 8  # queued non-streaming requests decoded together
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+
+
+def error_response(status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
+                   code: str | None = None) -> JSONResponse:
+    body = {"error": {"message": message, "type": type, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status)
+
+
+# ----- the worker: one thread owns the model ---------------------------------------------------
+
+
+@dataclass
+class Job:
+    options: GenerationOptions
+    loop: asyncio.AbstractEventLoop
+    messages: list[dict] | None = None  # a chat or plain transcription request
+    transcription: bool = False  # budget rule for transcripts (see Engine.prepare)
+    audio: np.ndarray | None = None  # a timestamped transcription: audio + prompt instead of messages
+    prompt: str | None = None
+    stream: bool = False
+    future: asyncio.Future | None = None  # non-streaming: the Result (or an exception)
+    pieces: asyncio.Queue | None = None  # streaming: "start" or an exception, then text pieces, then the Result
+    cancelled: bool = False
+    deadline: float = field(default_factory=lambda: float("inf"))
+
+
+class Worker:
+    def __init__(self, engine: Engine, settings: ServerSettings):
+        self.engine, self.settings = engine, settings
+        self.jobs: queue.Queue[Job | None] = queue.Queue()
+        self.pending = 0  # submitted and not yet answered
+        self.lock = threading.Lock()
+        self.thread = threading.Thread(target=self.run, name="aero-engine", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.jobs.put(None)
+        self.thread.join(timeout=30)
+
+    def submit(self, job: Job) -> None:
+        with self.lock:
+            if self.pending >= self.settings.max_queue:
+                raise APIError(503, f"The server is busy ({self.pending} requests queued); retry shortly.",
+                               "server_error", code="server_busy")
+            self.pending += 1
+        self.jobs.put(job)
+
+    def run(self) -> None:
+        while True:
+            job = self.jobs.get()
+            if job is None:
+                return
+            jobs = [job]
+            while len(jobs) < self.settings.batch_size:
+                try:
+                    nxt = self.jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self.jobs.put(None)  # stop after this round
+                    break
+                jobs.append(nxt)
+            self.process(jobs)
+
+    def process(self, jobs: list[Job]) -> None:
+        now = time.monotonic()
+        live = []
+        for job in jobs:
+            if job.cancelled or now > job.deadline:
+                self.answer(job, TimeoutError("expired before it started"))
+            else:
+                live.append(job)
+        groups: dict[GenerationOptions, list[Job]] = {}
+        for job in live:
+            if job.stream:
+                self.run_stream(job)
+            elif job.audio is not None:
+                self.run_guarded([job], lambda j=job: [self.engine.transcribe([j.audio], j.prompt, j.options, timestamps=True)[0]])
+            else:
+                groups.setdefault(job.options, []).append(job)
+        for options, group in groups.items():
+            ready, prepared = [], []
+            for job in group:
+                try:
+                    prepared.append(self.engine.prepare(job.messages, options, transcription=job.transcription))
+                    ready.append(job)
+                except Exception as err:  # noqa: BLE001 - answered to that request only
+                    self.answer(job, err)
+            if ready:
+                self.run_guarded(ready, lambda p=prepared, o=options: self.engine.generate_all(p, o))
+
+    def run_guarded(self, jobs: list[Job], fn) -> None:
+        try:
+            results = fn()
+        except Exception as err:  # noqa: BLE001 - a failing batch answers its own requests
+            for job in jobs:
+                self.answer(job, err)
+            return
+        for job, result in zip(jobs, results):
+            self.answer(job, result)
+
+    def run_stream(self, job: Job) -> None:
+        put = lambda item: job.loop.call_soon_threadsafe(job.pieces.put_nowait, item)
+        try:
+            stream = self.engine.stream(self.engine.prepare(job.messages, job.options, transcription=job.transcription),
+                                        job.options)
+            put("start")
+            for piece in stream:
+                if job.cancelled:  # the client went away or timed out
+                    break
+                put(piece)
+            put(stream.result if stream.result is not None else TimeoutError("cancelled"))
+        except Exception as err:  # noqa: BLE001
+            put(err)
+        finally:
+            with self.lock:
+                self.pending -= 1
+
+    def answer(self, job: Job, value: Any) -> None:
+        with self.lock:
+            self.pending -= 1
+        if job.pieces is not None:
+            job.loop.call_soon_threadsafe(job.pieces.put_nowait, value)
+            return
+
+        def settle():
+            if not job.future.done():
+                job.future.set_exception(value) if isinstance(value, BaseException) else job.future.set_result(value)
+
+        job.loop.call_soon_threadsafe(settle)
+
+
+# ----- request parsing ---------------------------------------------------------------------------
+
+
+def _as_api_error(err: BaseException, param: str | None = None) -> APIError:
+    if isinstance(err, APIError):
+        return err
+    if isinstance(err, ContextLengthError):
+        return APIError(400, str(err), param=param, code="context_length_exceeded")
+    if isinstance(err, AudioError):
+        return APIError(400, str(err), param=param, code="invalid_audio")
+    if isinstance(err, (asyncio.TimeoutError, TimeoutError)):
+        return APIError(504, "The request timed out; send shorter audio or retry when the server is less busy.",
+                        "server_error", code="timeout")
+    if isinstance(err, ValueError):
+        return APIError(400, str(err), param=param)
+    return APIError(500, f"Internal error: {type(err).__name__}: {err}", "server_error")
+
+
+async def _decode_audio(data: bytes, param: str) -> np.ndarray:
+    try:
+        return await run_in_threadpool(load_audio, data)
+    except AudioError as err:
+        raise APIError(400, f"The {param} is not usable audio: {err}", param=param, code="invalid_audio") from None
+
+
+def _check_duration(seconds: float, settings: ServerSettings, param: str) -> None:
+    if seconds > settings.max_audio_seconds:
+        raise APIError(400, f"The audio is {seconds:.1f} s long; this server accepts at most "
+                       f"{settings.max_audio_seconds:g} s per request.", param=param, code="audio_too_long")
+
+
+def _options(temperature: Any = None, top_p: Any = None, max_tokens: Any = None, seed: Any = None) -> GenerationOptions:
+    def number(value, name, kind):
+        if value is None:
+            return None
+        if isinstance(value, bool):
+            raise APIError(400, f"'{name}' must be a number.", param=name)
+        try:
+            return kind(value)
+        except (TypeError, ValueError):
+            raise APIError(400, f"'{name}' must be a number, not {value!r}.", param=name) from None
+
+    values = {"temperature": number(temperature, "temperature", float), "top_p": number(top_p, "top_p", float),
+              "max_new_tokens": number(max_tokens, "max_tokens", int), "seed": number(seed, "seed", int)}
+    try:
+        return GenerationOptions(**{k: v for k, v in values.items() if v is not None})
+    except ValueError as err:
+        param = next((k for k in ("temperature", "top_p", "max_new_tokens") if k in str(err)), None)
+        raise APIError(400, str(err), param="max_tokens" if param == "max_new_tokens" else param) from None
+
+
+async def _chat_messages(raw: Any, settings: ServerSettings) -> list[dict]:
+    """Client messages -> engine messages with decoded audio; only base64 input_audio is accepted."""
+    if not isinstance(raw, list) or not raw:
+        raise APIError(400, "'messages' must be a non-empty list.", param="messages")
+    out, seconds = [], 0.0
+    for i, message in enumerate(raw):
+        if not isinstance(message, dict) or message.get("role") not in ("system", "user", "assistant"):
+            raise APIError(400, f"messages[{i}] must be an object with role system, user or assistant.", param=f"messages[{i}]")
+        content = message.get("content")
+        if isinstance(content, str):
+            out.append({"role": message["role"], "content": content})
+            continue
+        if not isinstance(content, list):
+            raise APIError(400, f"messages[{i}].content must be a string or a list of parts.", param=f"messages[{i}].content")
+        parts = []
+        for j, part in enumerate(content):
+            where = f"messages[{i}].content[{j}]"
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "text" and isinstance(part.get("text"), str):
+                parts.append({"type": "text", "text": part["text"]})
+            elif kind == "input_audio" and isinstance(part.get("input_audio"), dict):
+                try:
+                    data = base64.b64decode(part["input_audio"].get("data") or "", validate=True)
+                except (binascii.Error, TypeError, ValueError):
+                    raise APIError(400, f"{where}.input_audio.data is not valid base64.", param=where) from None
+                if len(data) > settings.max_upload_bytes:
+                    raise APIError(413, f"{where} holds {len(data)} bytes of audio; the limit is {settings.max_upload_bytes}.",
+                                   param=where, code="audio_too_large")
+                samples = await _decode_audio(data, where)
+                seconds += len(samples) / SAMPLE_RATE
+                parts.append({"type": "audio", "audio": samples})
+            else:
+                raise APIError(400, f"{where} must be a 'text' part or an 'input_audio' part with base64 data "
+                               "(audio by URL or path is not accepted).", param=where)
+        out.append({"role": message["role"], "content": parts})
+    _check_duration(seconds, settings, "messages")
+    return out
+
+
+# ----- the app ------------------------------------------------------------------------------------
+
+
+def create_app(engine: Engine, settings: ServerSettings | None = None) -> FastAPI:
+    settings = settings or ServerSettings(model_name=engine.name)
+    worker = Worker(engine, settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        worker.start()
+        yield
+        worker.stop()
+
+    app = FastAPI(title="aero", lifespan=lifespan)
+    app.state.worker = worker
+
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, err: APIError):
+        return error_response(err.status, err.message, err.type, err.param, err.code)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, err: RequestValidationError):
+        return error_response(400, f"Malformed request: {err.errors()}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, err: StarletteHTTPException):
+        return error_response(err.status_code, str(err.detail), "invalid_request_error", code=str(err.status_code))
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        if request.url.path != "/health" and settings.api_key is not None:
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {settings.api_key}".encode()):
+                return error_response(401, "Missing or incorrect API key: send 'Authorization: Bearer <key>'.",
+                                      code="invalid_api_key")
+        if request.method == "POST":
+            length = request.headers.get("content-length")
+            if length is None or not length.isdigit():
+                return error_response(411, "POST requests need a Content-Length header.")
+            if int(length) > settings.max_upload_bytes + FORM_OVERHEAD_BYTES:
+                return error_response(413, f"The request body is {int(length)} bytes; the limit is "
+                                      f"{settings.max_upload_bytes} bytes of audio.", code="request_too_large")
+        try:
+            return await call_next(request)
+        except Exception as err:  # noqa: BLE001 - never a bare 500 page
+            return error_response(500, f"Internal error: {type(err).__name__}: {err}", "server_error")
+
+    async def run(job: Job) -> Result:
+        job.future = job.loop.create_future()
+        job.deadline = time.monotonic() + settings.timeout_s
+        worker.submit(job)
+        try:
+            return await asyncio.wait_for(job.future, timeout=max(0.0, job.deadline - time.monotonic()))
+        except asyncio.TimeoutError:
+            job.cancelled = True
+            raise _as_api_error(TimeoutError()) from None
+        except Exception as err:  # noqa: BLE001
+            raise _as_api_error(err) from None
+
+    async def open_stream(job: Job) -> None:
+        """Queue a streaming job; returns once its generation started (errors raise here, as JSON)."""
+        job.pieces = asyncio.Queue()
+        job.deadline = time.monotonic() + settings.timeout_s
+        worker.submit(job)
+        try:
+            first = await asyncio.wait_for(job.pieces.get(), timeout=settings.timeout_s)
+        except asyncio.TimeoutError:
+            job.cancelled = True
+            raise _as_api_error(TimeoutError()) from None
+        if isinstance(first, BaseException):
+            raise _as_api_error(first)
+
+    async def pieces(job: Job) -> AsyncIterator[str | Result]:
+        try:
+            while True:
+                remaining = job.deadline - time.monotonic()
+                item = await asyncio.wait_for(job.pieces.get(), timeout=max(remaining, 0.001))
+                if isinstance(item, BaseException):
+                    return
+                yield item
+                if isinstance(item, Result):
+                    return
+        except asyncio.TimeoutError:
+            return
+        finally:
+            job.cancelled = True  # stops the worker if the client left early
+
+    def sse(payload: dict | str) -> str:
+        return f"data: {payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)}\n\n"
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": settings.model_name, "queued": worker.pending}
+
+    def model_card() -> dict:
+        return {"id": settings.model_name, "object": "model", "created": 0, "owned_by": "aero"}
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [model_card()]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str):
+        if model_id != settings.model_name:
+            raise APIError(404, f"The model {model_id!r} does not exist; this server serves {settings.model_name!r}.",
+                           param="model", code="model_not_found")
+        return model_card()
+
+    @app.post("/v1/audio/transcriptions")
+    async def transcriptions(request: Request):
+        try:
+            form = await request.form(max_files=1, max_fields=32)
+        except Exception as err:  # noqa: BLE001 - a body that is not multipart form data
+            raise APIError(400, f"Send multipart/form-data with a 'file' field ({type(err).__name__}: {err}).") from None
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise APIError(400, "The 'file' field (the audio) is missing or is not a file.", param="file")
+        data = await upload.read(settings.max_upload_bytes + 1)
+        if len(data) > settings.max_upload_bytes:
+            raise APIError(413, f"The file is over the {settings.max_upload_bytes}-byte limit.", param="file",
+                           code="audio_too_large")
+        fmt = str(form.get("response_format") or "json")
+        if fmt not in RESPONSE_FORMATS:
+            raise APIError(400, f"response_format must be one of {', '.join(RESPONSE_FORMATS)}, not {fmt!r}.",
+                           param="response_format")
+        stream = str(form.get("stream") or "false").lower() == "true"
+        if stream and fmt not in ("json", "text"):
+            raise APIError(400, "Streaming is available for response_format json or text only.", param="stream")
+        options = _options(temperature=form.get("temperature"))
+        prompt = form.get("prompt") or None
+        samples = await _decode_audio(data, "file")
+        _check_duration(len(samples) / SAMPLE_RATE, settings, "file")
+        loop = asyncio.get_running_loop()
+        timestamps = fmt in ("verbose_json", "srt", "vtt")
+        if timestamps:
+            job = Job(options, loop, audio=samples, prompt=prompt)
+        else:
+            job = Job(options, loop, messages=transcription_messages(samples, prompt), transcription=True, stream=stream)
+        if stream:
+            await open_stream(job)
+
+            async def events():
+                async for item in pieces(job):
+                    if isinstance(item, Result):
+                        yield sse({"type": "transcript.text.done", "text": item.text, "usage": _usage(item, "transcription")})
+                    else:
+                        yield sse({"type": "transcript.text.delta", "delta": item})
+
+            return StreamingResponse(events(), media_type="text/event-stream")
+        result = await run(job)
+        if fmt == "text":
+            return PlainTextResponse(result.text + "\n")
+        if fmt == "srt":
+            return PlainTextResponse(to_srt(result), media_type="application/x-subrip")
+        if fmt == "vtt":
+            return PlainTextResponse(to_vtt(result), media_type="text/vtt")
+        if fmt == "verbose_json":
+            return {
+                "task": "transcribe", "language": "english", "duration": round(result.duration, 3), "text": result.text,
+                "segments": [
+                    {"id": i, "seek": 0, "start": round(s.start, 3), "end": round(s.end, 3), "text": s.text, "tokens": [],
+                     "temperature": options.temperature}
+                    for i, s in enumerate(result.segments)
+                ],
+                "stopped_by_repetition": result.stopped_by_repetition,
+            }
+        return {"text": result.text, "usage": _usage(result, "transcription")}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        start = time.time()
+        try:
+            body = json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise APIError(400, f"The request body is not valid JSON ({err}).") from None
+        if not isinstance(body, dict):
+            raise APIError(400, "The request body must be a JSON object.")
+        if body.get("n", 1) != 1:
+            raise APIError(400, "Only n=1 is supported.", param="n")
+        options = _options(body.get("temperature"), body.get("top_p"),
+                           body.get("max_completion_tokens", body.get("max_tokens")), body.get("seed"))
+        messages = await _chat_messages(body.get("messages"), settings)
+        stream = bool(body.get("stream", False))
+        job = Job(options, asyncio.get_running_loop(), messages=messages, stream=stream)
+        ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(start)
+
+        def chunk(delta: dict, finish: str | None = None, **extra) -> str:
+            return sse({"id": ident, "object": "chat.completion.chunk", "created": created, "model": settings.model_name,
+                        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra})
+
+        if stream:
+            await open_stream(job)
+
+            async def events():
+                yield chunk({"role": "assistant", "content": ""})
+                async for item in pieces(job):
+                    if isinstance(item, Result):
+                        yield chunk({}, _finish(item), usage=_usage(item, "chat"))
+                    else:
+                        yield chunk({"content": item})
+                yield sse("[DONE]")
+
+            return StreamingResponse(events(), media_type="text/event-stream")
+        result = await run(job)
+        return {
+            "id": ident, "object": "chat.completion", "created": created, "model": settings.model_name,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
+                         "finish_reason": _finish(result)}],
+            "usage": _usage(result, "chat"),
+            "stopped_by_repetition": result.stopped_by_repetition,
+        }
+
+    return app
+
+
+def _finish(result: Result) -> str:
+    # OpenAI has no "repetition": a guarded stop is a stop; the flag beside it says why.
+    return "length" if result.finish_reason == "length" else "stop"
+
+
+def _usage(result: Result, kind: str) -> dict:
+    if kind == "chat":
+        return {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
+                "total_tokens": result.prompt_tokens + result.completion_tokens}
+    return {"type": "tokens", "input_tokens": result.prompt_tokens, "output_tokens": result.completion_tokens,
+            "total_tokens": result.prompt_tokens + result.completion_tokens}
