@@ -31,6 +31,12 @@ def save_adapter(path: str | os.PathLike, weights: dict[str, torch.Tensor], meta
     return path
 
 
+def convert_adapter(source: str | os.PathLike, target: str | os.PathLike, dtype: torch.dtype = torch.float16) -> Path:
+    """Copy an adapter file with its tensors cast (float16 halves a shipped adapter's size)."""
+    weights = {k: v.to(dtype) for k, v in load_file(str(source)).items()}
+    return save_adapter(target, weights, adapter_metadata(source))
+
+
 def adapter_metadata(path: str | os.PathLike) -> dict:
     with safe_open(str(path), framework="pt") as f:
         return dict(f.metadata() or {})
