@@ -91,7 +91,13 @@ def _messages(row: dict, where: str) -> list[dict]:
             raise ManifestError(f"{where}: every message needs 'role' and 'content'.")
     if not any(m["role"] == "assistant" for m in messages):
         raise ManifestError(f"{where} has no assistant message to learn from.")
-    return messages
+    # Columnar formats (parquet, `datasets`) give every content part every field, unused ones
+    # as None; drop those so a text part does not look like an audio part.
+    return [
+        {**m, "content": [{k: v for k, v in p.items() if v is not None} for p in m["content"]]}
+        if isinstance(m["content"], list) else m
+        for m in messages
+    ]
 
 
 def read_dataset(spec: DatasetSpec) -> list[Sample]:
