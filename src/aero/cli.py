@@ -215,13 +215,15 @@ def info(model: str = typer.Argument("aero-mini", help="'aero-mini', a checkpoin
     Console().print(table)
 
 
-def _mount_eval() -> None:
+def _mount_subcommands() -> None:
+    from aero.data.cli import app as data_app
     from aero.evaluation.cli import app as eval_app
 
     app.add_typer(eval_app, name="eval")
+    app.add_typer(data_app, name="data")
 
 
-_mount_eval()
+_mount_subcommands()
 
 
 def main() -> None:

@@ -270,6 +270,13 @@ class AeroForConditionalGeneration(AeroPreTrainedModel, GenerationMixin):
         return inputs
 
 
+def encoder_frame_slots(frames: list[int], frames_per_window: int) -> int:
+    """Mel frames the encoder actually runs for windows of `frames` real frames (after grouping)."""
+    if len(frames) <= 1:
+        return len(frames) * frames_per_window
+    return sum(len(g) * min(max(f for _, f in g) + 2, frames_per_window) for g in _length_groups(frames))
+
+
 def _length_groups(frames: list[int], slack: float = 1.1) -> list[list[tuple[int, int]]]:
     """Windows sorted by length, cut into groups whose longest is <= slack x their shortest."""
     order = sorted(enumerate(frames), key=lambda p: p[1])

@@ -23,6 +23,7 @@ import torch
 
 from aero.audio import AudioError, mel_frames
 from aero.data.manifest import ManifestError, Sample, with_resolved_audio
+from aero.modeling import encoder_frame_slots
 from aero.processing import IGNORE_INDEX
 
 
@@ -94,8 +95,10 @@ class Collator:
         if windows:
             values, mask = self.processor.audio_features(windows, pad_to_30s=self.pad_audio_to_30s)
             batch["audio_values"], batch["audio_attention_mask"] = values, mask
-            batch["audio_frames"] = sum(mel_frames(len(w)) for w in windows)
-            batch["audio_frame_slots"] = values.shape[0] * values.shape[-1]
+            frames = [mel_frames(len(w)) for w in windows]
+            batch["audio_frames"] = sum(frames)
+            # What the encoder computes: windows grouped by length (see get_audio_features).
+            batch["audio_frame_slots"] = encoder_frame_slots(frames, values.shape[-1])
         batch["n_tokens"] = sum(lens)
         batch["n_slots"] = slots
         batch["seq_lens"] = lens
