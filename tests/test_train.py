@@ -159,6 +159,7 @@ def test_fsdp2_two_processes_match_one_process(base, manifest, tmp_path):
 
 def test_config_yaml_overrides_and_errors(tmp_path):
     path = tmp_path / "c.yaml"
+    (tmp_path / "train.jsonl").write_text("")
     path.write_text("model: m\nlr: 0.01\ndata:\n  - path: train.jsonl\n    weight: 2\n")
     cfg = load_config(path, ["max_steps=7", "preset=full"])
     assert cfg.lr == 0.01 and cfg.max_steps == 7 and cfg.preset == "full"

@@ -138,12 +138,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if not isinstance(values, dict):
             raise ConfigError(f"Config file {path} must hold a mapping of keys to values.")
         apply_overrides(config, values)
-        # Relative data paths in a YAML file are relative to the file.
+        # A relative data path is taken from the working directory, or else from the YAML
+        # file's folder when it exists there.
         for spec in config.data:
             for attr in ("path", "root"):
                 value = getattr(spec, attr)
                 if value and not Path(value).is_absolute() and not Path(value).exists():
-                    setattr(spec, attr, str(path.parent / value))
+                    if (path.parent / value).exists():
+                        setattr(spec, attr, str(path.parent / value))
     parsed = {}
     for item in overrides:
         if "=" not in item:
