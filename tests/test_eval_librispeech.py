@@ -144,7 +144,7 @@ def test_cli_librispeech_tasks(libri, tmp_path, monkeypatch, task, items):
     from aero.evaluation import cli
 
     root, _ = libri
-    monkeypatch.setattr(cli, "resolve_model", lambda spec: SilentTranscriber())
+    monkeypatch.setattr(cli, "resolve_model", lambda spec, max_new_tokens=None: SilentTranscriber())
     out = tmp_path / task
     result = CliRunner().invoke(app, ["--model", "silent", "--task", task, "--data", str(root), "--output", str(out)])
     assert result.exit_code == 0, result.output
