@@ -250,3 +250,34 @@ def test_cli_synth(tmp_path):
     assert len(rows(tmp_path / "out" / "heldout-espeak.jsonl")) == 2
     bad = CliRunner().invoke(app, ["synth", str(tmp_path / "x"), "--recipe", "nonsense"])
     assert bad.exit_code == 2 and "Unknown recipe" in bad.output
+
+
+@needs_tools
+def test_a_failing_clip_is_reported_and_the_rest_finish(tmp_path, monkeypatch):
+    """A synthesizer crash on one clip leaves that clip out (listed in <split>.failed.jsonl),
+    writes every other clip, and a rerun reuses the clips already written."""
+    from aero.data.synth import pipeline, render
+
+    calls = []
+    real = render._render
+
+    def flaky(job, root):
+        calls.append(job.id)
+        if job.id == "train-000001":
+            raise RuntimeError("text2wave died with SIGSEGV")
+        return real(job, root)
+
+    monkeypatch.setattr(render, "_render", flaky)
+    from aero.data.synth import load_recipe
+
+    plan = load_recipe("tiny")
+    summary = pipeline.synthesize(tmp_path, plan, seed=0, samples=3, workers=1, answer_fn=lambda qs: ["ok"] * len(qs))
+    assert summary["splits"]["train"]["failed"] == 1 and summary["splits"]["train"]["samples"] == 2
+    assert all(s["failed"] == 0 for name, s in summary["splits"].items() if name != "train")
+    failed = (tmp_path / "train.failed.jsonl").read_text()
+    assert "SIGSEGV" in failed and "train-000001" in failed
+    rows = (tmp_path / "train.jsonl").read_text().splitlines()
+    assert len(rows) == 2 and "train-000001" not in "".join(rows)
+    first = len(calls)
+    pipeline.synthesize(tmp_path, plan, seed=0, samples=3, workers=1, answer_fn=lambda qs: ["ok"] * len(qs))
+    assert len(calls) - first == 1  # only the failed clip is tried again

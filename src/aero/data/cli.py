@@ -35,8 +35,14 @@ def synth(
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2)
     elapsed = time.perf_counter() - start
+    failed = 0
     for name, s in summary["splits"].items():
         typer.echo(f"{name}: {s['samples']} samples, {s['seconds'] / 3600:.2f} h -> {s['manifest']}")
+        if s["failed"]:
+            failed += s["failed"]
+            typer.echo(f"{name}: {s['failed']} clips failed and were left out; see {name}.failed.jsonl", err=True)
     clips, render = summary["clips"], summary["render_seconds"]
     typer.echo(f"{clips} clips in {elapsed:.1f} s (planning + LLM answers {summary['plan_llm_seconds']:.1f} s; "
                f"audio {clips / max(render, 1e-9):.2f} clips/s)")
+    if failed:
+        raise typer.Exit(1)

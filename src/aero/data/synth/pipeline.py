@@ -189,11 +189,18 @@ def synthesize(
     for name, jobs in plans.items():
         path = root / f"{name}.jsonl"
         tmp = path.with_suffix(".jsonl.tmp")
+        ok = [j for j in jobs if "error" not in results[j.id]]
+        failed = [results[j.id] for j in jobs if "error" in results[j.id]]
         with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(_row(job, results[job.id]), ensure_ascii=False, sort_keys=False) + "\n" for job in jobs)
+            f.writelines(json.dumps(_row(job, results[job.id]), ensure_ascii=False, sort_keys=False) + "\n" for job in ok)
         os.replace(tmp, path)
-        summary[name] = {"samples": len(jobs), "seconds": round(sum(results[j.id]["duration"] for j in jobs), 1),
-                         "manifest": str(path)}
+        failures = root / f"{name}.failed.jsonl"
+        if failed:
+            failures.write_text("".join(json.dumps(r) + "\n" for r in failed))
+        elif failures.exists():
+            failures.unlink()
+        summary[name] = {"samples": len(ok), "failed": len(failed),
+                         "seconds": round(sum(results[j.id]["duration"] for j in ok), 1), "manifest": str(path)}
     return {"splits": summary, "clips": len(all_jobs), "plan_llm_seconds": round(llm_done - start, 2),
             "render_seconds": round(rendered - llm_done, 2)}
 

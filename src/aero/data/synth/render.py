@@ -5,6 +5,7 @@ Kept free of heavy imports (no torch/transformers) so worker processes start fas
 
 from __future__ import annotations
 
+import json
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,8 +32,43 @@ class Job:
     meta: dict = field(default_factory=dict)
 
 
+def finished(job: Job, root: str) -> dict | None:
+    """The result of a job whose audio an earlier run already wrote, or None.
+
+    A sidecar `<id>.json` holds it; without one (runs before sidecars existed) a job that
+    uses all its speeches is still complete when its audio file is readable.
+    """
+    path = Path(root) / job.audio
+    sidecar = path.with_suffix(".json")
+    if sidecar.is_file() and path.is_file():
+        return {"id": job.id, **json.loads(sidecar.read_text())}
+    if path.is_file() and not job.min_seconds:
+        import soundfile as sf
+
+        try:
+            info = sf.info(str(path))
+        except Exception:
+            return None
+        return {"id": job.id, "duration": round(info.frames / info.samplerate, 3), "used": len(job.speeches)}
+    return None
+
+
 def render_job(job: Job, root: str) -> dict:
-    """Write the job's audio under root; returns its duration and how many speeches it used."""
+    """Write the job's audio under root; returns its duration and how many speeches it used.
+
+    A failure (a synthesizer crash, say) comes back as {"id", "error"} so one bad clip never
+    stops a run; an audio file written earlier with its result is reused (runs resume).
+    """
+    done = finished(job, root)
+    if done is not None:
+        return done
+    try:
+        return _render(job, root)
+    except Exception as err:  # reported per clip by the caller
+        return {"id": job.id, "error": f"{type(err).__name__}: {err}"}
+
+
+def _render(job: Job, root: str) -> dict:
     pieces: list[np.ndarray] = []
     seconds, used = 0.0, 0
     with tempfile.TemporaryDirectory(prefix="aero-synth-") as tmp:
@@ -53,4 +89,6 @@ def render_job(job: Job, root: str) -> dict:
     path = Path(root) / job.audio
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(path, audio, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
-    return {"id": job.id, "duration": round(len(audio) / SAMPLE_RATE, 3), "used": used}
+    result = {"duration": round(len(audio) / SAMPLE_RATE, 3), "used": used}
+    path.with_suffix(".json").write_text(json.dumps(result))  # written last: marks the clip complete
+    return {"id": job.id, **result}
