@@ -97,8 +97,13 @@ class Collator:
             batch["audio_values"], batch["audio_attention_mask"] = values, mask
             frames = [mel_frames(len(w)) for w in windows]
             batch["audio_frames"] = sum(frames)
-            # What the encoder computes: windows grouped by length (see get_audio_features).
-            batch["audio_frame_slots"] = encoder_frame_slots(frames, values.shape[-1])
+            # What the encoder computes: windows grouped by length (see get_audio_features), or
+            # all 3000 frames of every window when emulating the reference.
+            if self.pad_audio_to_30s:
+                batch["pad_audio_to_30s"] = True
+                batch["audio_frame_slots"] = values.shape[0] * values.shape[-1]
+            else:
+                batch["audio_frame_slots"] = encoder_frame_slots(frames, values.shape[-1])
         batch["n_tokens"] = sum(lens)
         batch["n_slots"] = slots
         batch["seq_lens"] = lens

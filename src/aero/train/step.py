@@ -29,7 +29,13 @@ class TrainingModule(nn.Module):
         input_ids = batch["input_ids"].to(device)
         embeds = aero.get_input_embeddings()(input_ids)
         if "audio_values" in batch:
-            features = aero.get_audio_features(batch["audio_values"].to(device), batch["audio_attention_mask"].to(device))
+            values, mask = batch["audio_values"].to(device), batch["audio_attention_mask"].to(device)
+            if batch.get("pad_audio_to_30s"):
+                # The reference's cost, for comparisons: every window runs all 3000 frames.
+                encoded, tokens = aero.encode_audio(values, mask)
+                features = aero.project_audio([e[:n] for e, n in zip(encoded, tokens.tolist())])
+            else:
+                features = aero.get_audio_features(values, mask)  # real lengths, grouped
             embeds = aero.merge_audio(input_ids, embeds, features)
         mask = batch.get("attention_mask")
         # A packed row (no mask) attends per sample: flash-attention varlen or the per-sample SDPA
