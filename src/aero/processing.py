@@ -65,7 +65,7 @@ CHAT_TEMPLATE = (
 )
 
 
-def _is_audio_part(part: dict) -> bool:
+def is_audio_part(part: dict) -> bool:
     return part.get("type") in AUDIO_PART_TYPES or (
         "type" not in part and any(k in part for k in ("audio", "audio_url"))
     )
@@ -113,7 +113,7 @@ def render_segments(
             body = content
         elif isinstance(content, list):
             body = "".join(
-                f"{AUDIO_TOKEN}\n" if _is_audio_part(p) else p.get("text", "") if p.get("type") == "text" else ""
+                f"{AUDIO_TOKEN}\n" if is_audio_part(p) else p.get("text", "") if p.get("type") == "text" else ""
                 for p in content
             )
         else:
@@ -136,7 +136,7 @@ def repeat_audio_parts(messages: Sequence[dict], per_audio: Sequence[int]) -> li
         if isinstance(content, list):
             parts = []
             for part in content:
-                parts += [{"type": "audio"}] * next(counts) if _is_audio_part(part) else [part]
+                parts += [{"type": "audio"}] * next(counts) if is_audio_part(part) else [part]
             message = {**message, "content": parts}
         out.append(message)
     return out
@@ -300,7 +300,7 @@ class AeroProcessor:
                 for part in content:
                     if not isinstance(part, dict):
                         raise ValueError(f"Message content parts must be dicts, not {type(part).__name__}.")
-                    if _is_audio_part(part):
+                    if is_audio_part(part):
                         sources.append(audio_source(part, root))
         audio = self.load_windows(sources, sampling_rate)
         return repeat_audio_parts(messages, audio.per_audio), audio

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from aero.processing import _is_audio_part
+from aero.processing import is_audio_part
 
 
 class ManifestError(ValueError):
@@ -122,7 +122,7 @@ def audio_paths(sample: Sample) -> list[Path]:
         if not isinstance(content, list):
             continue
         for part in content:
-            if not _is_audio_part(part):
+            if not is_audio_part(part):
                 continue
             if "audio_url" in part:
                 url = part["audio_url"]["url"] if isinstance(part["audio_url"], dict) else part["audio_url"]
@@ -141,6 +141,6 @@ def with_resolved_audio(sample: Sample) -> list[dict]:
     for message in sample.messages:
         content = message["content"]
         if isinstance(content, list):
-            content = [{"type": "audio", "audio": str(next(paths))} if _is_audio_part(p) else p for p in content]
+            content = [{"type": "audio", "audio": str(next(paths))} if is_audio_part(p) else p for p in content]
         out.append({**message, "content": content})
     return out
