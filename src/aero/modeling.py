@@ -181,6 +181,13 @@ class AeroForConditionalGeneration(AeroPreTrainedModel, GenerationMixin):
         recording) are encoded in separate groups of similar length, so padding inside any
         encoder batch stays under ~10% of its frames; the output order is the input order.
         """
+        return self.project_audio(self.encode_windows(audio_values, audio_attention_mask))
+
+    def encode_windows(
+        self, audio_values: torch.Tensor, audio_attention_mask: torch.Tensor | None = None
+    ) -> list[torch.Tensor]:
+        """(W, M, T) log-mel -> W encoder outputs [(n_i, D)] of the real tokens, in input order,
+        encoded in groups of similar length (see `get_audio_features`)."""
         groups = [None]
         if audio_attention_mask is not None and audio_values.shape[0] > 1:
             groups = _length_groups(audio_attention_mask.sum(-1).tolist())
@@ -196,7 +203,7 @@ class AeroForConditionalGeneration(AeroPreTrainedModel, GenerationMixin):
             for window, feats, n in zip(order, features, tokens.tolist()):
                 pieces.append((window, feats[:n]))
         pieces.sort(key=lambda p: p[0])
-        return self.project_audio([p[1] for p in pieces])
+        return [p[1] for p in pieces]
 
     def project_audio(self, windows: list[torch.Tensor]) -> torch.Tensor:
         """Per-window encoder outputs [(n_i, D)] -> (N, H): stack k frames per token, project."""

@@ -102,7 +102,10 @@ def _messages(row: dict, where: str) -> list[dict]:
 
 def read_dataset(spec: DatasetSpec) -> list[Sample]:
     root = spec.data_root()
-    return [Sample(_messages(row, where), root, where) for where, row in _rows(Path(spec.path))]
+    return [
+        Sample(_messages(row, where), root, where, {k: row[k] for k in ("id", "task") if isinstance(row.get(k), str)})
+        for where, row in _rows(Path(spec.path))
+    ]
 
 
 def resolve_audio_path(url: str, root: Path) -> Path:

@@ -30,6 +30,8 @@ class TrainConfig:
     strict_data: bool = False  # fail on an unreadable sample instead of skipping and counting it
 
     # What trains.
+    objective: str = "lm"  # lm (next-token loss through the LM) | ctc (projector alignment, no LM; train/align.py)
+    init_adapter: str | None = None  # an adapter file applied before training (e.g. a ctc stage's final/)
     preset: str = "projector"  # projector (stage 1) | lora (projector + LoRA on the LM) | full
     train_audio_tower: bool = False
     lora_r: int = 16
@@ -80,6 +82,10 @@ class TrainConfig:
             raise ConfigError("Set `data`: a list of datasets ({path, root, weight}).")
         if self.preset not in PRESETS:
             raise ConfigError(f"preset must be one of {', '.join(PRESETS)}, not {self.preset!r}.")
+        if self.objective not in ("lm", "ctc"):
+            raise ConfigError(f"objective must be lm or ctc, not {self.objective!r}.")
+        if self.init_adapter and not Path(self.init_adapter).exists():
+            raise ConfigError(f"init_adapter {self.init_adapter} does not exist.")
         if self.batching not in ("pack", "budget", "fixed"):
             raise ConfigError(f"batching must be pack, budget or fixed, not {self.batching!r}.")
         if self.loss_reduction not in ("token", "sample"):

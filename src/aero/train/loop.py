@@ -191,6 +191,14 @@ def train(config: TrainConfig, stop_after: int | None = None) -> dict:
     seed_everything(config.seed)
 
     model, processor = load_model_and_processor(config.model)
+    if config.init_adapter:
+        apply_adapter(model, config.init_adapter)
+    if config.objective == "ctc":
+        from aero.train.align import train_ctc
+
+        if dist.enabled:
+            raise ValueError("The ctc alignment stage runs in one process; start it without torchrun.")
+        return train_ctc(config, model, processor, out, stop_after)
     lora = lora_settings(config) if config.preset == "lora" else None
     model = apply_preset(model, config.preset, config.train_audio_tower, lora)
     model.to(dist.device)

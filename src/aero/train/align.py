@@ -1,0 +1,307 @@
+"""Alignment stage: teach the projector to speak the LM's embedding language, without the LM.
+
+`objective: ctc` trains only the projector (the encoder frozen, its features computed under
+no_grad) with a CTC loss whose classes are the LM's own token embeddings plus one learned
+blank: the logit of token v at audio token t is `scale * <h_t, E_v>`. Transcription samples
+only (one audio, the assistant turn is the transcript). Each step costs an encoder forward
+and one (N, H) x (H, V) product, no LM forward or backward, so it runs ~two orders of
+magnitude more audio per second than the LM stage; its output initialises that stage
+(`init_adapter`), whose LM then starts from audio tokens that already point at the words.
+
+Notable choices:
+- A penalty keeps the projected vectors' norms near the median norm of the LM's embedding
+  rows, so they enter the LM at the scale its inputs have (CTC alone leaves the norm free).
+- Greedy CTC decoding of each batch before its update gives a running WER at no cost; the
+  held-out manifest is decoded the same way every `eval_every` steps.
+- State (projector, blank, scale, optimizer, step, data position) is saved atomically every
+  `save_every` steps to `ctc_state.pt`; rerunning the command resumes from it. The result is
+  `final/adapter.safetensors` (projector weights only, preset `projector`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from aero.adapter import ADAPTER_FILENAME, save_adapter
+from aero.audio import AudioError
+from aero.data.manifest import DatasetSpec, ManifestError, Sample, read_dataset, with_resolved_audio
+from aero.processing import is_audio_part
+
+TRANSCRIPTION_TASKS = ("transcribe", "long")
+
+
+def transcription_pair(sample: Sample) -> tuple[str, str] | None:
+    """(audio path, transcript) when the sample is a transcription, else None.
+
+    A row with a `task` field counts when the task is a transcription task; a row without one
+    counts when it has exactly one audio part and one assistant reply of text."""
+    task = sample.extra.get("task")
+    if task is not None and task not in TRANSCRIPTION_TASKS:
+        return None
+    messages = with_resolved_audio(sample)
+    audio = [p["audio"] for m in messages if isinstance(m["content"], list) for p in m["content"] if is_audio_part(p)]
+    replies = [m["content"] for m in messages if m["role"] == "assistant"]
+    if len(audio) != 1 or len(replies) != 1:
+        return None
+    reply = replies[0]
+    text = reply if isinstance(reply, str) else "".join(p.get("text", "") for p in reply if p.get("type") == "text")
+    return (audio[0], text.strip()) if text.strip() else None
+
+
+class CTCHead(nn.Module):
+    """Logits over the LM vocabulary + blank, from dot products with the frozen embeddings."""
+
+    def __init__(self, embeddings: torch.Tensor):
+        super().__init__()
+        self.register_buffer("embeddings", embeddings.detach().float(), persistent=False)
+        norms = self.embeddings.norm(dim=-1)
+        self.reference_norm = float(norms.median())
+        self.blank = nn.Parameter(torch.randn(embeddings.shape[1]) * self.reference_norm / embeddings.shape[1] ** 0.5)
+        self.log_scale = nn.Parameter(torch.tensor(0.0))
+
+    @property
+    def blank_index(self) -> int:
+        return self.embeddings.shape[0]
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        table = torch.cat([self.embeddings, self.blank[None].float()])
+        return self.log_scale.exp() * (h.float() @ table.T)
+
+    def norm_penalty(self, h: torch.Tensor) -> torch.Tensor:
+        return ((h.float().norm(dim=-1) / self.reference_norm - 1) ** 2).mean()
+
+
+def greedy_ctc(logits: torch.Tensor, length: int, blank: int) -> list[int]:
+    best = logits[:length].argmax(-1).tolist()
+    out, previous = [], None
+    for token in best:
+        if token != previous and token != blank:
+            out.append(token)
+        previous = token
+    return out
+
+
+def _batches(lengths: list[int], budget: int, seed: int, epoch: int) -> list[list[int]]:
+    """Shuffled batches of up to `budget` estimated tokens (at least one sample each)."""
+    order = list(range(len(lengths)))
+    random.Random(seed * 1000 + epoch).shuffle(order)
+    batches, current, size = [], [], 0
+    for i in order:
+        if current and size + lengths[i] > budget:
+            batches.append(current)
+            current, size = [], 0
+        current.append(i)
+        size += lengths[i]
+    if current:
+        batches.append(current)
+    return batches
+
+
+class _Stage:
+    def __init__(self, model, processor, config):
+        self.model, self.processor, self.config = model, processor, config
+        self.head = CTCHead(model.get_input_embeddings().weight)
+        self.autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(config.bf16))
+
+    def forward(self, pairs: list[tuple[str, str]], failed: list | None = None):
+        """Per readable sample: projected audio (n_i, H), target ids, reference text. Unreadable
+        audio raises, or with `failed` given is appended there as (path, error) and left out."""
+        windows, per_audio, kept = [], [], []
+        for path, text in pairs:
+            try:
+                loaded = self.processor.load_windows([path])
+            except (AudioError, OSError) as err:
+                if failed is None:
+                    raise
+                failed.append((path, str(err)))
+                continue
+            windows += loaded.windows
+            per_audio.append(len(loaded.windows))
+            kept.append((path, text))
+        pairs = kept
+        if not pairs:
+            return [], [], []
+        values, mask = self.processor.audio_features(windows)
+        with torch.no_grad(), self.autocast:
+            encoded = self.model.encode_windows(values, mask)
+        projected, start = [], 0
+        with self.autocast:
+            for n in per_audio:
+                projected.append(self.model.project_audio([e.float() for e in encoded[start : start + n]]).float())
+                start += n
+        targets = [self.processor.tokenizer(text, add_special_tokens=False)["input_ids"] for _, text in pairs]
+        return projected, targets, [text for _, text in pairs]
+
+    def loss(self, projected, targets, penalty_weight: float):
+        lengths = torch.tensor([p.shape[0] for p in projected])
+        logits = [self.head(p) for p in projected]
+        # CTC reads only the blank's and the targets' log-probabilities: normalise over the whole
+        # vocabulary, then keep those columns (blank first), so the padded (T, B, S+1) tensor
+        # stays small where (T, B, V) would take gigabytes for a batch with a long recording.
+        # A token repeated in a transcript keeps one column, so CTC still needs a blank between
+        # its repeats, as over the full vocabulary.
+        uniques = [list(dict.fromkeys(ids)) for ids in targets]
+        columns = [torch.tensor([self.head.blank_index] + u) for u in uniques]
+        width = max(len(c) for c in columns)
+        log_probs = nn.utils.rnn.pad_sequence([
+            nn.functional.pad(l.log_softmax(-1)[:, c], (0, width - len(c)), value=-1e4)
+            for l, c in zip(logits, columns)
+        ])  # T, B, S (columns past a sample's own are never read)
+        flat = torch.tensor([u.index(t) + 1 for ids, u in zip(targets, uniques) for t in ids], dtype=torch.long)
+        target_lengths = torch.tensor([len(ids) for ids in targets])
+        total = max(int(target_lengths.sum()), 1)
+        ctc = nn.functional.ctc_loss(
+            log_probs, flat, lengths, target_lengths, blank=0, reduction="sum", zero_infinity=True
+        ) / total
+        # PyTorch's CTC backward assumes its input is normalised over the class axis (its
+        # gradient carries an exp(log_prob) term that cancels only then). The gathered columns
+        # are not, so that term is removed here: value unchanged, gradient = the full-vocabulary one.
+        valid = (torch.arange(log_probs.shape[0])[:, None] < lengths[None, :])[..., None]
+        spurious = (log_probs.detach().exp() * log_probs * valid).sum() / total
+        ctc = ctc - (spurious - spurious.detach())
+        penalty = self.head.norm_penalty(torch.cat(projected))
+        return ctc + penalty_weight * penalty, ctc, penalty, logits, lengths
+
+    def decode(self, logits, lengths) -> list[str]:
+        return [
+            self.processor.tokenizer.decode(greedy_ctc(l, int(n), self.head.blank_index)).strip()
+            for l, n in zip(logits, lengths)
+        ]
+
+
+def _save_state(path: Path, state: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def train_ctc(config, model, processor, out: Path, stop_after: int | None = None) -> dict:
+    """The CTC alignment stage (see the module docstring). Returns a summary; `stop_after`
+    ends the call after that many steps without exporting (as `train` does)."""
+    from aero.data.lengths import cached_lengths
+    from aero.evaluation.wer import corpus_score, score_texts
+
+    model.requires_grad_(False)
+    model.audio_modal_projector.requires_grad_(True)
+    stage = _Stage(model, processor, config)
+    pairs, lengths, unreadable = [], [], []
+    for spec in config.data:
+        part = read_dataset(spec)
+        n, _, errors = cached_lengths(spec.path, part, processor, strict=config.strict_data)
+        unreadable += [(part[int(i)].source, msg) for i, msg in errors.items()]
+        for i, (sample, length) in enumerate(zip(part, n)):
+            if length is None:  # unreadable, already in `errors`
+                continue
+            pair = transcription_pair(sample)
+            if pair is not None:
+                pairs.append(pair)
+                lengths.append(length)
+    if not pairs:
+        raise ManifestError("The CTC alignment stage found no transcription samples (one audio, a text reply) in `data`.")
+    heldout = []
+    if config.eval_data:
+        heldout = [p for p in map(transcription_pair, read_dataset(DatasetSpec(config.eval_data))) if p][: config.eval_samples]
+
+    params = list(model.audio_modal_projector.parameters()) + list(stage.head.parameters())
+    optimizer = torch.optim.AdamW(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
+    from aero.train.loop import cosine_schedule
+
+    scheduler = cosine_schedule(optimizer, config.warmup_steps, config.max_steps, config.min_lr_ratio)
+    state_path = out / "ctc_state.pt"
+    step, epoch, position, seen_samples, seen_seconds = 0, 0, 0, 0, 0.0
+    if config.resume and state_path.exists():
+        state = torch.load(state_path, weights_only=False)
+        model.audio_modal_projector.load_state_dict(state["projector"])
+        stage.head.load_state_dict(state["head"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, epoch, position = state["step"], state["epoch"], state["position"]
+        seen_samples, seen_seconds = state["seen_samples"], state["seen_seconds"]
+
+    metrics = open(out / "metrics.jsonl", "a")
+    skipped = open(out / "skipped.jsonl", "a")
+    penalty_weight, n_skipped = 0.1, len(unreadable) if step == 0 else 0
+    if step == 0:
+        for source, error in unreadable:
+            skipped.write(json.dumps({"stage": "length", "sample": source, "error": error}) + "\n")
+    batches = _batches(lengths, config.token_budget, config.seed, epoch)
+    started, steps_this_call = time.perf_counter(), 0
+    while step < config.max_steps:
+        if position >= len(batches):
+            epoch, position = epoch + 1, 0
+            batches = _batches(lengths, config.token_budget, config.seed, epoch)
+        chosen = [pairs[i] for i in batches[position]]
+        position += 1
+        t0 = time.perf_counter()
+        failed: list = []
+        projected, targets, references = stage.forward(chosen, None if config.strict_data else failed)
+        for path, error in failed:
+            skipped.write(json.dumps({"stage": "ctc", "sample": path, "error": error}) + "\n")
+        skipped.flush()
+        n_skipped += len(failed)
+        if not projected:
+            continue
+        loss, ctc, penalty, logits, n_tokens = stage.loss(projected, targets, penalty_weight)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        seen_samples += len(projected)
+        seen_seconds += sum(float(n) for n in n_tokens) / model_tokens_per_second(model)
+        record = {
+            "step": step, "objective": "ctc", "loss": float(ctc.detach()), "norm_penalty": float(penalty.detach()),
+            "scale": float(stage.head.log_scale.exp()), "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+            "samples": len(projected), "skipped": n_skipped, "samples_seen": seen_samples, "audio_hours_seen": seen_seconds / 3600,
+            "step_s": time.perf_counter() - t0,
+        }
+        if step % config.log_every == 0:
+            record["train_wer"] = corpus_score(score_texts(references, stage.decode(logits, n_tokens))).error_rate
+        if heldout and (step % config.eval_every == 0 or step == config.max_steps):
+            record.update(_heldout(stage, heldout))
+        metrics.write(json.dumps(record) + "\n")
+        metrics.flush()
+        if step % config.save_every == 0 or step == config.max_steps:
+            _save_state(state_path, {
+                "projector": model.audio_modal_projector.state_dict(), "head": stage.head.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
+                "epoch": epoch, "position": position, "seen_samples": seen_samples, "seen_seconds": seen_seconds,
+            })
+        steps_this_call += 1
+        if stop_after is not None and steps_this_call >= stop_after:
+            break
+    metrics.close()
+    skipped.close()
+    if step < config.max_steps:
+        return {"step": step, "skipped": n_skipped, "seconds": time.perf_counter() - started}
+    weights = {f"audio_modal_projector.{k}": v for k, v in model.audio_modal_projector.state_dict().items()}
+    adapter = save_adapter(out / "final" / ADAPTER_FILENAME, weights,
+                           {"preset": "projector", "objective": "ctc", "base_model": config.model, "step": step})
+    return {"step": step, "adapter": str(adapter), "skipped": n_skipped, "seconds": time.perf_counter() - started}
+
+
+def model_tokens_per_second(model) -> float:
+    """Audio tokens per second of audio: 25 encoder frames per second over `projector_stack`."""
+    return 25.0 / model.config.projector_stack
+
+
+def _heldout(stage: _Stage, heldout: list[tuple[str, str]], batch: int = 16) -> dict:
+    from aero.evaluation.wer import corpus_score, score_texts
+
+    references, hypotheses = [], []
+    with torch.no_grad():
+        for start in range(0, len(heldout), batch):
+            projected, _, refs = stage.forward(heldout[start : start + batch])
+            logits = [stage.head(p) for p in projected]
+            hypotheses += stage.decode(logits, [p.shape[0] for p in projected])
+            references += refs
+    score = corpus_score(score_texts(references, hypotheses))
+    return {"heldout_ctc_wer": score.error_rate, "heldout_example": {"reference": references[0], "hypothesis": hypotheses[0]}}

@@ -1,0 +1,137 @@
+"""The CTC alignment stage: exact column-gathered CTC, sample selection, files, resume, hand-off."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from aero.data.manifest import DatasetSpec, read_dataset
+from aero.modeling import AeroForConditionalGeneration
+from aero.train.align import CTCHead, _Stage, greedy_ctc, transcription_pair
+from aero.train.config import ConfigError, TrainConfig, apply_overrides
+from aero.train.loop import train
+from conftest import make_tiny_model, make_tiny_processor, write_manifest
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    path = tmp_path_factory.mktemp("base") / "tiny"
+    make_tiny_model().save_pretrained(path)
+    make_tiny_processor(system_prompt=None).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    path = write_manifest(root, [1.0, 2.5, 0.8, 3.1, 1.7, 0.6, 2.2, 1.3])
+    rows = [json.loads(r) for r in path.read_text().splitlines()]
+    rows[0]["task"] = "instruct"  # not a transcription: left out of the stage
+    (root / "audio" / "broken.wav").write_text("not audio")
+    broken = json.loads(json.dumps(rows[1]))
+    broken["messages"][0]["content"][0]["audio_url"]["url"] = "audio/broken.wav"
+    path.write_text("\n".join(json.dumps(r) for r in rows + [broken]) + "\n")
+    return path
+
+
+def config(base, manifest, out, **kw):
+    values = dict(model=str(base), output_dir=str(out), data=[{"path": str(manifest)}], objective="ctc",
+                  token_budget=120, max_steps=6, lr=2e-2, save_every=3, progress=False, seed=1, bf16=False)
+    values.update(kw)
+    return apply_overrides(TrainConfig(), values)
+
+
+def test_gathered_columns_ctc_equals_full_vocabulary_ctc():
+    torch.manual_seed(0)
+    model, processor = make_tiny_model(), make_tiny_processor()
+    stage = _Stage(model, processor, TrainConfig())
+    V = stage.head.blank_index + 1
+    projected = [torch.randn(9, model.config.text_config.hidden_size, requires_grad=True),
+                 torch.randn(6, model.config.text_config.hidden_size, requires_grad=True)]
+    targets = [[5, 7, 7, 2], [11, 3]]
+    _, ctc, _, _, _ = stage.loss(projected, targets, 0.0)
+    full = torch.nn.utils.rnn.pad_sequence([stage.head(p).log_softmax(-1) for p in projected])
+    expected = torch.nn.functional.ctc_loss(
+        full, torch.tensor(sum(targets, [])), torch.tensor([9, 6]), torch.tensor([4, 2]),
+        blank=V - 1, reduction="sum") / 6
+    torch.testing.assert_close(ctc, expected)
+    g1 = torch.autograd.grad(ctc, projected[0], retain_graph=True)[0]
+    g2 = torch.autograd.grad(expected, projected[0])[0]
+    torch.testing.assert_close(g1, g2)
+
+
+def test_greedy_ctc_collapses_repeats_and_drops_blanks():
+    blank = 4
+    frames = [blank, 1, 1, blank, 1, 2, 2, blank, blank, 3]
+    logits = torch.nn.functional.one_hot(torch.tensor(frames), 5).float()
+    assert greedy_ctc(logits, len(frames), blank) == [1, 1, 2, 3]
+    assert greedy_ctc(logits, 3, blank) == [1]
+
+
+def test_head_logits_are_scaled_dot_products_with_the_embeddings():
+    E = torch.randn(10, 4)
+    head = CTCHead(E)
+    h = torch.randn(3, 4)
+    logits = head(h)
+    assert logits.shape == (3, 11)
+    torch.testing.assert_close(logits[:, :10], h @ E.T)
+    assert head.norm_penalty(E[:3] / E[:3].norm(dim=-1, keepdim=True) * head.reference_norm) < 1e-10
+
+
+def test_transcription_pairs_follow_the_task_field(manifest):
+    samples = read_dataset(DatasetSpec(str(manifest)))
+    pairs = [transcription_pair(s) for s in samples]
+    assert pairs[0] is None  # task: instruct
+    assert all(p is not None for p in pairs[1:])
+    path, text = pairs[1]
+    assert Path(path).is_absolute() and path.endswith("clip1.wav") and text
+
+
+def test_ctc_stage_trains_the_projector_only_and_hands_off(base, manifest, tmp_path, monkeypatch):
+    monkeypatch.setenv("AERO_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "align"
+    summary = train(config(base, manifest, out, eval_data=str(manifest), eval_every=3, eval_samples=4))
+    assert summary["step"] == 6 and summary["skipped"] == 1
+    skipped = [json.loads(l) for l in (out / "skipped.jsonl").read_text().splitlines()]
+    assert len(skipped) == 1 and "broken.wav" in skipped[0]["error"] and skipped[0]["sample"].endswith(":9")
+    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 7))
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    assert [("heldout_ctc_wer" in r) for r in rows] == [False, False, True, False, False, True]
+    assert sum(r["samples"] for r in rows) == rows[-1]["samples_seen"]
+
+    weights = load_file(out / "final" / "adapter.safetensors")
+    assert set(weights) == {f"audio_modal_projector.{n}" for n, _ in make_tiny_model().audio_modal_projector.named_parameters()}
+    original = AeroForConditionalGeneration.from_pretrained(base)
+    assert not torch.equal(weights["audio_modal_projector.linear.weight"], original.audio_modal_projector.linear.weight)
+
+    # Stage 2 starts from it: with lr 0 its exported projector is the stage-1 projector.
+    lm = apply_overrides(TrainConfig(), dict(
+        model=str(base), output_dir=str(tmp_path / "lm"), data=[{"path": str(manifest)}], preset="lora", lora_r=4,
+        batching="pack", pack_length=256, max_steps=1, lr=0.0, progress=False, init_adapter=str(out / "final"),
+    ))
+    train(lm)
+    exported = load_file(tmp_path / "lm" / "final" / "adapter.safetensors")
+    for k, v in weights.items():
+        torch.testing.assert_close(exported[k], v)
+
+
+def test_ctc_stage_resumes_where_it_stopped(base, manifest, tmp_path, monkeypatch):
+    monkeypatch.setenv("AERO_CACHE", str(tmp_path / "cache"))
+    train(config(base, manifest, tmp_path / "a"))
+    full = [json.loads(l)["loss"] for l in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert "adapter" not in train(config(base, manifest, tmp_path / "b"), stop_after=4)
+    assert not (tmp_path / "b" / "final").exists()
+    train(config(base, manifest, tmp_path / "b"))
+    rows = [json.loads(l) for l in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 4, 5, 6]  # step 4 redone from the step-3 state
+    assert [r["loss"] for r in rows[4:]] == pytest.approx(full[3:], rel=1e-5)
+
+
+def test_bad_objective_and_missing_init_adapter_are_config_errors(base, manifest, tmp_path):
+    with pytest.raises(ConfigError, match="objective"):
+        config(base, manifest, tmp_path, objective="mse").validate()
+    with pytest.raises(ConfigError, match="init_adapter"):
+        config(base, manifest, tmp_path, objective="lm", init_adapter=str(tmp_path / "nope")).validate()
