@@ -259,7 +259,7 @@ def train_ctc(config, model, processor, out: Path, stop_after: int | None = None
         seen_seconds += sum(float(n) for n in n_tokens) / model_tokens_per_second(model)
         record = {
             "step": step, "objective": "ctc", "loss": float(ctc.detach()), "norm_penalty": float(penalty.detach()),
-            "scale": float(stage.head.log_scale.exp()), "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+            "scale": float(stage.head.log_scale.detach().exp()), "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
             "samples": len(projected), "skipped": n_skipped, "samples_seen": seen_samples, "audio_hours_seen": seen_seconds / 3600,
             "step_s": time.perf_counter() - t0,
         }

@@ -1,0 +1,98 @@
+"""aero-mini on its held-out sets, side by side with Whisper tiny.en (faster-whisper, int8, greedy).
+
+    python scripts/eval_aero_mini.py data/aero-mini-heldout [--adapter PATH] [--limit N] [--output DIR]
+
+ASR (corpus WER, Whisper normalizer): heldout-espeak, heldout-slt, heldout-long; aero-mini
+decodes each long recording in ONE generation (all its 30 s windows in one prompt), faster-whisper
+with its own sequential 30 s decoding. Also aero-mini with int8 dynamic quantization on the
+short sets. Spoken instructions (heldout-instruct): agreement with the text LLM's answer to the
+written question. Understanding (heldout-understanding): exact-match accuracy per question kind.
+Writes one results.json + samples.jsonl per (model, set) under --output and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from aero.evaluation.answers import as_asr_items, chat_manifest_items, run_answer_eval
+from aero.evaluation.runner import run_asr_eval
+
+ASR_SETS = {"espeak": 256, "slt": 256, "long": 2048}  # set -> max new tokens
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("heldout", type=Path)
+    parser.add_argument("--adapter", help="adapter file (default: the shipped one)")
+    parser.add_argument("--limit", type=int, default=None, help="first N items of each set")
+    parser.add_argument("--output", type=Path, default=Path("eval-results/aero-mini-heldout"))
+    parser.add_argument("--skip", nargs="*", default=[], help="parts to skip: whisper int8 espeak slt long instruct understanding")
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+
+    from aero.adapter import apply_adapter
+    from aero.models import Transcriber, load
+
+    model, processor = load("aero-mini-base" if args.adapter else "aero-mini")
+    if args.adapter:
+        apply_adapter(model, args.adapter)
+    model.eval()
+    def aero(max_new_tokens: int, label: str = "aero-mini") -> Transcriber:
+        return Transcriber(label, model, processor, max_new_tokens=max_new_tokens)
+
+    sets = {name: chat_manifest_items(args.heldout / f"heldout-{name}.jsonl") for name in
+            ["espeak", "slt", "long", "instruct", "understanding"]}
+    table: dict[str, dict[str, str]] = {}
+
+    def asr(transcriber, label: str, name: str) -> None:
+        limit = args.limit
+        r = run_asr_eval(transcriber, as_asr_items(sets[name]), batch_size=8 if name != "long" else 1, limit=limit,
+                         output_dir=args.output / label / name, task_name=f"heldout-{name}")
+        lo, hi = r["ci95_percent"] or (None, None)
+        table.setdefault(label, {})[name] = f"{r['wer_percent']:.1f} [{lo:.1f}, {hi:.1f}]"
+        print(label, name, json.dumps({k: r[k] for k in ("wer_percent", "ci95_percent")}), r["counts"], r["speed"]["rtfx"], flush=True)
+
+    asr_sets = [name for name in ASR_SETS if name not in args.skip]
+    for name in asr_sets:
+        asr(aero(ASR_SETS[name]), "aero-mini", name)
+    if "whisper" not in args.skip:
+        from aero.convert.whisper_ct2 import PACKAGE, package_file
+        from aero.evaluation.baselines import FasterWhisperTranscriber
+
+        whisper = FasterWhisperTranscriber(str(package_file(PACKAGE, "model.bin").parent), device="cpu")
+        whisper.name = "faster-whisper:tiny.en (int8)"
+        for name in asr_sets:
+            asr(whisper, "whisper-tiny.en", name)
+    if "instruct" not in args.skip:
+        r = run_answer_eval(aero(128), sets["instruct"], judge="agreement", limit=args.limit,
+                            output_dir=args.output / "aero-mini" / "instruct", task_name="heldout-instruct")
+        table.setdefault("aero-mini", {})["instruct"] = (
+            f"exact {r['exact_percent']:.1f} / first sentence {r['first_sentence_percent']:.1f} / token F1 {r['token_f1_percent']:.1f}"
+        )
+        print("instruct", r["counts"], table["aero-mini"]["instruct"], flush=True)
+    if "understanding" not in args.skip:
+        r = run_answer_eval(aero(16), sets["understanding"], judge="exact", limit=args.limit,
+                            output_dir=args.output / "aero-mini" / "understanding", task_name="heldout-understanding")
+        per = ", ".join(f"{k} {v['accuracy_percent']:.1f}" for k, v in r["per_category"].items())
+        table.setdefault("aero-mini", {})["understanding"] = f"{r['accuracy_percent']:.1f} ({per})"
+        print("understanding", r["counts"], table["aero-mini"]["understanding"], flush=True)
+    if "int8" not in args.skip:
+        from aero.quantize import quantize_dynamic_int8
+
+        quantize_dynamic_int8(model)
+        for name in [n for n in asr_sets if n != "long"]:
+            asr(aero(ASR_SETS[name], "aero-mini int8"), "aero-mini int8", name)
+
+    columns = sorted({c for row in table.values() for c in row}, key=["espeak", "slt", "long", "instruct", "understanding"].index)
+    lines = ["| model | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    lines += [f"| {label} | " + " | ".join(row.get(c, "") for c in columns) + " |" for label, row in table.items()]
+    (args.output / "table.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
