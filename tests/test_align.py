@@ -107,15 +107,18 @@ def test_ctc_stage_trains_the_projector_only_and_hands_off(base, manifest, tmp_p
     original = AeroForConditionalGeneration.from_pretrained(base)
     assert not torch.equal(weights["audio_modal_projector.linear.weight"], original.audio_modal_projector.linear.weight)
 
-    # Stage 2 starts from it: with lr 0 its exported projector is the stage-1 projector.
+    # Stage 2 starts from it: with projector_lr 0 its exported projector is the stage-1 projector
+    # while the LoRA factors (lr > 0) move.
     lm = apply_overrides(TrainConfig(), dict(
         model=str(base), output_dir=str(tmp_path / "lm"), data=[{"path": str(manifest)}], preset="lora", lora_r=4,
-        batching="pack", pack_length=256, max_steps=1, lr=0.0, progress=False, init_adapter=str(out / "final"),
+        batching="pack", pack_length=256, max_steps=2, lr=1e-2, projector_lr=0.0, progress=False,
+        init_adapter=str(out / "final"),
     ))
     train(lm)
     exported = load_file(tmp_path / "lm" / "final" / "adapter.safetensors")
     for k, v in weights.items():
         torch.testing.assert_close(exported[k], v)
+    assert any("lora_B" in k and v.abs().sum() > 0 for k, v in exported.items())
 
 
 def test_ctc_stage_resumes_where_it_stopped(base, manifest, tmp_path, monkeypatch):
@@ -133,5 +136,5 @@ def test_ctc_stage_resumes_where_it_stopped(base, manifest, tmp_path, monkeypatc
 def test_bad_objective_and_missing_init_adapter_are_config_errors(base, manifest, tmp_path):
     with pytest.raises(ConfigError, match="objective"):
         config(base, manifest, tmp_path, objective="mse").validate()
-    with pytest.raises(ConfigError, match="init_adapter"):
-        config(base, manifest, tmp_path, objective="lm", init_adapter=str(tmp_path / "nope")).validate()
+    with pytest.raises(ConfigError, match="init_adapter .*nope does not exist"):
+        train(config(base, manifest, tmp_path, objective="lm", init_adapter=str(tmp_path / "nope")))

@@ -53,6 +53,7 @@ class TrainConfig:
     # Optimisation.
     max_steps: int = 100
     lr: float = 1e-3
+    projector_lr: float | None = None  # the projector's own learning rate (None: `lr`)
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_steps: int = 0
@@ -84,8 +85,6 @@ class TrainConfig:
             raise ConfigError(f"preset must be one of {', '.join(PRESETS)}, not {self.preset!r}.")
         if self.objective not in ("lm", "ctc"):
             raise ConfigError(f"objective must be lm or ctc, not {self.objective!r}.")
-        if self.init_adapter and not Path(self.init_adapter).exists():
-            raise ConfigError(f"init_adapter {self.init_adapter} does not exist.")
         if self.batching not in ("pack", "budget", "fixed"):
             raise ConfigError(f"batching must be pack, budget or fixed, not {self.batching!r}.")
         if self.loss_reduction not in ("token", "sample"):

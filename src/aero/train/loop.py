@@ -183,6 +183,10 @@ def train(config: TrainConfig, stop_after: int | None = None) -> dict:
     """Run (or resume) training; returns a summary. `stop_after` ends the run after that
     many steps of this call without exporting (a stand-in for a crash, used by tests)."""
     config.validate()
+    if config.init_adapter and not Path(config.init_adapter).exists():
+        from aero.train.config import ConfigError
+
+        raise ConfigError(f"init_adapter {config.init_adapter} does not exist (run the stage that writes it first).")
     dist = Distributed()
     out = Path(config.output_dir)
     if dist.is_main:
@@ -229,8 +233,13 @@ def train(config: TrainConfig, stop_after: int | None = None) -> dict:
 
     if dist.enabled:
         shard(module)
-    params = [p for p in module.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
+    trainable = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+    groups = [{"params": [p for n, p in trainable if "audio_modal_projector" not in n], "lr": config.lr},
+              {"params": [p for n, p in trainable if "audio_modal_projector" in n],
+               "lr": config.lr if config.projector_lr is None else config.projector_lr}]
+    params = [p for _, p in trainable]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr, betas=config.betas,
+                                  weight_decay=config.weight_decay)
     scheduler = cosine_schedule(optimizer, config.warmup_steps, config.max_steps, config.min_lr_ratio)
 
     step, consumed, skipped, seen_samples, seen_tokens = 0, 0, unreadable, 0.0, 0.0
