@@ -56,6 +56,15 @@ def tone(seconds: float, freq: float = 440.0, sr: int = SAMPLE_RATE, seed: int =
     return (0.3 * np.sin(2 * np.pi * freq * t) + 0.01 * rng.standard_normal(t.shape)).astype(np.float32)
 
 
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """A saved tiny model + processor without a system prompt (a training base)."""
+    path = tmp_path_factory.mktemp("base") / "tiny"
+    make_tiny_model().save_pretrained(path)
+    make_tiny_processor(system_prompt=None).save_pretrained(path)
+    return path
+
+
 @pytest.fixture
 def tiny_model():
     return make_tiny_model()

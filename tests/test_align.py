@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import make_tiny_model, make_tiny_processor, write_manifest
 from safetensors.torch import load_file
 
 from aero.data.manifest import DatasetSpec, read_dataset
@@ -12,15 +13,6 @@ from aero.modeling import AeroForConditionalGeneration
 from aero.train.align import CTCHead, _Stage, greedy_ctc, transcription_pair
 from aero.train.config import ConfigError, TrainConfig, apply_overrides
 from aero.train.loop import train
-from conftest import make_tiny_model, make_tiny_processor, write_manifest
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    path = tmp_path_factory.mktemp("base") / "tiny"
-    make_tiny_model().save_pretrained(path)
-    make_tiny_processor(system_prompt=None).save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")

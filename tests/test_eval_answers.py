@@ -8,7 +8,13 @@ import soundfile as sf
 
 from aero.audio import SAMPLE_RATE
 from aero.data.manifest import ManifestError
-from aero.evaluation.answers import as_asr_items, chat_manifest_items, first_sentence, run_answer_eval, token_f1
+from aero.evaluation.answers import (
+    as_asr_items,
+    chat_manifest_items,
+    first_sentence,
+    run_answer_eval,
+    token_f1,
+)
 
 # (samples, prompt, reference, category, what the fake model replies)
 ROWS = [

@@ -10,22 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import tone, write_manifest
 from safetensors.torch import load_file
 
+from aero.adapter import apply_adapter
 from aero.data.manifest import ManifestError
 from aero.modeling import AeroForConditionalGeneration
-from aero.adapter import apply_adapter
 from aero.train.config import ConfigError, TrainConfig, load_config
 from aero.train.loop import train
-from conftest import make_tiny_model, make_tiny_processor, tone, write_manifest
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    path = tmp_path_factory.mktemp("base") / "tiny"
-    make_tiny_model().save_pretrained(path)
-    make_tiny_processor(system_prompt=None).save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,13 @@ from torch import nn
 
 from aero.adapter import ADAPTER_FILENAME, save_adapter
 from aero.audio import AudioError
-from aero.data.manifest import DatasetSpec, ManifestError, Sample, read_dataset, with_resolved_audio
+from aero.data.manifest import (
+    DatasetSpec,
+    ManifestError,
+    Sample,
+    read_dataset,
+    with_resolved_audio,
+)
 from aero.processing import is_audio_part
 
 TRANSCRIPTION_TASKS = ("transcribe", "long")
