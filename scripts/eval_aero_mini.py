@@ -29,6 +29,7 @@ def main() -> None:
     parser.add_argument("heldout", type=Path)
     parser.add_argument("--adapter", help="adapter file (default: the shipped one)")
     parser.add_argument("--limit", type=int, default=None, help="first N items of each set")
+    parser.add_argument("--long-limit", type=int, default=None, help="first N long recordings")
     parser.add_argument("--output", type=Path, default=Path("eval-results/aero-mini-heldout"))
     parser.add_argument("--skip", nargs="*", default=[], help="parts to skip: whisper int8 espeak slt long instruct understanding")
     args = parser.parse_args()
@@ -49,14 +50,14 @@ def main() -> None:
     table: dict[str, dict[str, str]] = {}
 
     def asr(transcriber, label: str, name: str) -> None:
-        limit = args.limit
+        limit = args.long_limit if name == "long" else args.limit
         r = run_asr_eval(transcriber, as_asr_items(sets[name]), batch_size=8 if name != "long" else 1, limit=limit,
                          output_dir=args.output / label / name, task_name=f"heldout-{name}")
         lo, hi = r["ci95_percent"] or (None, None)
         table.setdefault(label, {})[name] = f"{r['wer_percent']:.1f} [{lo:.1f}, {hi:.1f}]"
         print(label, name, json.dumps({k: r[k] for k in ("wer_percent", "ci95_percent")}), r["counts"], r["speed"]["rtfx"], flush=True)
 
-    asr_sets = [name for name in ASR_SETS if name not in args.skip]
+    asr_sets = [name for name in ASR_SETS if name not in args.skip and name != "long"]
     for name in asr_sets:
         asr(aero(ASR_SETS[name]), "aero-mini", name)
     if "whisper" not in args.skip:
@@ -65,7 +66,7 @@ def main() -> None:
 
         whisper = FasterWhisperTranscriber(str(package_file(PACKAGE, "model.bin").parent), device="cpu")
         whisper.name = "faster-whisper:tiny.en (int8)"
-        for name in asr_sets:
+        for name in asr_sets + ([] if "long" in args.skip else ["long"]):
             asr(whisper, "whisper-tiny.en", name)
     if "instruct" not in args.skip:
         r = run_answer_eval(aero(128), sets["instruct"], judge="agreement", limit=args.limit,
@@ -84,8 +85,16 @@ def main() -> None:
         from aero.quantize import quantize_dynamic_int8
 
         quantize_dynamic_int8(model)
-        for name in [n for n in asr_sets if n != "long"]:
+        for name in asr_sets:
             asr(aero(ASR_SETS[name], "aero-mini int8"), "aero-mini int8", name)
+
+    if "long" not in args.skip:  # last: the slowest part (one generation per whole recording)
+        from aero.models import load as reload
+
+        model, processor = reload("aero-mini-base" if args.adapter else "aero-mini")  # undo int8
+        if args.adapter:
+            apply_adapter(model, args.adapter)
+        asr(aero(ASR_SETS["long"]), "aero-mini", "long")
 
     columns = sorted({c for row in table.values() for c in row}, key=["espeak", "slt", "long", "instruct", "understanding"].index)
     lines = ["| model | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
