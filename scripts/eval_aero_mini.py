@@ -16,8 +16,6 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
-
 from aero.evaluation.answers import as_asr_items, chat_manifest_items, run_answer_eval
 from aero.evaluation.runner import run_asr_eval
 
@@ -33,15 +31,19 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=Path("eval-results/aero-mini-heldout"))
     parser.add_argument("--skip", nargs="*", default=[], help="parts to skip: whisper int8 espeak slt long instruct understanding")
     args = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
 
     from aero.adapter import apply_adapter
     from aero.models import Transcriber, load
 
-    model, processor = load("aero-mini-base" if args.adapter else "aero-mini")
-    if args.adapter:
-        apply_adapter(model, args.adapter)
-    model.eval()
+    def load_model():
+        """aero-mini in full precision: the shipped adapter, or --adapter on the base."""
+        model, processor = load("aero-mini-base" if args.adapter else "aero-mini")
+        if args.adapter:
+            apply_adapter(model, args.adapter)
+        return model.eval(), processor
+
+    model, processor = load_model()
+
     def aero(max_new_tokens: int, label: str = "aero-mini") -> Transcriber:
         return Transcriber(label, model, processor, max_new_tokens=max_new_tokens)
 
@@ -89,11 +91,7 @@ def main() -> None:
             asr(aero(ASR_SETS[name], "aero-mini int8"), "aero-mini int8", name)
 
     if "long" not in args.skip:  # last: the slowest part (one generation per whole recording)
-        from aero.models import load as reload
-
-        model, processor = reload("aero-mini-base" if args.adapter else "aero-mini")  # undo int8
-        if args.adapter:
-            apply_adapter(model, args.adapter)
+        model, processor = load_model()  # full precision again after the int8 part
         asr(aero(ASR_SETS["long"]), "aero-mini", "long")
 
     columns = sorted({c for row in table.values() for c in row}, key=["espeak", "slt", "long", "instruct", "understanding"].index)

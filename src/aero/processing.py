@@ -65,6 +65,13 @@ CHAT_TEMPLATE = (
 )
 
 
+def content_text(content: Any) -> str:
+    """The text of a message's content: a string as is, or its text parts joined."""
+    if isinstance(content, str):
+        return content
+    return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+
+
 def is_audio_part(part: dict) -> bool:
     return part.get("type") in AUDIO_PART_TYPES or (
         "type" not in part and any(k in part for k in ("audio", "audio_url"))

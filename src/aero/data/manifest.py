@@ -100,10 +100,18 @@ def _messages(row: dict, where: str) -> list[dict]:
     ]
 
 
+def _extra(row: dict) -> dict:
+    """The row's `id` and `task` strings and its `meta` dict (e.g. an evaluation label)."""
+    extra = {k: row[k] for k in ("id", "task") if isinstance(row.get(k), str)}
+    if isinstance(row.get("meta"), dict):
+        extra["meta"] = row["meta"]
+    return extra
+
+
 def read_dataset(spec: DatasetSpec) -> list[Sample]:
     root = spec.data_root()
     return [
-        Sample(_messages(row, where), root, where, {k: row[k] for k in ("id", "task") if isinstance(row.get(k), str)})
+        Sample(_messages(row, where), root, where, _extra(row))
         for where, row in _rows(Path(spec.path))
     ]
 

@@ -11,7 +11,6 @@ text prompt, an assistant reference). Two judges, both stated in every results f
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
@@ -33,31 +32,23 @@ class AnswerItem:
     category: str | None = None
 
 
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
-
-
 def chat_manifest_items(path: str | Path) -> list[AnswerItem]:
     """One item per row of a chat manifest with one audio, a prompt and an assistant reply;
     audio paths are resolved (and confined) like training data."""
     from aero.data.manifest import DatasetSpec, read_dataset, with_resolved_audio
-    from aero.processing import is_audio_part
+    from aero.processing import content_text, is_audio_part
 
-    rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
     items = []
-    for row, sample in zip(rows, read_dataset(DatasetSpec(str(path)))):
+    for sample in read_dataset(DatasetSpec(str(path))):
         messages = with_resolved_audio(sample)
         user = next(m for m in messages if m["role"] == "user")
         audio = [p["audio"] for p in user["content"] if isinstance(user["content"], list) and is_audio_part(p)]
         if len(audio) != 1:
             raise ValueError(f"{sample.source}: expected one audio in the user turn, found {len(audio)}.")
-        reference = _text(next(m for m in messages if m["role"] == "assistant")["content"])
-        meta = row.get("meta") or {}
+        reference = content_text(next(m for m in messages if m["role"] == "assistant")["content"])
         items.append(AnswerItem(
-            id=str(row.get("id", sample.source)), audio=audio[0], prompt=_text(user["content"]).strip(),
-            reference=reference.strip(), category=meta.get("question_kind") or row.get("task"),
+            id=sample.extra.get("id", sample.source), audio=audio[0], prompt=content_text(user["content"]).strip(),
+            reference=reference.strip(), category=sample.extra.get("meta", {}).get("question_kind") or sample.extra.get("task"),
         ))
     return items
 

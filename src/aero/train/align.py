@@ -38,7 +38,7 @@ from aero.data.manifest import (
     read_dataset,
     with_resolved_audio,
 )
-from aero.processing import is_audio_part
+from aero.processing import content_text, is_audio_part
 
 TRANSCRIPTION_TASKS = ("transcribe", "long")
 
@@ -56,9 +56,8 @@ def transcription_pair(sample: Sample) -> tuple[str, str] | None:
     replies = [m["content"] for m in messages if m["role"] == "assistant"]
     if len(audio) != 1 or len(replies) != 1:
         return None
-    reply = replies[0]
-    text = reply if isinstance(reply, str) else "".join(p.get("text", "") for p in reply if p.get("type") == "text")
-    return (audio[0], text.strip()) if text.strip() else None
+    text = content_text(replies[0]).strip()
+    return (audio[0], text) if text else None
 
 
 class CTCHead(nn.Module):
@@ -222,6 +221,7 @@ def train_ctc(config, model, processor, out: Path, stop_after: int | None = None
     scheduler = cosine_schedule(optimizer, config.warmup_steps, config.max_steps, config.min_lr_ratio)
     state_path = out / "ctc_state.pt"
     step, epoch, position, seen_samples, seen_seconds = 0, 0, 0, 0, 0.0
+    state = {}
     if config.resume and state_path.exists():
         state = torch.load(state_path, weights_only=False)
         model.audio_modal_projector.load_state_dict(state["projector"])
@@ -230,10 +230,11 @@ def train_ctc(config, model, processor, out: Path, stop_after: int | None = None
         scheduler.load_state_dict(state["scheduler"])
         step, epoch, position = state["step"], state["epoch"], state["position"]
         seen_samples, seen_seconds = state["seen_samples"], state["seen_seconds"]
+    n_skipped = state.get("skipped", len(unreadable))  # unreadable rows count from the start
 
     metrics = open(out / "metrics.jsonl", "a")
     skipped = open(out / "skipped.jsonl", "a")
-    penalty_weight, n_skipped = 0.1, len(unreadable) if step == 0 else 0
+    penalty_weight = 0.1
     if step == 0:
         for source, error in unreadable:
             skipped.write(json.dumps({"stage": "length", "sample": source, "error": error}) + "\n")
@@ -280,6 +281,7 @@ def train_ctc(config, model, processor, out: Path, stop_after: int | None = None
                 "projector": model.audio_modal_projector.state_dict(), "head": stage.head.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
                 "epoch": epoch, "position": position, "seen_samples": seen_samples, "seen_seconds": seen_seconds,
+                "skipped": n_skipped,
             })
         steps_this_call += 1
         if stop_after is not None and steps_this_call >= stop_after:

@@ -10,11 +10,11 @@ from __future__ import annotations
 import torch
 
 from aero.data.manifest import Sample, with_resolved_audio
+from aero.processing import content_text
 
 
 def _reference(messages: list[dict]) -> str:
-    content = next(m["content"] for m in messages if m["role"] == "assistant")
-    return content if isinstance(content, str) else "".join(p.get("text", "") for p in content)
+    return content_text(next(m["content"] for m in messages if m["role"] == "assistant"))
 
 
 def heldout_wer(model, processor, samples: list[Sample], batch_size: int = 8, max_new_tokens: int = 128) -> dict:

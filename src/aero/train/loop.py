@@ -23,15 +23,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from aero.adapter import ADAPTER_FILENAME, apply_adapter, save_adapter
 from aero.data.batching import BatchPlan
 from aero.data.collate import Collator, TrainDataset
 from aero.data.lengths import cached_lengths
 from aero.data.manifest import read_dataset
 from aero.processing import IGNORE_INDEX
 from aero.train import checkpoint as ckpt
-from aero.adapter import ADAPTER_FILENAME, apply_adapter, save_adapter
 from aero.train.adapter import apply_preset, lora_settings
-from aero.train.config import TrainConfig, to_dict
+from aero.train.config import ConfigError, TrainConfig, to_dict
 from aero.train.flops import flop_model
 from aero.train.step import TrainingModule
 
@@ -184,8 +184,6 @@ def train(config: TrainConfig, stop_after: int | None = None) -> dict:
     many steps of this call without exporting (a stand-in for a crash, used by tests)."""
     config.validate()
     if config.init_adapter and not Path(config.init_adapter).exists():
-        from aero.train.config import ConfigError
-
         raise ConfigError(f"init_adapter {config.init_adapter} does not exist (run the stage that writes it first).")
     dist = Distributed()
     out = Path(config.output_dir)
