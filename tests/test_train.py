@@ -119,6 +119,21 @@ def test_resume_after_kill_gives_the_same_loss_curve(base, manifest, tmp_path, m
     assert curve == pytest.approx(full, rel=1e-6)
 
 
+def test_a_finished_run_extends_with_a_larger_max_steps(base, manifest, tmp_path, monkeypatch):
+    """How aero-mini's stage 2 went on past its first schedule: rerun with max_steps raised."""
+    monkeypatch.setenv("AERO_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    assert train(config(base, manifest, out, max_steps=4, save_every=2))["step"] == 4
+    first_export = (out / "final" / "adapter.safetensors").read_bytes()
+    summary = train(config(base, manifest, out, max_steps=6, save_every=2))
+    assert summary["step"] == 6
+    rows = read_metrics(out)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert rows[3]["lr"] == 0.0 and rows[4]["lr"] > 0.0  # the cosine is stretched over 6 steps from step 4 on
+    assert rows[4]["samples_seen"] > rows[3]["samples_seen"]  # the data order goes on, not from the start
+    assert (out / "final" / "adapter.safetensors").read_bytes() != first_export
+
+
 def test_fsdp2_two_processes_match_one_process(base, manifest, tmp_path):
     """torchrun with 2 CPU ranks (gloo, FSDP2) vs one process accumulating the same 2 batches."""
     env = {**os.environ, "AERO_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
