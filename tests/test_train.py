@@ -134,6 +134,29 @@ def test_a_finished_run_extends_with_a_larger_max_steps(base, manifest, tmp_path
     assert (out / "final" / "adapter.safetensors").read_bytes() != first_export
 
 
+def test_init_adapter_continues_a_lora_run_and_exports_it_whole(base, manifest, tmp_path, monkeypatch):
+    """A new run (new schedule, new data) from an earlier LoRA run's adapter: its LoRA factors go on
+    training instead of vanishing into the base, so the new export alone reproduces the model."""
+    monkeypatch.setenv("AERO_CACHE", str(tmp_path / "cache"))
+    first = tmp_path / "first"
+    train(config(base, manifest, first, max_steps=2))
+    adapter = first / "final" / "adapter.safetensors"
+    # lr 0: the second run changes nothing, so its export must equal the first one's.
+    train(config(base, manifest, tmp_path / "second", max_steps=1, lr=0.0, init_adapter=str(adapter)))
+    before, after = load_file(adapter), load_file(tmp_path / "second" / "final" / "adapter.safetensors")
+    assert set(before) == set(after) and any(".lora_B" in k for k in before)
+    for name in before:
+        assert torch.equal(before[name], after[name]), name
+    assert any(before[k].abs().sum() > 0 for k in before if ".lora_B" in k)  # trained, not the zero init
+
+    with pytest.raises(ConfigError, match="LoRA r=4, alpha=32; this run has lora_r=8"):
+        train(config(base, manifest, tmp_path / "r8", lora_r=8, init_adapter=str(adapter)))
+    with pytest.raises(ConfigError, match="set lora_targets"):
+        train(config(base, manifest, tmp_path / "targets", lora_targets=["q_proj"], init_adapter=str(adapter)))
+    with pytest.raises(ConfigError, match="would not export"):
+        train(config(base, manifest, tmp_path / "projector", preset="projector", init_adapter=str(adapter)))
+
+
 def test_fsdp2_two_processes_match_one_process(base, manifest, tmp_path):
     """torchrun with 2 CPU ranks (gloo, FSDP2) vs one process accumulating the same 2 batches."""
     env = {**os.environ, "AERO_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}

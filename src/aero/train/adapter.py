@@ -4,10 +4,15 @@
 - lora:      the projector + LoRA adapters on the LM's linear layers (via peft).
 - full:      the projector + the whole LM.
 `train_audio_tower` adds the encoder (its fixed position table stays frozen) to any preset.
-A run exports its trained weights as one adapter file (`aero.adapter`).
+A run exports its trained weights as one adapter file (`aero.adapter`); `continue_from_adapter`
+starts a run from an earlier one's file so that the new export is complete again.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
+
+import torch
 
 
 def lora_settings(config) -> dict:
@@ -39,3 +44,49 @@ def apply_preset(model, preset: str, train_audio_tower: bool = False, lora: dict
         model.audio_tower.requires_grad_(True)
         model.audio_tower.embed_positions.requires_grad_(False)
     return model
+
+
+def continue_from_adapter(model, path, preset: str, lora: dict | None) -> None:
+    """Start an LM-objective run from an earlier run's adapter (`init_adapter`), after `apply_preset`.
+
+    Its weights are loaded into the parameters this run trains, LoRA factors into the fresh LoRA
+    layers (same rank, alpha and targets), so the run's exported adapter is again complete on the
+    base model. Under the `full` preset its LoRA is merged into the LM, which the export holds
+    whole. Anything the export would silently drop is a ConfigError instead.
+    """
+    from safetensors.torch import load_file
+
+    from aero.adapter import ADAPTER_FILENAME, adapter_metadata, apply_adapter
+    from aero.train.config import ConfigError
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / ADAPTER_FILENAME
+    weights = load_file(str(path))
+    has_lora = any(".lora_" in name for name in weights)
+    if has_lora and preset == "full":
+        apply_adapter(model, path)  # merged into the LM weights, which this run trains and exports
+        return
+    if has_lora and preset != "lora":
+        raise ConfigError(f"init_adapter {path} holds LoRA factors, which a {preset!r} run would not export: "
+                          "use preset lora (same lora_r, lora_alpha, lora_targets) or full.")
+    if has_lora:
+        metadata = adapter_metadata(path)
+        theirs = (metadata.get("lora_r"), metadata.get("lora_alpha"))
+        if theirs != (str(lora["r"]), str(lora["alpha"])):
+            raise ConfigError(f"init_adapter {path} has LoRA r={theirs[0]}, alpha={theirs[1]}; this run has "
+                              f"lora_r={lora['r']}, lora_alpha={lora['alpha']}: set them to match.")
+    params = dict(model.named_parameters())
+    for name, tensor in weights.items():
+        if name not in params:
+            hint = " (set lora_targets to the ones it was trained with)" if ".lora_" in name else ""
+            raise ConfigError(f"init_adapter {path} has {name}, which this model does not have{hint}.")
+        if not params[name].requires_grad:
+            raise ConfigError(f"init_adapter {path} has {name}, which this run does not train, so its export "
+                              "would lose it (train_audio_tower or preset differ from the earlier run).")
+        if params[name].shape != tensor.shape:
+            raise ConfigError(f"init_adapter {path}: {name} has shape {tuple(tensor.shape)}, the model "
+                              f"{tuple(params[name].shape)}.")
+    with torch.no_grad():
+        for name, tensor in weights.items():
+            params[name].copy_(tensor.to(params[name].dtype))

@@ -31,7 +31,7 @@ class TrainConfig:
 
     # What trains.
     objective: str = "lm"  # lm (next-token loss through the LM) | ctc (projector alignment, no LM; train/align.py)
-    init_adapter: str | None = None  # an adapter file applied before training (e.g. a ctc stage's final/)
+    init_adapter: str | None = None  # start from an earlier run's adapter (a ctc stage's projector, or a whole LoRA run)
     preset: str = "projector"  # projector (stage 1) | lora (projector + LoRA on the LM) | full
     train_audio_tower: bool = False
     lora_r: int = 16

@@ -30,7 +30,7 @@ from aero.data.lengths import cached_lengths
 from aero.data.manifest import read_dataset
 from aero.processing import IGNORE_INDEX
 from aero.train import checkpoint as ckpt
-from aero.train.adapter import apply_preset, lora_settings
+from aero.train.adapter import apply_preset, continue_from_adapter, lora_settings
 from aero.train.config import ConfigError, TrainConfig, to_dict
 from aero.train.flops import flop_model
 from aero.train.step import TrainingModule
@@ -193,16 +193,18 @@ def train(config: TrainConfig, stop_after: int | None = None) -> dict:
     seed_everything(config.seed)
 
     model, processor = load_model_and_processor(config.model)
-    if config.init_adapter:
-        apply_adapter(model, config.init_adapter)
     if config.objective == "ctc":
         from aero.train.align import train_ctc
 
+        if config.init_adapter:
+            apply_adapter(model, config.init_adapter)
         if dist.enabled:
             raise ValueError("The ctc alignment stage runs in one process; start it without torchrun.")
         return train_ctc(config, model, processor, out, stop_after)
     lora = lora_settings(config) if config.preset == "lora" else None
     model = apply_preset(model, config.preset, config.train_audio_tower, lora)
+    if config.init_adapter:
+        continue_from_adapter(model, config.init_adapter, config.preset, lora)
     model.to(dist.device)
     model.train()
     attention = choose_attention(model, dist.device, packed=config.batching == "pack")
