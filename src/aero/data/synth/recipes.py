@@ -89,6 +89,9 @@ def load_recipe(name_or_path: str) -> Recipe:
         if split_name in splits:
             splits[split_name] = _overlay(splits[split_name], changes or {}, str(path))
         else:
+            changes = dict(changes or {})
+            if "long_seconds" in changes:
+                changes["long_seconds"] = tuple(changes["long_seconds"])
             try:
                 splits[split_name] = Split(name=split_name, **changes)
             except TypeError as err:
