@@ -99,9 +99,9 @@ def test_hub_ids_pass_through_and_missing_paths_fail_clearly(monkeypatch, tmp_pa
         load(str(tmp_path / "missing" / "checkpoint"))
 
 
-# Measured on these two clips when the adapter was shipped: 57% WER ("The will be gone and the will
-# tomorrow tomorrow." / "Please call me by the number."); the untrained base scores >100%.
-MAX_TEST_WER = 0.8
+# Measured on these two clips when the adapter was shipped (stage 2 step 640): 43% WER ("The will
+# be one and two tomorrow." / "Please call me at 911."); step 240 scored 57%, the untrained base >100%.
+MAX_TEST_WER = 0.7
 
 
 @pytest.mark.slow
