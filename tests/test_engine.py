@@ -69,10 +69,14 @@ def test_repetition_guard_stops_a_forced_loop():
 
 
 def test_repeated_ngram_rules():
-    options = GenerationOptions()  # n-grams up to 16, >= 4 copies spanning >= 32 tokens
+    options = GenerationOptions()  # n-grams up to 128, >= 4 copies spanning >= 32 tokens
     assert repeated_ngram([7] * 31, options) == 0 and repeated_ngram([7] * 32, options) == 1
     loop = [1, 2, 3] + [5, 6, 7, 8, 9] * 7  # 35 tokens of a 5-gram
     assert repeated_ngram(loop, options) == 5 and loop_start(loop, 5) == 8
+    sentence = list(range(100, 180))  # an 80-token sentence said over and over, as aero-mini did
+    assert repeated_ngram([1, 2] + sentence * 3, options) == 0  # 3 copies: not yet a loop
+    assert repeated_ngram([1, 2] + sentence * 4, options) == 80
+    assert repeated_ngram([1, 2] + sentence * 4, GenerationOptions(repetition_max_ngram=16)) == 0
     assert repeated_ngram([5, 6, 7, 8, 9] * 6, options) == 0  # 30 tokens: not yet a loop
     assert repeated_ngram(list(range(40)), options) == 0
 

@@ -53,7 +53,8 @@ class GenerationOptions:
     top_p: float = 1.0  # nucleus sampling: sample among the most likely tokens holding this probability mass
     seed: int | None = None  # sampling seed for reproducible samples (None: torch's global generator)
     repetition_guard: bool = True  # stop a row whose last tokens are one n-gram repeated (a degenerate loop)
-    repetition_max_ngram: int = 16  # longest repeated n-gram the guard looks for, in tokens
+    repetition_max_ngram: int = 128  # longest repeated n-gram the guard looks for, in tokens (aero-mini's
+    # one-pass long-form loops were whole sentences: 25-80 tokens)
     repetition_min_repeats: int = 4  # a loop is at least this many consecutive copies of the n-gram ...
     repetition_min_tokens: int = 32  # ... spanning at least this many tokens (a single token must repeat 32 times)
 
