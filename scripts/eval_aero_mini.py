@@ -91,7 +91,8 @@ def main() -> None:
             asr(aero(ASR_SETS[name], "aero-mini int8"), "aero-mini int8", name)
 
     if "long" not in args.skip:  # last: the slowest part (one generation per whole recording)
-        model, processor = load_model()  # full precision again after the int8 part
+        if "int8" not in args.skip:
+            model, processor = load_model()  # full precision again after the int8 part
         asr(aero(ASR_SETS["long"]), "aero-mini", "long")
 
     columns = sorted({c for row in table.values() for c in row}, key=["espeak", "slt", "long", "instruct", "understanding"].index)

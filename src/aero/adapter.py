@@ -42,6 +42,16 @@ def adapter_metadata(path: str | os.PathLike) -> dict:
         return dict(f.metadata() or {})
 
 
+def adapter_file(path: str | os.PathLike) -> Path:
+    """An adapter file, or a run's `final/` directory holding one."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / ADAPTER_FILENAME
+    if not path.is_file():
+        raise FileNotFoundError(f"No adapter file at {path}.")
+    return path
+
+
 def apply_adapter(model, path: str | os.PathLike) -> None:
     """Load an adapter file onto the model in place.
 
@@ -50,10 +60,7 @@ def apply_adapter(model, path: str | os.PathLike) -> None:
     peft names them) are merged: `W += lora_alpha / lora_r * B @ A`, with `lora_alpha` and
     `lora_r` read from the file's metadata. Merging here keeps peft out of inference.
     """
-    if Path(path).is_dir():
-        path = Path(path) / ADAPTER_FILENAME
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"No adapter file at {path}.")
+    path = adapter_file(path)
     metadata = adapter_metadata(path)
     weights = load_file(path)
     params = model.state_dict()

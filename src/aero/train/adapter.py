@@ -10,8 +10,6 @@ starts a run from an earlier one's file so that the new export is complete again
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 
@@ -56,12 +54,10 @@ def continue_from_adapter(model, path, preset: str, lora: dict | None) -> None:
     """
     from safetensors.torch import load_file
 
-    from aero.adapter import ADAPTER_FILENAME, adapter_metadata, apply_adapter
+    from aero.adapter import adapter_file, adapter_metadata, apply_adapter
     from aero.train.config import ConfigError
 
-    path = Path(path)
-    if path.is_dir():
-        path = path / ADAPTER_FILENAME
+    path = adapter_file(path)
     weights = load_file(str(path))
     has_lora = any(".lora_" in name for name in weights)
     if has_lora and preset == "full":

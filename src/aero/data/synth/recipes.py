@@ -25,6 +25,9 @@ class Split:
     long_seconds: tuple = (60.0, 360.0)  # length range of long recordings
     generated_share: float = 0.2  # share of generated number/date/time sentences
 
+    def __post_init__(self):  # YAML gives a list; a frozen split keeps a tuple
+        object.__setattr__(self, "long_seconds", tuple(self.long_seconds))
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -61,8 +64,6 @@ def _overlay(split: Split, changes: dict, where: str) -> Split:
     unknown = set(changes) - names
     if unknown:
         raise RecipeError(f"{where}: unknown split settings {sorted(unknown)}; known: {sorted(names)}.")
-    if "long_seconds" in changes:
-        changes = {**changes, "long_seconds": tuple(changes["long_seconds"])}
     return replace(split, **changes)
 
 
@@ -89,11 +90,8 @@ def load_recipe(name_or_path: str) -> Recipe:
         if split_name in splits:
             splits[split_name] = _overlay(splits[split_name], changes or {}, str(path))
         else:
-            changes = dict(changes or {})
-            if "long_seconds" in changes:
-                changes["long_seconds"] = tuple(changes["long_seconds"])
             try:
-                splits[split_name] = Split(name=split_name, **changes)
+                splits[split_name] = Split(name=split_name, **(changes or {}))
             except TypeError as err:
                 raise RecipeError(f"{path}: new split {split_name!r} is incomplete ({err}).") from None
     keep = data.get("only") or list(splits)
