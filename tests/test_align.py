@@ -112,6 +112,15 @@ def test_ctc_stage_trains_the_projector_only_and_hands_off(base, manifest, tmp_p
         torch.testing.assert_close(exported[k], v)
     assert any("lora_B" in k and v.abs().sum() > 0 for k, v in exported.items())
 
+    # The ctc stage exports a projector only: it goes on from a projector adapter, and refuses one
+    # with LoRA factors instead of merging them into the LM and dropping them from its export.
+    train(config(base, manifest, tmp_path / "again", max_steps=1, lr=0.0, init_adapter=str(out / "final")))
+    again = load_file(tmp_path / "again" / "final" / "adapter.safetensors")
+    for k, v in weights.items():
+        torch.testing.assert_close(again[k], v)
+    with pytest.raises(ConfigError, match="holds LoRA factors, which a 'projector' run would not export"):
+        train(config(base, manifest, tmp_path / "from-lora", init_adapter=str(tmp_path / "lm" / "final")))
+
 
 def test_ctc_stage_resumes_where_it_stopped(base, manifest, tmp_path, monkeypatch):
     monkeypatch.setenv("AERO_CACHE", str(tmp_path / "cache"))

@@ -196,8 +196,8 @@ def train(config: TrainConfig, stop_after: int | None = None) -> dict:
     if config.objective == "ctc":
         from aero.train.align import train_ctc
 
-        if config.init_adapter:
-            apply_adapter(model, config.init_adapter)
+        if config.init_adapter:  # the stage exports the projector only: refuse anything else
+            continue_from_adapter(apply_preset(model, "projector"), config.init_adapter, "projector", None)
         if dist.enabled:
             raise ValueError("The ctc alignment stage runs in one process; start it without torchrun.")
         return train_ctc(config, model, processor, out, stop_after)
