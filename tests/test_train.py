@@ -207,3 +207,19 @@ def test_shipped_configs_load():
     configs = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
     for path in configs:
         load_config(path).validate()
+
+
+def test_heldout_curve_points_equal_aero_eval_on_the_same_clips(base, manifest, tmp_path):
+    """The learning curve decodes through the engine (default prompt, repetition guard) and scores
+    like `aero eval`, so a curve point and an evaluation table agree on the same clips."""
+    from aero.evaluation.runner import run_asr_eval
+    from aero.models import Transcriber, load
+    from aero.train.heldout import heldout_items, heldout_wer
+
+    model, processor = load(str(base))
+    items = heldout_items(manifest, 3)  # only the first rows are read: the broken ones come last
+    assert len(items) == 3
+    curve = heldout_wer(model, processor, items, max_new_tokens=8)
+    table = run_asr_eval(Transcriber("tiny", model, processor, max_new_tokens=8), items, output_dir=tmp_path)
+    assert curve["heldout_utterances"] == 3 and curve["heldout_wer"] == pytest.approx(table["wer"])
+    assert curve["heldout_wer"] > 0  # a random model: the scoring saw real hypotheses

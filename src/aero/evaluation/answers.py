@@ -32,14 +32,14 @@ class AnswerItem:
     category: str | None = None
 
 
-def chat_manifest_items(path: str | Path) -> list[AnswerItem]:
-    """One item per row of a chat manifest with one audio, a prompt and an assistant reply;
-    audio paths are resolved (and confined) like training data."""
+def chat_manifest_items(path: str | Path, limit: int | None = None) -> list[AnswerItem]:
+    """One item per row (the first `limit` rows) of a chat manifest with one audio, a prompt and
+    an assistant reply; audio paths are resolved (and confined) like training data."""
     from aero.data.manifest import DatasetSpec, read_dataset, with_resolved_audio
     from aero.processing import content_text, is_audio_part
 
     items = []
-    for sample in read_dataset(DatasetSpec(str(path))):
+    for sample in read_dataset(DatasetSpec(str(path)))[:limit]:
         messages = with_resolved_audio(sample)
         user = next(m for m in messages if m["role"] == "user")
         audio = [p["audio"] for p in user["content"] if isinstance(user["content"], list) and is_audio_part(p)]

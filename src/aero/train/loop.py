@@ -250,9 +250,9 @@ def train(config: TrainConfig, stop_after: int | None = None) -> dict:
         seen_samples, seen_tokens = state.get("seen_samples", 0.0), state.get("seen_tokens", 0.0)
     heldout = None
     if config.eval_data:
-        from aero.data.manifest import DatasetSpec
+        from aero.train.heldout import heldout_items
 
-        heldout = read_dataset(DatasetSpec(config.eval_data))[: config.eval_samples]
+        heldout = heldout_items(config.eval_data, config.eval_samples)
 
     def batches():
         plan.epoch, plan.position = 0, 0
