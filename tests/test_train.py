@@ -134,6 +134,24 @@ def test_a_finished_run_extends_with_a_larger_max_steps(base, manifest, tmp_path
     assert (out / "final" / "adapter.safetensors").read_bytes() != first_export
 
 
+def test_schedule_steps_stops_a_run_early_on_the_full_runs_schedule(base, manifest, tmp_path, monkeypatch):
+    """max_steps 3 of a 6-step cosine: the same learning rates and losses as the first 3 steps of
+    the 6-step run, an export at step 3, and going on to 6 equals the uninterrupted run."""
+    monkeypatch.setenv("AERO_CACHE", str(tmp_path / "cache"))
+    train(config(base, manifest, tmp_path / "whole", max_steps=6, warmup_steps=1))
+    whole = read_metrics(tmp_path / "whole")
+    out = tmp_path / "early"
+    assert train(config(base, manifest, out, max_steps=3, schedule_steps=6, warmup_steps=1))["step"] == 3
+    assert (out / "final" / "adapter.safetensors").is_file()
+    train(config(base, manifest, out, max_steps=6, schedule_steps=6, warmup_steps=1))
+    early = read_metrics(out)
+    assert [r["step"] for r in early] == [1, 2, 3, 4, 5, 6]
+    assert [r["lr"] for r in early] == pytest.approx([r["lr"] for r in whole])
+    assert [r["loss"] for r in early] == pytest.approx([r["loss"] for r in whole], rel=1e-4)
+    with pytest.raises(ConfigError, match="schedule_steps"):
+        config(base, manifest, out, max_steps=6, schedule_steps=3).validate()
+
+
 def test_init_adapter_continues_a_lora_run_and_exports_it_whole(base, manifest, tmp_path, monkeypatch):
     """A new run (new schedule, new data) from an earlier LoRA run's adapter: its LoRA factors go on
     training instead of vanishing into the base, so the new export alone reproduces the model."""

@@ -218,7 +218,7 @@ def train_ctc(config, model, processor, out: Path, stop_after: int | None = None
     optimizer = torch.optim.AdamW(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
     from aero.train.loop import cosine_schedule
 
-    scheduler = cosine_schedule(optimizer, config.warmup_steps, config.max_steps, config.min_lr_ratio)
+    scheduler = cosine_schedule(optimizer, config.warmup_steps, config.cosine_steps, config.min_lr_ratio)
     state_path = out / "ctc_state.pt"
     step, epoch, position, seen_samples, seen_seconds = 0, 0, 0, 0, 0.0
     state = {}

@@ -58,6 +58,7 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_steps: int = 0
     min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
+    schedule_steps: int | None = None  # the cosine's length if not max_steps (a run stopped before its schedule ends)
     max_grad_norm: float = 1.0
     loss_reduction: str = "token"  # token | sample
     loss_chunk: int = 4096
@@ -92,7 +93,14 @@ class TrainConfig:
         for name in ("max_steps", "grad_accum", "pack_length", "token_budget", "batch_size", "keep_last", "save_every"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}.")
+        if self.schedule_steps is not None and self.schedule_steps < self.max_steps:
+            raise ConfigError(f"schedule_steps ({self.schedule_steps}) must be at least max_steps ({self.max_steps}): "
+                              "it sets how long the cosine is, and a run ends at max_steps.")
         return self
+
+    @property
+    def cosine_steps(self) -> int:
+        return self.schedule_steps or self.max_steps
 
     @property
     def batch_size_or_budget(self) -> int:

@@ -240,7 +240,7 @@ def train(config: TrainConfig, stop_after: int | None = None) -> dict:
     params = [p for _, p in trainable]
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr, betas=config.betas,
                                   weight_decay=config.weight_decay)
-    scheduler = cosine_schedule(optimizer, config.warmup_steps, config.max_steps, config.min_lr_ratio)
+    scheduler = cosine_schedule(optimizer, config.warmup_steps, config.cosine_steps, config.min_lr_ratio)
 
     step, consumed, skipped, seen_samples, seen_tokens = 0, 0, unreadable, 0.0, 0.0
     if config.resume and ckpt.checkpoints(out):
