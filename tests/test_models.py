@@ -123,7 +123,7 @@ def test_aero_mini_base_runs_on_speech(tmp_path):
     inputs = processor(text=processor.apply_chat_template([{"role": "user", "content": [{"type": "audio"}]}]), audios=[clip])
     assert not processor.decode(inputs["input_ids"][0]).startswith("system")
     n_audio = int((inputs["input_ids"] == processor.audio_token_id).sum())
-    assert n_audio == sum(audio_tokens_for_samples(len(clip)))
+    assert n_audio == sum(audio_tokens_for_samples(len(clip), stack=model.config.projector_stack))
     assert abs(n_audio - 25 / 4 * len(clip) / SAMPLE_RATE) <= 1  # 6.25 tokens per second
     with torch.no_grad():
         features = model.get_audio_features(inputs["audio_values"], inputs["audio_attention_mask"])
