@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Speech tools for `aero data synth` and the tests (tests that need them skip without them).
-APT_PACKAGES="espeak-ng festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts sox fortunes"
+APT_PACKAGES="espeak-ng festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts flite sox fortunes"
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   if ! dpkg -s $APT_PACKAGES >/dev/null 2>&1; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $APT_PACKAGES >/dev/null) \

@@ -11,6 +11,7 @@ from aero.engine import (
     ContextLengthError,
     Engine,
     GenerationOptions,
+    NgramBan,
     loop_start,
     repeated_ngram,
 )
@@ -61,9 +62,14 @@ def test_repetition_guard_stops_a_forced_loop():
     with torch.no_grad():  # every logit equal: greedy picks token 0 forever
         model.language_model.lm_head.weight.zero_()
     engine = Engine(model, make_tiny_processor())
-    result = engine.transcribe([tone(1.0)], options=GenerationOptions(max_new_tokens=500))[0]
-    assert result.stopped_by_repetition and result.finish_reason == "repetition"
-    assert result.token_ids == [0]  # the loop is cut back to its first copy
+    cut = engine.transcribe([tone(1.0)], options=GenerationOptions(max_new_tokens=500, loop_retry_ngram=0))[0]
+    assert cut.stopped_by_repetition and cut.finish_reason == "repetition" and not cut.loop_retried
+    assert cut.token_ids == [0]  # the loop is cut back to its first copy
+    # by default the looping row is decoded again with every 3-gram allowed once
+    retried = engine.transcribe([tone(1.0)], options=GenerationOptions(max_new_tokens=60))[0]
+    assert retried.loop_retried and retried.stopped_by_repetition and retried.finish_reason == "length"
+    grams = [tuple(retried.token_ids[i : i + 3]) for i in range(58)]
+    assert len(retried.token_ids) == 60 and len(set(grams)) == len(grams)
     off = engine.transcribe([tone(1.0)], options=GenerationOptions(max_new_tokens=50, repetition_guard=False))[0]
     assert off.finish_reason == "length" and off.token_ids == [0] * 50
 
@@ -128,6 +134,28 @@ def test_multi_turn_chat_with_two_audios(engine):
     assert len(result.audios[1].windows) == 2 and result.completion_tokens == 12
 
 
+def test_ngram_ban_matches_transformers_no_repeat_ngram():
+    from transformers.generation.logits_process import NoRepeatNGramLogitsProcessor
+
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 3, 4):
+        tokens = rng.integers(0, 5, size=40).tolist()  # a small vocabulary: many repeats
+        ban, theirs = NgramBan(n), NoRepeatNGramLogitsProcessor(n)
+        for t in range(len(tokens) + 1):
+            ids = torch.tensor([tokens[:t]], dtype=torch.long)
+            scores = theirs(ids, torch.zeros(1, 5)) if t else torch.zeros(1, 5)
+            assert sorted(set(ban.banned(tokens[:t]))) == torch.isinf(scores[0]).nonzero().flatten().tolist(), (n, t)
+            if t < len(tokens):
+                ban.add(tokens[: t + 1])
+
+
+def test_no_repeat_ngram_size_holds_in_a_reply(engine):
+    options = GenerationOptions(max_new_tokens=40, repetition_guard=False, no_repeat_ngram_size=2)
+    result = engine.transcribe([tone(1.0)], options=options)[0]
+    pairs = [tuple(result.token_ids[i : i + 2]) for i in range(len(result.token_ids) - 1)]
+    assert len(pairs) == 39 and len(set(pairs)) == len(pairs)
+
+
 def test_eos_stops_a_row():
     model, processor = make_tiny_model(), make_tiny_processor()
     eos = processor.tokenizer.eos_token_id
@@ -146,6 +174,8 @@ def test_options_are_validated():
         GenerationOptions(temperature=-1)
     with pytest.raises(ValueError, match="top_p"):
         GenerationOptions(top_p=0)
+    with pytest.raises(ValueError, match="no_repeat_ngram_size"):
+        GenerationOptions(no_repeat_ngram_size=-1)
     with pytest.raises(AttributeError):
         GenerationOptions().temperature = 1.0  # frozen
 

@@ -23,7 +23,7 @@ from aero.data.synth.text import (
     number_words,
     year_words,
 )
-from aero.data.synth.voices import RATE_LABELS, voice_set
+from aero.data.synth.voices import RATE_LABELS, Speech, render, voice_set
 
 
 def _festival_voice(name: str) -> bool:
@@ -281,3 +281,17 @@ def test_a_failing_clip_is_reported_and_the_rest_finish(tmp_path, monkeypatch):
     first = len(calls)
     pipeline.synthesize(tmp_path, plan, seed=0, samples=3, workers=1, answer_fn=lambda qs: ["ok"] * len(qs))
     assert len(calls) - first == 1  # only the failed clip is tried again
+
+
+@pytest.mark.skipif(shutil.which("flite") is None, reason="flite is not installed (apt-get install flite)")
+def test_flite_voices_render_and_never_include_the_heldout_speaker(tmp_path):
+    flite = voice_set("flite")
+    assert {v.key for v in flite} == {"flite:awb", "flite:rms"}
+    assert {v.key for v in voice_set("train-flite")} == {v.key for v in voice_set("train")} | {v.key for v in flite}
+    # flite's own slt voice is the held-out festival speaker: no training set may contain it
+    for name in ("train", "flite", "train-flite"):
+        assert not any("slt" in v.name for v in voice_set(name))
+    slow, fast = (render(Speech("The quick brown fox jumps over the lazy dog.", flite[0], stretch=s), str(tmp_path))
+                  for s in (1.3, 0.8))
+    assert slow.dtype == np.float32 and 1.5 * SAMPLE_RATE < fast.size < slow.size  # the stretch reaches flite
+    assert list(tmp_path.iterdir()) == []  # no temporary files left behind

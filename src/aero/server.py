@@ -466,6 +466,7 @@ def create_app(engine: Engine, settings: ServerSettings | None = None) -> FastAP
                     for i, s in enumerate(result.segments)
                 ],
                 "stopped_by_repetition": result.stopped_by_repetition,
+                "loop_retried": result.loop_retried,
             }
         return {"text": result.text, "usage": _usage(result, "transcription")}
 
@@ -511,6 +512,7 @@ def create_app(engine: Engine, settings: ServerSettings | None = None) -> FastAP
                          "finish_reason": _finish(result)}],
             "usage": _usage(result, "chat"),
             "stopped_by_repetition": result.stopped_by_repetition,
+            "loop_retried": result.loop_retried,
         }
 
     return app

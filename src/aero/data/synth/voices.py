@@ -1,14 +1,17 @@
-"""Voices: espeak-ng (language voice + variant) and festival, rendered to 16 kHz float32.
+"""Voices: espeak-ng (language voice + variant), festival and flite, rendered to 16 kHz float32.
 
 Notable choices:
 - Only espeak-ng's own formant voices (gmw/...) are used: the mbrola voices need the mbrola
   program and data, which Debian does not ship by default.
 - A voice's gender comes from its variant file's `gender` line (m1..m8 and the named male
   variants are male; f1..f5, Alicia, Annie, ... are female); festival's kal and ked diphone
-  voices are male, cmu_us_slt_arctic_hts is female.
+  voices are male, cmu_us_slt_arctic_hts is female; flite's awb (Scottish English) and rms
+  (US English) are male clustergen voices, closer to natural speech than the diphone voices.
 - Held out, never in training: the espeak language voice en-gb-x-gbcwmd, the variants m3
   and f4, and festival's cmu_us_slt_arctic_hts. Held-out espeak voices combine only held-out
   parts, so a held-out voice shares neither accent nor timbre with any training voice.
+  flite also ships an slt voice: the held-out speaker, so it is never used. flite's kal is
+  festival's kal speaker again and adds nothing.
 - espeak's rate (-s, words per minute) is the speaking-rate label; festival voices get a
   Duration_Stretch instead and are never used for speaking-rate questions.
 """
@@ -37,6 +40,7 @@ ESPEAK_HELDOUT_LANGS = ("en-gb-x-gbcwmd",)
 ESPEAK_HELDOUT_VARIANTS = {"m3": "male", "f4": "female"}
 FESTIVAL_TRAIN = {"kal_diphone": "male", "ked_diphone": "male"}
 FESTIVAL_HELDOUT = {"cmu_us_slt_arctic_hts": "female"}
+FLITE_TRAIN = {"awb": "male", "rms": "male"}
 
 RATE_RANGE = (110, 230)  # espeak -s, words per minute (espeak's default is 175)
 PITCH_RANGE = (20, 80)  # espeak -p, 0..99 within the variant's own pitch range
@@ -51,15 +55,15 @@ def require(tool: str) -> str:
     path = shutil.which(tool)
     if path is None:
         raise ToolMissing(f"`{tool}` is not installed; run: apt-get install -y espeak-ng festival festvox-kallpc16k "
-                          "festvox-kdlpc16k festvox-us-slt-hts sox fortunes")
+                          "festvox-kdlpc16k festvox-us-slt-hts flite sox fortunes")
     return path
 
 
 @dataclass(frozen=True)
 class Voice:
-    engine: str  # "espeak" or "festival"
-    name: str  # espeak language voice or festival voice
-    variant: str | None  # espeak variant (None for festival)
+    engine: str  # "espeak", "festival" or "flite"
+    name: str  # espeak language voice, festival voice or flite voice
+    variant: str | None  # espeak variant (None for festival and flite)
     gender: str  # "male" / "female", from how the voice is defined
 
     @property
@@ -72,14 +76,18 @@ def _espeak(langs, variants) -> list[Voice]:
 
 
 def voice_set(name: str) -> list[Voice]:
-    """'train' (every training voice), 'heldout-espeak', 'heldout-slt' or 'heldout' (both)."""
+    """'train' (the espeak and festival training voices), 'train-espeak', 'flite' (flite's training
+    voices), 'train-flite' (train + flite), 'heldout-espeak', 'heldout-slt' or 'heldout' (both).
+    'train' keeps its original list, so the recipes written with it regenerate the same data."""
     sets = {
         "train": _espeak(ESPEAK_TRAIN_LANGS, ESPEAK_TRAIN_VARIANTS)
         + [Voice("festival", n, None, g) for n, g in FESTIVAL_TRAIN.items()],
         "train-espeak": _espeak(ESPEAK_TRAIN_LANGS, ESPEAK_TRAIN_VARIANTS),
+        "flite": [Voice("flite", n, None, g) for n, g in FLITE_TRAIN.items()],
         "heldout-espeak": _espeak(ESPEAK_HELDOUT_LANGS, ESPEAK_HELDOUT_VARIANTS),
         "heldout-slt": [Voice("festival", n, None, g) for n, g in FESTIVAL_HELDOUT.items()],
     }
+    sets["train-flite"] = sets["train"] + sets["flite"]
     sets["heldout"] = sets["heldout-espeak"] + sets["heldout-slt"]
     if name not in sets:
         raise ValueError(f"Unknown voice set {name!r}; choose one of {', '.join(sets)}.")
@@ -95,7 +103,7 @@ class Speech:
     rate: int = 175  # espeak words per minute
     pitch: int = 50  # espeak 0..99
     word_gap: int = 0  # espeak extra pause between words, in units of 10 ms
-    stretch: float = 1.0  # festival Duration_Stretch (>1 is slower)
+    stretch: float = 1.0  # festival Duration_Stretch / flite duration_stretch (>1 is slower)
 
     def describe(self) -> dict:
         d = {**asdict(self.voice), "key": self.voice.key}
@@ -125,6 +133,14 @@ def render(speech: Speech, workdir: str) -> np.ndarray:
             cmd = [require("espeak-ng"), "-v", f"{v.name}+{v.variant}" if v.variant else v.name,
                    "-s", str(speech.rate), "-p", str(speech.pitch), "-g", str(speech.word_gap), "-w", wav, "--stdin"]
             subprocess.run(cmd, input=speech.say.encode(), check=True, capture_output=True)
+        elif v.engine == "flite":
+            txt = wav[:-4] + ".txt"
+            with open(txt, "w") as f:
+                f.write(speech.say + "\n")
+            cmd = [require("flite"), "-voice", v.name, "--setf", f"duration_stretch={speech.stretch:.3f}",
+                   "-f", txt, "-o", wav]
+            subprocess.run(cmd, check=True, capture_output=True)
+            os.unlink(txt)
         else:
             txt = wav[:-4] + ".txt"
             with open(txt, "w") as f:
