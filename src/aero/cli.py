@@ -115,8 +115,7 @@ def transcribe(
                 progress.console.print(f"[red]failed[/red] {escape(str(paths[i]))}: {escape(str(result))}", markup=True, highlight=False, soft_wrap=True)
             else:
                 write_result(result, targets[i], format)
-                note = (" (looped; decoded again without repeated n-grams)" if result.loop_retried
-                        else " (stopped a repetition loop)" if result.stopped_by_repetition else "")
+                note = " (stopped a repetition loop)" if result.stopped_by_repetition else ""
                 progress.console.print(f"{paths[i]} -> {targets[i]}{note}", markup=False, highlight=False, soft_wrap=True)
             progress.advance(task)
     console.print(f"{len(paths) - failed} transcribed, {failed} failed", highlight=False)

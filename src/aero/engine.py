@@ -58,8 +58,6 @@ class GenerationOptions:
     repetition_min_repeats: int = 4  # a loop is at least this many consecutive copies of the n-gram ...
     repetition_min_tokens: int = 32  # ... spanning at least this many tokens (a single token must repeat 32 times)
     no_repeat_ngram_size: int = 0  # > 0: no n-gram of this many tokens occurs twice in a reply (as in transformers)
-    loop_retry_ngram: int = 3  # > 0: a row the guard stopped is decoded once more with no_repeat_ngram_size set
-    # to this, and that decode is the result (Result.loop_retried); 0: keep the loop's first copy
 
     def __post_init__(self):
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
@@ -70,8 +68,8 @@ class GenerationOptions:
             raise ValueError(f"top_p must be in (0, 1], not {self.top_p}.")
         if self.repetition_max_ngram < 1 or self.repetition_min_repeats < 2:
             raise ValueError("The repetition guard needs repetition_max_ngram >= 1 and repetition_min_repeats >= 2.")
-        if self.no_repeat_ngram_size < 0 or self.loop_retry_ngram < 0:
-            raise ValueError("no_repeat_ngram_size and loop_retry_ngram must be 0 (off) or a positive n-gram size.")
+        if self.no_repeat_ngram_size < 0:
+            raise ValueError(f"no_repeat_ngram_size must be 0 (off) or a positive n-gram size, not {self.no_repeat_ngram_size}.")
 
 
 class ContextLengthError(ValueError):
@@ -101,12 +99,10 @@ class Result:
     prompt_tokens: int
     audios: list[AudioInfo] = field(default_factory=list)
     segments: list[Segment] = field(default_factory=list)  # per-window texts when timestamps were asked
-    loop_retried: bool = False  # the first decode looped; this is the retry with repeated n-grams forbidden
 
     @property
     def stopped_by_repetition(self) -> bool:
-        """The decode was a loop: cut by the guard, or retried without repeated n-grams."""
-        return self.finish_reason == "repetition" or self.loop_retried
+        return self.finish_reason == "repetition"
 
     @property
     def duration(self) -> float:
@@ -271,12 +267,6 @@ class Engine:
         options = options or GenerationOptions()
         for batch in self.batches(prepared):
             results = _drain(self._decode([prepared[i] for i in batch], options))
-            looped = [k for k, r in enumerate(results) if r.finish_reason == "repetition"]
-            if looped and options.loop_retry_ngram and not options.no_repeat_ngram_size:
-                retry = replace(options, no_repeat_ngram_size=options.loop_retry_ngram)
-                for k, r in zip(looped, _drain(self._decode([prepared[batch[k]] for k in looped], retry))):
-                    r.loop_retried = True
-                    results[k] = r
             yield from zip(batch, results)
 
     def generate_all(self, prepared: Sequence[Prepared], options: GenerationOptions | None = None) -> list[Result]:
@@ -289,8 +279,7 @@ class Engine:
         """Text pieces of one request as they are decoded; they join to `stream.result.text`.
 
         When the repetition guard fires, the pieces already sent include the loop's copies;
-        `stream.result.text` keeps only its first copy. A stream is not retried (loop_retry_ngram):
-        its pieces are already out.
+        `stream.result.text` keeps only its first copy (as non-streamed results do).
         """
         options = options or GenerationOptions()
         steps = self._decode([prepared], options)
@@ -473,7 +462,6 @@ def _combine(parts: list[Result], timestamps: bool) -> Result:
         prompt_tokens=sum(p.prompt_tokens for p in parts),
         audios=[info],
         segments=segments,
-        loop_retried=any(p.loop_retried for p in parts),
     )
 
 

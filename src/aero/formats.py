@@ -58,7 +58,6 @@ def to_dict(result: Result) -> dict:
         "duration": ms(result.duration),
         "finish_reason": result.finish_reason,
         "stopped_by_repetition": result.stopped_by_repetition,
-        "loop_retried": result.loop_retried,
         "prompt_tokens": result.prompt_tokens,
         "completion_tokens": result.completion_tokens,
         "audios": [{"duration": ms(a.duration), "windows": [[ms(s), ms(e)] for s, e in a.windows]} for a in result.audios],

@@ -466,7 +466,6 @@ def create_app(engine: Engine, settings: ServerSettings | None = None) -> FastAP
                     for i, s in enumerate(result.segments)
                 ],
                 "stopped_by_repetition": result.stopped_by_repetition,
-                "loop_retried": result.loop_retried,
             }
         return {"text": result.text, "usage": _usage(result, "transcription")}
 
@@ -512,7 +511,6 @@ def create_app(engine: Engine, settings: ServerSettings | None = None) -> FastAP
                          "finish_reason": _finish(result)}],
             "usage": _usage(result, "chat"),
             "stopped_by_repetition": result.stopped_by_repetition,
-            "loop_retried": result.loop_retried,
         }
 
     return app
