@@ -295,3 +295,17 @@ def test_flite_voices_render_and_never_include_the_heldout_speaker(tmp_path):
                   for s in (1.3, 0.8))
     assert slow.dtype == np.float32 and 1.5 * SAMPLE_RATE < fast.size < slow.size  # the stretch reaches flite
     assert list(tmp_path.iterdir()) == []  # no temporary files left behind
+
+
+def test_a_one_gender_voice_set_with_gender_questions_warns():
+    # aero-mini stage 2c trained on such a split (flite's two male voices) and answered "male" to
+    # every held-out gender question
+    one_gender = Split("train", 4, "flite", False, {"transcribe": 0.5, "understand": 0.5})
+    with pytest.warns(UserWarning, match="every voice of set 'flite' is male"):
+        plan_split(one_gender, 0)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plan_split(Split("train", 4, "flite", False, {"transcribe": 1.0}), 0)
+        plan_split(Split("train", 4, "train", False, {"understand": 1.0}), 0)

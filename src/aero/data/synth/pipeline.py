@@ -18,6 +18,7 @@ import json
 import os
 import random
 import time
+import warnings
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
@@ -63,6 +64,12 @@ class Sentences:
 def plan_split(split: Split, seed: int, samples: int | None = None) -> list[Job]:
     rng = random.Random(f"aero-synth:{seed}:{split.name}")
     voices = voice_set(split.voices)
+    genders = {v.gender for v in voices}
+    if split.mix.get("understand", 0) > 0 and len(genders) < 2:
+        # the data stays as planned (a recipe must regenerate the same set); the user is told
+        warnings.warn(f"split {split.name}: every voice of set {split.voices!r} is {genders.pop()}, so its gender "
+                      "questions all have one answer and teach a model to give it always; mix this split with "
+                      "gender-balanced data or leave the understand task out", stacklevel=2)
     sentences = Sentences(split, rng)
     question_deck = Deck(questions(split.heldout_text), rng)
     task_names = [t for t in split.mix if split.mix[t] > 0]
