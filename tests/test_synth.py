@@ -15,7 +15,7 @@ from aero.data.manifest import DatasetSpec, audio_paths, read_dataset
 from aero.data.synth import augment
 from aero.data.synth.pipeline import plan_split, synthesize
 from aero.data.synth.questions import questions
-from aero.data.synth.recipes import RECIPES, Split, load_recipe
+from aero.data.synth.recipes import RECIPES, RecipeError, Split, load_recipe
 from aero.data.synth.text import (
     fortune_sentences,
     generated_sentence,
@@ -309,3 +309,8 @@ def test_a_one_gender_voice_set_with_gender_questions_warns():
         warnings.simplefilter("error")
         plan_split(Split("train", 4, "flite", False, {"transcribe": 1.0}), 0)
         plan_split(Split("train", 4, "train", False, {"understand": 1.0}), 0)
+        no_gender = Split("train", 40, "flite", False, {"understand": 1.0}, understand_kinds=["background", "speakers"])
+        kinds = {j.meta["question_kind"] for j in plan_split(no_gender, 0)}
+    assert kinds == {"background", "speakers"}
+    with pytest.raises(RecipeError, match="understand_kinds"):
+        Split("train", 4, "flite", False, {"understand": 1.0}, understand_kinds=["pitch"])

@@ -65,11 +65,11 @@ def plan_split(split: Split, seed: int, samples: int | None = None) -> list[Job]
     rng = random.Random(f"aero-synth:{seed}:{split.name}")
     voices = voice_set(split.voices)
     genders = {v.gender for v in voices}
-    if split.mix.get("understand", 0) > 0 and len(genders) < 2:
+    if split.mix.get("understand", 0) > 0 and "gender" in split.understand_kinds and len(genders) < 2:
         # the data stays as planned (a recipe must regenerate the same set); the user is told
         warnings.warn(f"split {split.name}: every voice of set {split.voices!r} is {genders.pop()}, so its gender "
                       "questions all have one answer and teach a model to give it always; mix this split with "
-                      "gender-balanced data or leave the understand task out", stacklevel=2)
+                      "gender-balanced data or leave gender out of understand_kinds", stacklevel=2)
     sentences = Sentences(split, rng)
     question_deck = Deck(questions(split.heldout_text), rng)
     task_names = [t for t in split.mix if split.mix[t] > 0]
@@ -88,7 +88,7 @@ def plan_split(split: Split, seed: int, samples: int | None = None) -> list[Job]
         elif task == "instruct":
             job = tasks.instruct(rng, voices, question_deck.deal(), split.augment)
         elif task == "understand":
-            job = tasks.understand(rng, voices, [sentences.draw(), sentences.draw()], split.augment)
+            job = tasks.understand(rng, voices, [sentences.draw(), sentences.draw()], split.augment, split.understand_kinds)
         else:
             seconds = round(rng.uniform(*split.long_seconds), 1)
             chosen, words = [], 0
