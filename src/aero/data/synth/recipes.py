@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
+UNDERSTAND_KINDS = ("gender", "rate", "background", "speakers")  # the understand task's questions
+
 
 class RecipeError(ValueError):
     """A recipe name or file the user must fix; the message names it."""
@@ -24,15 +26,15 @@ class Split:
     augment: float = 0.5  # probability that a sample is augmented (noise, telephone, reverb, ...)
     long_seconds: tuple = (60.0, 360.0)  # length range of long recordings
     generated_share: float = 0.2  # share of generated number/date/time sentences
-    understand_kinds: tuple = ("gender", "rate", "background", "speakers")  # questions of the understand task
+    understand_kinds: tuple = UNDERSTAND_KINDS  # questions of the understand task
 
     def __post_init__(self):  # YAML gives a list; a frozen split keeps a tuple
         object.__setattr__(self, "long_seconds", tuple(self.long_seconds))
         object.__setattr__(self, "understand_kinds", tuple(self.understand_kinds))
-        unknown = set(self.understand_kinds) - {"gender", "rate", "background", "speakers"}
+        unknown = set(self.understand_kinds) - set(UNDERSTAND_KINDS)
         if unknown or not self.understand_kinds:
-            raise RecipeError(f"split {self.name}: understand_kinds must be some of gender, rate, background, "
-                              f"speakers; got {list(self.understand_kinds)}.")
+            raise RecipeError(f"split {self.name}: understand_kinds must be some of {', '.join(UNDERSTAND_KINDS)}; "
+                              f"got {list(self.understand_kinds)}.")
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import random
 from dataclasses import replace
 
 from aero.data.synth import augment
+from aero.data.synth.recipes import UNDERSTAND_KINDS
 from aero.data.synth.render import Job
 from aero.data.synth.text import Sentence
 from aero.data.synth.voices import PITCH_RANGE, RATE_LABELS, RATE_RANGE, Speech, Voice
@@ -29,7 +30,7 @@ INSTRUCT_PROMPTS = (
     "Please respond to what the speaker asks.", "Reply to the audio.",
 )
 CHOICE_SUFFIX = "Answer with the option's letter from the given choices directly."  # as in lmms-eval
-UNDERSTANDING = ("gender", "rate", "background", "speakers")
+UNDERSTANDING = UNDERSTAND_KINDS
 BACKGROUND_NAMES = {"white": "white noise", "pink": "pink noise", "brown": "brown noise", "music": "music", None: "no background sound"}
 
 

@@ -133,20 +133,16 @@ def render(speech: Speech, workdir: str) -> np.ndarray:
             cmd = [require("espeak-ng"), "-v", f"{v.name}+{v.variant}" if v.variant else v.name,
                    "-s", str(speech.rate), "-p", str(speech.pitch), "-g", str(speech.word_gap), "-w", wav, "--stdin"]
             subprocess.run(cmd, input=speech.say.encode(), check=True, capture_output=True)
-        elif v.engine == "flite":
+        else:  # festival and flite read the text from a file
             txt = wav[:-4] + ".txt"
             with open(txt, "w") as f:
                 f.write(speech.say + "\n")
-            cmd = [require("flite"), "-voice", v.name, "--setf", f"duration_stretch={speech.stretch:.3f}",
-                   "-f", txt, "-o", wav]
-            subprocess.run(cmd, check=True, capture_output=True)
-            os.unlink(txt)
-        else:
-            txt = wav[:-4] + ".txt"
-            with open(txt, "w") as f:
-                f.write(speech.say + "\n")
-            cmd = [require("text2wave"), "-eval", f"(voice_{v.name})",
-                   "-eval", f"(Parameter.set 'Duration_Stretch {speech.stretch:.3f})", txt, "-o", wav]
+            if v.engine == "flite":
+                cmd = [require("flite"), "-voice", v.name, "--setf", f"duration_stretch={speech.stretch:.3f}",
+                       "-f", txt, "-o", wav]
+            else:
+                cmd = [require("text2wave"), "-eval", f"(voice_{v.name})",
+                       "-eval", f"(Parameter.set 'Duration_Stretch {speech.stretch:.3f})", txt, "-o", wav]
             subprocess.run(cmd, check=True, capture_output=True)
             os.unlink(txt)
         audio = _read_wav(wav)
