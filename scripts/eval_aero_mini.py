@@ -29,6 +29,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="first N items of each set")
     parser.add_argument("--long-limit", type=int, default=None, help="first N long recordings")
     parser.add_argument("--output", type=Path, default=Path("eval-results/aero-mini-heldout"))
+    parser.add_argument("--prompt", help="transcription prompt (default: the model's own)")
     parser.add_argument("--skip", nargs="*", default=[], help="parts to skip: whisper int8 espeak slt long instruct understanding")
     args = parser.parse_args()
 
@@ -43,6 +44,8 @@ def main() -> None:
         return model.eval(), processor
 
     model, processor = load_model()
+    if args.prompt:
+        processor.transcribe_prompt = args.prompt
 
     def aero(max_new_tokens: int, label: str = "aero-mini") -> Transcriber:
         return Transcriber(label, model, processor, max_new_tokens=max_new_tokens)

@@ -13,6 +13,7 @@ from aero.engine import (
     GenerationOptions,
     NgramBan,
     loop_start,
+    model_facts,
     repeated_ngram,
 )
 
@@ -47,6 +48,16 @@ def test_batches_equal_one_by_one(engine):
         assert result.duration == pytest.approx(len(audio) / SAMPLE_RATE)
         assert result.finish_reason == "length" and len(result.token_ids) == 12
     assert batched[5].audios[0].windows == [(0, 30), (30, pytest.approx(33.0))]
+
+
+def test_transcribe_sends_the_processors_prompt_unless_given_one():
+    engine = Engine(make_tiny_model(), make_tiny_processor(transcribe_prompt="Write down the words."))
+    audio = tone(1.5)
+    default, given = engine.transcribe([audio], options=GREEDY)[0], engine.transcribe([audio], "Write down the words.", GREEDY)[0]
+    other = engine.transcribe([audio], "Please transcribe the audio", GREEDY)[0]
+    assert default.token_ids == given.token_ids and default.prompt_tokens == given.prompt_tokens
+    assert other.prompt_tokens != default.prompt_tokens
+    assert "Write down the words." in model_facts(engine)["transcription prompt"]
 
 
 def test_stream_joins_to_text(engine):

@@ -9,7 +9,7 @@ import torch
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from aero.audio import SAMPLE_RATE, AudioError
-from aero.processing import IGNORE_INDEX, AeroProcessor
+from aero.processing import IGNORE_INDEX, TRANSCRIBE_PROMPT, AeroProcessor
 from conftest import make_tiny_processor, tone
 
 REFERENCE_PROMPT = (
@@ -156,3 +156,14 @@ def test_save_and_load_round_trip(processor, tmp_path):
     a, b = processor(messages=conversation), loaded(messages=conversation)
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+
+
+def test_transcription_prompt_is_the_processors_own_and_saved(tmp_path):
+    asr = "Please recognize the speech and only output the recognized content:"
+    processor = make_tiny_processor(transcribe_prompt=asr)
+    assert processor.transcription_messages(tone(1.0))[0]["content"][1] == {"type": "text", "text": asr}
+    assert processor.transcription_messages(tone(1.0), "Say it.")[0]["content"][1]["text"] == "Say it."
+    processor.save_pretrained(tmp_path / "p")
+    assert AeroProcessor.from_pretrained(tmp_path / "p").transcribe_prompt == asr
+    (tmp_path / "p" / "processor_config.json").write_text('{"audio_token": "<|AUDIO|>"}')  # saved before the setting
+    assert AeroProcessor.from_pretrained(tmp_path / "p").transcribe_prompt == TRANSCRIBE_PROMPT

@@ -73,7 +73,7 @@ def transcribe(
     format: str = typer.Option("txt", "--format", "-f", help=TIMESTAMP_HELP),
     output_dir: str = typer.Option(".", "--output-dir", "-o", help="Where <name>.<format> files are written."),
     batch_size: int = typer.Option(8, help="Recordings decoded together (grouped by length)."),
-    prompt: str | None = typer.Option(None, help="Instruction instead of 'Please transcribe the audio'."),
+    prompt: str | None = typer.Option(None, help="Instruction instead of the model's transcription prompt (aero info shows it)."),
     max_new_tokens: int | None = typer.Option(None, help="Token budget per recording (default: 32 + 8 per second)."),
     int8: bool = typer.Option(False, "--int8", help="Dynamic int8 quantization of the LM's Linear layers (CPU)."),
     threads: int | None = typer.Option(None, help="CPU threads for torch (default: torch's choice)."),

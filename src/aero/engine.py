@@ -36,7 +36,7 @@ import torch
 from transformers import DynamicCache
 
 from aero.audio import CHUNK_LENGTH, N_SAMPLES, SAMPLE_RATE, load_audio, split_windows
-from aero.processing import TRANSCRIBE_PROMPT, AeroProcessor
+from aero.processing import AeroProcessor
 
 DEFAULT_CHAT_TOKENS = 512  # reply budget of a chat request when max_new_tokens is None
 TRANSCRIPT_BASE_TOKENS = 32  # transcription budget when max_new_tokens is None: this many ...
@@ -163,10 +163,6 @@ def loop_start(tokens: Sequence[int], n: int) -> int:
     while i - n >= 0 and tokens[i - n : i] == tokens[i : i + n]:
         i -= n
     return i + n
-
-
-def transcription_messages(audio: Any, prompt: str | None = None) -> list[dict]:
-    return [{"role": "user", "content": [{"type": "audio", "audio": audio}, {"type": "text", "text": prompt or TRANSCRIBE_PROMPT}]}]
 
 
 class TextStream:
@@ -432,10 +428,10 @@ class Engine:
     def _transcription_requests(self, source: Any, prompt: str | None, options: GenerationOptions, timestamps: bool) -> list[Prepared]:
         samples = load_audio(source)
         if not timestamps:
-            return [self.prepare(transcription_messages(samples, prompt), options, transcription=True)]
+            return [self.prepare(self.processor.transcription_messages(samples, prompt), options, transcription=True)]
         requests = []
         for k, window in enumerate(split_windows(samples)):
-            p = self.prepare(transcription_messages(window, prompt), options, transcription=True)
+            p = self.prepare(self.processor.transcription_messages(window, prompt), options, transcription=True)
             start = k * CHUNK_LENGTH
             end = min(start + CHUNK_LENGTH, len(samples) / SAMPLE_RATE)
             p.audios = [AudioInfo(len(samples) / SAMPLE_RATE, [(start, end)])]
@@ -501,7 +497,7 @@ def model_facts(engine: Engine) -> dict[str, Any]:
         return f"{sum(p.numel() for p in module.parameters()) / 1e6:.1f} M"
 
     rate = processor.tokens_per_window([np.zeros(N_SAMPLES, np.float32)])[0] / CHUNK_LENGTH
-    probe = processor.encode_conversation(transcription_messages(np.zeros(N_SAMPLES, np.float32)), add_generation_prompt=True)
+    probe = processor.encode_conversation(processor.transcription_messages(np.zeros(N_SAMPLES, np.float32)), add_generation_prompt=True)
     text_tokens = len(probe["input_ids"]) - processor.tokens_per_window(probe["audio"].windows)[0]
     room = engine.context - text_tokens
     # Longest audio whose default transcript budget (32 + 8/s) still fits: rate*s + 32 + 8*s <= room.
@@ -513,7 +509,7 @@ def model_facts(engine: Engine) -> dict[str, Any]:
         "language model": f"{millions(model.language_model)} ({text.model_type}, {text.num_hidden_layers} layers, d={text.hidden_size})",
         "LM context": f"{engine.context} tokens",
         "audio tokens": f"{rate:.2f} per second",
-        "transcription prompt": f"{text_tokens} text tokens + audio",
+        "transcription prompt": f"{processor.transcribe_prompt!r} ({text_tokens} text tokens + audio)",
         "longest audio (default budget)": f"~{longest / 60:.1f} min per request",
         "end of turn": ", ".join(processor.tokenizer.convert_ids_to_tokens(sorted(engine.eos_ids))),
         "system prompt": repr(processor.system_prompt),

@@ -32,7 +32,7 @@ from aero.adapter import apply_adapter
 from aero.convert.gguf import smollm2_dir
 from aero.convert.whisper_ct2 import encoder_config, whisper_tiny_en_dir
 from aero.modeling import AUDIO_TOKEN, AeroConfig, AeroForConditionalGeneration
-from aero.processing import TRANSCRIBE_PROMPT, AeroProcessor
+from aero.processing import AeroProcessor
 
 log = logging.getLogger(__name__)
 
@@ -146,15 +146,13 @@ class Transcriber:
 
     def transcribe(self, audios: Sequence[np.ndarray], prompt: str | None = None) -> list[str]:
         """16 kHz clips (any length: long ones become several 30 s windows) -> transcripts."""
-        return self.answer(audios, [prompt or TRANSCRIBE_PROMPT] * len(audios))
+        return self.answer(audios, [prompt or self.processor.transcribe_prompt] * len(audios))
 
     def answer(self, audios: Sequence[np.ndarray], prompts: Sequence[str]) -> list[str]:
         """One clip and one text prompt per sample -> the model's replies, batched by length."""
-        from aero.engine import transcription_messages
-
         if len(audios) != len(prompts):
             raise ValueError(f"Got {len(audios)} audios but {len(prompts)} prompts; pass one prompt per audio.")
-        prepared = [self.engine.prepare(transcription_messages(a, p), self.options) for a, p in zip(audios, prompts)]
+        prepared = [self.engine.prepare(self.processor.transcription_messages(a, p), self.options) for a, p in zip(audios, prompts)]
         return [r.text for r in self.engine.generate_all(prepared, self.options)]
 
 

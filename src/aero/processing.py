@@ -174,8 +174,10 @@ class AeroProcessor:
         system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
         audio_token: str = AUDIO_TOKEN,
         audio_stack: int = 1,
+        transcribe_prompt: str = TRANSCRIBE_PROMPT,
     ):
         self.tokenizer = tokenizer
+        self.transcribe_prompt = transcribe_prompt  # the text sent with audio when a caller gives none
         self.audio_stack = audio_stack  # encoder frames per audio token (the model's projector_stack)
         self.feature_extractor = feature_extractor
         self.system_prompt = system_prompt
@@ -209,7 +211,9 @@ class AeroProcessor:
         stack = settings.get("audio_stack")
         if stack is None and (local / "config.json").is_file():
             stack = json.loads((local / "config.json").read_text()).get("projector_stack")
-        return cls(tokenizer, feature_extractor, system_prompt=system_prompt, audio_stack=stack or 1)
+        transcribe_prompt = settings.get("transcribe_prompt", TRANSCRIBE_PROMPT)
+        return cls(tokenizer, feature_extractor, system_prompt=system_prompt, audio_stack=stack or 1,
+                   transcribe_prompt=transcribe_prompt)
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         directory = Path(directory)
@@ -220,6 +224,7 @@ class AeroProcessor:
         settings = {"processor_class": "AeroProcessor", "audio_token": self.audio_token}
         settings["system_prompt"] = self.system_prompt
         settings["audio_stack"] = self.audio_stack
+        settings["transcribe_prompt"] = self.transcribe_prompt
         (directory / "processor_config.json").write_text(json.dumps(settings, indent=2) + "\n")
 
     @property
@@ -229,6 +234,11 @@ class AeroProcessor:
         return "{% set default_system = " + system + " %}" + CHAT_TEMPLATE
 
     # ----- audio --------------------------------------------------------------------------
+
+    def transcription_messages(self, audio: Any, prompt: str | None = None) -> list[dict]:
+        """One user turn: the audio, then `prompt` (default: this processor's transcription prompt)."""
+        text = prompt or self.transcribe_prompt
+        return [{"role": "user", "content": [{"type": "audio", "audio": audio}, {"type": "text", "text": text}]}]
 
     def load_windows(self, sources: Sequence[Any], sampling_rate: int | None = None) -> AudioWindows:
         out = AudioWindows()

@@ -53,7 +53,6 @@ from aero.engine import (
     Engine,
     GenerationOptions,
     Result,
-    transcription_messages,
 )
 from aero.formats import to_srt, to_vtt
 
@@ -438,7 +437,7 @@ def create_app(engine: Engine, settings: ServerSettings | None = None) -> FastAP
         if timestamps:
             job = Job(options, loop, audio=samples, prompt=prompt)
         else:
-            job = Job(options, loop, messages=transcription_messages(samples, prompt), transcription=True, stream=stream)
+            job = Job(options, loop, messages=engine.processor.transcription_messages(samples, prompt), transcription=True, stream=stream)
         if stream:
             await open_stream(job)
 
