@@ -23,7 +23,7 @@ from aero.data.synth.text import (
     number_words,
     year_words,
 )
-from aero.data.synth.voices import RATE_LABELS, Speech, render, voice_set
+from aero.data.synth.voices import RATE_LABELS, Speech, ToolMissing, Voice, render, voice_set
 
 
 def _festival_voice(name: str) -> bool:
@@ -295,6 +295,11 @@ def test_flite_voices_render_and_never_include_the_heldout_speaker(tmp_path):
                   for s in (1.3, 0.8))
     assert slow.dtype == np.float32 and 1.5 * SAMPLE_RATE < fast.size < slow.size  # the stretch reaches flite
     assert list(tmp_path.iterdir()) == []  # no temporary files left behind
+    # flite and text2wave both exit 0 on an unknown voice (flite speaks with `kal` instead)
+    for voice in (Voice("flite", "nosuch", None, "male"), Voice("festival", "nosuch", None, "male")):
+        with pytest.raises(ToolMissing, match="nosuch"):
+            render(Speech("Hello there.", voice), str(tmp_path))
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_one_gender_voice_set_with_gender_questions_warns():

@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import tempfile
 from dataclasses import asdict, dataclass
+from functools import cache
 
 import numpy as np
 
@@ -48,7 +49,7 @@ RATE_LABELS = {"slow": (105, 135), "normal": (160, 190), "fast": (215, 250)}  # 
 
 
 class ToolMissing(RuntimeError):
-    """A system program (espeak-ng, text2wave, sox) is not installed."""
+    """A system program (espeak-ng, text2wave, flite, sox) or one of its voices is not installed."""
 
 
 def require(tool: str) -> str:
@@ -57,6 +58,13 @@ def require(tool: str) -> str:
         raise ToolMissing(f"`{tool}` is not installed; run: apt-get install -y espeak-ng festival festvox-kallpc16k "
                           "festvox-kdlpc16k festvox-us-slt-hts flite sox fortunes")
     return path
+
+
+@cache
+def flite_voices() -> tuple[str, ...]:
+    """The voices built into flite (`flite -lv`); flite itself falls back to `kal` on any other name."""
+    out = subprocess.run([require("flite"), "-lv"], check=True, capture_output=True, text=True).stdout
+    return tuple(out.split(":", 1)[-1].split())
 
 
 @dataclass(frozen=True)
@@ -127,27 +135,32 @@ def render(speech: Speech, workdir: str) -> np.ndarray:
     """The utterance as 16 kHz mono float32."""
     fd, wav = tempfile.mkstemp(suffix=".wav", dir=workdir)
     os.close(fd)
+    txt = wav[:-4] + ".txt"  # festival and flite read the text from a file
     try:
         v = speech.voice
         if v.engine == "espeak":
             cmd = [require("espeak-ng"), "-v", f"{v.name}+{v.variant}" if v.variant else v.name,
                    "-s", str(speech.rate), "-p", str(speech.pitch), "-g", str(speech.word_gap), "-w", wav, "--stdin"]
             subprocess.run(cmd, input=speech.say.encode(), check=True, capture_output=True)
-        else:  # festival and flite read the text from a file
-            txt = wav[:-4] + ".txt"
+        else:
             with open(txt, "w") as f:
                 f.write(speech.say + "\n")
             if v.engine == "flite":
+                if v.name not in flite_voices():
+                    raise ToolMissing(f"flite has no voice {v.name!r} (it has {', '.join(flite_voices())})")
                 cmd = [require("flite"), "-voice", v.name, "--setf", f"duration_stretch={speech.stretch:.3f}",
                        "-f", txt, "-o", wav]
             else:
                 cmd = [require("text2wave"), "-eval", f"(voice_{v.name})",
                        "-eval", f"(Parameter.set 'Duration_Stretch {speech.stretch:.3f})", txt, "-o", wav]
-            subprocess.run(cmd, check=True, capture_output=True)
-            os.unlink(txt)
+            done = subprocess.run(cmd, check=True, capture_output=True)
+            if os.path.getsize(wav) == 0:  # text2wave exits 0 without writing when the voice is unknown
+                raise ToolMissing(f"{v.key} wrote no audio: {(done.stdout + done.stderr).decode(errors='replace').strip()[-300:]}")
         audio = _read_wav(wav)
     finally:
-        os.unlink(wav)
+        for path in (wav, txt):
+            if os.path.exists(path):
+                os.unlink(path)
     if audio.size == 0 or not np.any(audio):
         raise RuntimeError(f"{speech.voice.key} produced no audio for {speech.say!r}")
     return audio
