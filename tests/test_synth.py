@@ -302,6 +302,26 @@ def test_flite_voices_render_and_never_include_the_heldout_speaker(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_voice_shift_raises_every_clip_and_is_checked(tmp_path):
+    shifted = Split("train", 6, "recorded", False, {"transcribe": 1.0}, augment=0.5, voice_shift=(150, 600))
+    plain = Split("train", 6, "recorded", False, {"transcribe": 1.0}, augment=0.5)
+    jobs, same = plan_split(shifted, 3), plan_split(plain, 3)
+    for job, other in zip(jobs, same):  # the shift is added; every other draw is as without it
+        assert job.effects[0]["effect"] == "pitch" and 150 <= job.effects[0]["cents"] <= 600
+        assert job.effects[1:] == other.effects and job.texts == other.texts
+    assert {v.key for v in voice_set("recorded")} == {"festival:kal_diphone", "festival:ked_diphone", "flite:awb", "flite:rms"}
+    speech = np.sin(2 * np.pi * 150 * np.arange(SAMPLE_RATE) / SAMPLE_RATE).astype(np.float32) * 0.5
+    up = augment.apply(speech, [{"effect": "pitch", "cents": 1200}], str(tmp_path))
+    spectrum = np.abs(np.fft.rfft(up))
+    assert up.size == speech.size and abs(np.argmax(spectrum) - 300) <= 3  # one octave up, same length
+    with pytest.raises(RecipeError, match="gender"):
+        Split("train", 4, "recorded", False, {"understand": 1.0}, voice_shift=(100, 200))
+    Split("train", 4, "recorded", False, {"understand": 1.0}, voice_shift=(100, 200), understand_kinds=["speakers"])
+    for bad in ([600, 150], [100], [0, 2000]):
+        with pytest.raises(RecipeError, match="voice_shift"):
+            Split("train", 4, "recorded", False, {"transcribe": 1.0}, voice_shift=bad)
+
+
 def test_a_one_gender_voice_set_with_gender_questions_warns():
     # aero-mini stage 2c trained on such a split (flite's two male voices) and answered "male" to
     # every held-out gender question

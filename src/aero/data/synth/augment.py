@@ -1,4 +1,4 @@
-"""Augmentation: sox effects (telephone band, speed, tempo, reverb) plus noise, music and gain.
+"""Augmentation: sox effects (telephone band, speed, tempo, reverb, pitch) plus noise, music and gain.
 
 Notable choices:
 - Every random choice is drawn while planning, in the main process, and stored in the
@@ -67,7 +67,9 @@ def background_of(effects: list[dict]) -> str | None:
 def _sox_args(effects: list[dict]) -> list[str]:
     args: list[str] = []
     for e in effects:
-        if e["effect"] in ("speed", "tempo"):
+        if e["effect"] == "pitch":
+            args += ["pitch", str(e["cents"])]
+        elif e["effect"] in ("speed", "tempo"):
             args += [e["effect"], str(e["factor"])]
         elif e["effect"] == "reverb":
             args += ["reverb", str(e["reverberance"]), "50", str(e["room_scale"])]

@@ -96,6 +96,9 @@ def plan_split(split: Split, seed: int, samples: int | None = None) -> list[Job]
                 chosen.append(sentences.draw())
                 words += len(chosen[-1].say.split())
             job = tasks.long(rng, voices, chosen, seconds, split.augment)
+        if split.voice_shift:  # its own stream: the split's other draws stay as without it
+            cents = random.Random(f"aero-synth:{seed}:{split.name}:shift:{i}").randint(*split.voice_shift)
+            job.effects.insert(0, {"effect": "pitch", "cents": cents})
         job.id = f"{split.name}-{i:06d}"
         job.audio = f"audio/{job.id}.flac"
         jobs.append(job)

@@ -27,10 +27,21 @@ class Split:
     long_seconds: tuple = (60.0, 360.0)  # length range of long recordings
     generated_share: float = 0.2  # share of generated number/date/time sentences
     understand_kinds: tuple = UNDERSTAND_KINDS  # questions of the understand task
+    # (low, high) cents: every clip's pitch and formants are shifted by a draw from this range
+    # (sox `pitch`, a vocal-tract-length change: male voices made higher, for more speakers)
+    voice_shift: tuple = ()
 
     def __post_init__(self):  # YAML gives a list; a frozen split keeps a tuple
         object.__setattr__(self, "long_seconds", tuple(self.long_seconds))
         object.__setattr__(self, "understand_kinds", tuple(self.understand_kinds))
+        object.__setattr__(self, "voice_shift", tuple(self.voice_shift))
+        if self.voice_shift and not (len(self.voice_shift) == 2 and all(isinstance(c, int) for c in self.voice_shift)
+                                     and -1200 <= self.voice_shift[0] <= self.voice_shift[1] <= 1200):
+            raise RecipeError(f"split {self.name}: voice_shift must be [low, high] whole cents within +-1200; "
+                              f"got {list(self.voice_shift)}.")
+        if self.voice_shift and self.mix.get("understand", 0) > 0 and "gender" in self.understand_kinds:
+            raise RecipeError(f"split {self.name}: a shifted voice has no honest gender label; "
+                              "leave gender out of understand_kinds or drop voice_shift.")
         unknown = set(self.understand_kinds) - set(UNDERSTAND_KINDS)
         if unknown or not self.understand_kinds:
             raise RecipeError(f"split {self.name}: understand_kinds must be some of {', '.join(UNDERSTAND_KINDS)}; "
