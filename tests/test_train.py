@@ -93,6 +93,22 @@ def test_end_to_end_training_writes_checkpoint_metrics_and_loadable_model(base, 
     assert not torch.allclose(original.state_dict()[key], model.state_dict()[key])
 
 
+def test_a_failing_heldout_check_loses_no_training(base, manifest, tmp_path, monkeypatch):
+    # a stage 2e run lost its last 20 steps when the check at the final step raised before the save
+    monkeypatch.setenv("AERO_CACHE", str(tmp_path / "cache"))
+    import aero.train.heldout
+
+    def broken(*args, **kwargs):
+        raise ImportError("cannot import name 'x'")
+
+    monkeypatch.setattr(aero.train.heldout, "heldout_wer", broken)
+    out = tmp_path / "run"
+    summary = train(config(base, manifest, out, max_steps=2, eval_data=str(manifest), eval_every=2, eval_samples=2))
+    assert summary["step"] == 2 and (out / "final" / "adapter.safetensors").is_file()
+    assert (out / "checkpoints" / "step-00000002").is_dir()
+    assert read_metrics(out)[-1]["heldout_error"] == "ImportError: cannot import name 'x'"
+
+
 def test_training_reduces_loss_on_a_tiny_set(base, manifest, tmp_path, monkeypatch):
     monkeypatch.setenv("AERO_CACHE", str(tmp_path / "cache"))
     summary = train(config(base, manifest, tmp_path / "run", preset="full", max_steps=12, lr=1e-2, save_every=100))
