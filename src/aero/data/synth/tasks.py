@@ -30,7 +30,6 @@ INSTRUCT_PROMPTS = (
     "Please respond to what the speaker asks.", "Reply to the audio.",
 )
 CHOICE_SUFFIX = "Answer with the option's letter from the given choices directly."  # as in lmms-eval
-UNDERSTANDING = UNDERSTAND_KINDS
 BACKGROUND_NAMES = {"white": "white noise", "pink": "pink noise", "brown": "brown noise", "music": "music", None: "no background sound"}
 
 
@@ -85,7 +84,7 @@ def _other_voice(rng: random.Random, voices: list[Voice], first: Voice) -> Voice
 
 
 def understand(rng: random.Random, voices: list[Voice], sentences: list[Sentence], aug: float,
-               kinds: tuple[str, ...] = UNDERSTANDING, choice_share: float = 0.3) -> Job:
+               kinds: tuple[str, ...] = UNDERSTAND_KINDS, choice_share: float = 0.3) -> Job:
     """A question about how the audio sounds. `sentences` holds two sentences (the speakers
     task may use both)."""
     espeak = [v for v in voices if v.engine == "espeak"]

@@ -85,11 +85,12 @@ def _espeak(langs, variants) -> list[Voice]:
 
 def voice_set(name: str) -> list[Voice]:
     """'train' (the espeak and festival training voices), 'train-espeak', 'flite' (flite's training
-    voices), 'train-flite' (train + flite), 'recorded' (the festival and flite training voices), 'heldout-espeak', 'heldout-slt' or 'heldout' (both).
+    voices), 'train-flite' (train + flite), 'recorded' (the festival and flite training voices),
+    'heldout-espeak', 'heldout-slt' or 'heldout' (both).
     'train' keeps its original list, so the recipes written with it regenerate the same data."""
+    festival = [Voice("festival", n, None, g) for n, g in FESTIVAL_TRAIN.items()]
     sets = {
-        "train": _espeak(ESPEAK_TRAIN_LANGS, ESPEAK_TRAIN_VARIANTS)
-        + [Voice("festival", n, None, g) for n, g in FESTIVAL_TRAIN.items()],
+        "train": _espeak(ESPEAK_TRAIN_LANGS, ESPEAK_TRAIN_VARIANTS) + festival,
         "train-espeak": _espeak(ESPEAK_TRAIN_LANGS, ESPEAK_TRAIN_VARIANTS),
         "flite": [Voice("flite", n, None, g) for n, g in FLITE_TRAIN.items()],
         "heldout-espeak": _espeak(ESPEAK_HELDOUT_LANGS, ESPEAK_HELDOUT_VARIANTS),
@@ -97,7 +98,7 @@ def voice_set(name: str) -> list[Voice]:
     }
     sets["train-flite"] = sets["train"] + sets["flite"]
     # voices built from one speaker's recordings (festival diphones, flite clustergen): all male
-    sets["recorded"] = sets["train"][-len(FESTIVAL_TRAIN):] + sets["flite"]
+    sets["recorded"] = festival + sets["flite"]
     sets["heldout"] = sets["heldout-espeak"] + sets["heldout-slt"]
     if name not in sets:
         raise ValueError(f"Unknown voice set {name!r}; choose one of {', '.join(sets)}.")
