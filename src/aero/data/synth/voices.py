@@ -42,8 +42,9 @@ ESPEAK_HELDOUT_VARIANTS = {"m3": "male", "f4": "female"}
 FESTIVAL_TRAIN = {"kal_diphone": "male", "ked_diphone": "male"}
 FESTIVAL_HELDOUT = {"cmu_us_slt_arctic_hts": "female"}
 FLITE_TRAIN = {"awb": "male", "rms": "male"}
-# neural voices (aero.data.synth.neural): Kokoro's five styles, two female blends ("a/b": the
-# styles averaged) and Piper's joe, each reading espeak's US and British phonemes
+# neural voices (aero.data.synth.neural): Kokoro's five styles and two female blends ("a/b": the
+# styles averaged), each reading espeak's US and British phonemes, and Piper's joe, US phonemes
+# only (trained on them: with British ones Whisper tiny.en misheard 6 of 6 test sentences)
 KOKORO_TRAIN = {"jf_alpha": "female", "jf_gongitsune": "female", "jf_nezumi": "female", "jf_tebukuro": "female",
                 "jf_alpha/jf_nezumi": "female", "jf_gongitsune/jf_tebukuro": "female", "jm_kumo": "male"}
 PIPER_TRAIN = {"joe": "male"}
@@ -102,8 +103,8 @@ def voice_set(name: str) -> list[Voice]:
         "flite": [Voice("flite", n, None, g) for n, g in FLITE_TRAIN.items()],
         "heldout-espeak": _espeak(ESPEAK_HELDOUT_LANGS, ESPEAK_HELDOUT_VARIANTS),
         "heldout-slt": [Voice("festival", n, None, g) for n, g in FESTIVAL_HELDOUT.items()],
-        "neural": [Voice(engine, n, accent, g) for engine, named in (("kokoro", KOKORO_TRAIN), ("piper", PIPER_TRAIN))
-                   for n, g in named.items() for accent in NEURAL_ACCENTS],
+        "neural": [Voice("kokoro", n, accent, g) for n, g in KOKORO_TRAIN.items() for accent in NEURAL_ACCENTS]
+        + [Voice("piper", n, "en-us", g) for n, g in PIPER_TRAIN.items()],
     }
     sets["train-flite"] = sets["train"] + sets["flite"]
     # voices built from one speaker's recordings (festival diphones, flite clustergen): all male
