@@ -30,7 +30,8 @@ def main() -> None:
     parser.add_argument("--long-limit", type=int, default=None, help="first N long recordings")
     parser.add_argument("--output", type=Path, default=Path("eval-results/aero-mini-heldout"))
     parser.add_argument("--prompt", help="transcription prompt (default: the model's own)")
-    parser.add_argument("--skip", nargs="*", default=[], help="parts to skip: whisper int8 espeak slt long instruct understanding")
+    parser.add_argument("--skip", nargs="*", default=[], help="parts to skip: aero (every aero-mini part: Whisper alone) whisper int8 espeak slt long "
+                        "instruct understanding")
     args = parser.parse_args()
 
     from aero.adapter import apply_adapter
@@ -43,8 +44,10 @@ def main() -> None:
             apply_adapter(model, args.adapter)
         return model.eval(), processor
 
-    model, processor = load_model()
-    if args.prompt:
+    if "aero" in args.skip:
+        args.skip += ["instruct", "understanding", "int8"]
+    model, processor = load_model() if "aero" not in args.skip else (None, None)
+    if args.prompt and processor is not None:
         processor.transcribe_prompt = args.prompt
 
     def aero(max_new_tokens: int, label: str = "aero-mini") -> Transcriber:
@@ -63,7 +66,7 @@ def main() -> None:
         print(label, name, json.dumps({k: r[k] for k in ("wer_percent", "ci95_percent")}), r["counts"], r["speed"]["rtfx"], flush=True)
 
     asr_sets = [name for name in ASR_SETS if name not in args.skip and name != "long"]
-    for name in asr_sets:
+    for name in asr_sets if "aero" not in args.skip else []:
         asr(aero(ASR_SETS[name]), "aero-mini", name)
     if "whisper" not in args.skip:
         from aero.convert.whisper_ct2 import PACKAGE, package_file
@@ -93,7 +96,7 @@ def main() -> None:
         for name in asr_sets:
             asr(aero(ASR_SETS[name], "aero-mini int8"), "aero-mini int8", name)
 
-    if "long" not in args.skip:  # last: the slowest part (one generation per whole recording)
+    if "long" not in args.skip and "aero" not in args.skip:  # last: the slowest part (one generation per whole recording)
         if "int8" not in args.skip:
             model, processor = load_model()  # full precision again after the int8 part
         asr(aero(ASR_SETS["long"]), "aero-mini", "long")
