@@ -81,6 +81,10 @@ class Distributed:
 
     def close(self) -> None:
         if self.enabled and torch.distributed.is_initialized():
+            # every rank waits for the others (rank 0 may still be writing the export): a rank
+            # that tore gloo down while its peer still used it aborted ("terminate called
+            # without an active exception") once in CI on a loaded machine
+            torch.distributed.barrier()
             torch.distributed.destroy_process_group()
 
 
