@@ -20,7 +20,8 @@ class RecipeError(ValueError):
 class Split:
     name: str  # manifest name: OUT/<name>.jsonl, audio OUT/audio/<name>-NNNNNN.flac
     samples: int
-    voices: str  # a voice set of voices.voice_set: train, heldout-espeak, heldout-slt, heldout
+    voices: str  # a voice set of voices.voice_set: train, train-espeak, flite, train-flite, recorded,
+    # neural, heldout-espeak, heldout-slt, heldout
     heldout_text: bool  # draw sentences/questions from the held-out side of the text split
     mix: dict  # task -> weight (transcribe, instruct, understand, long)
     augment: float = 0.5  # probability that a sample is augmented (noise, telephone, reverb, ...)
