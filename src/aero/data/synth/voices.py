@@ -136,31 +136,40 @@ class Speech:
         return d
 
 
-def _read_wav(path: str) -> np.ndarray:
-    import soundfile as sf
+def _to_16k(audio: np.ndarray, sr: int) -> np.ndarray:
     import soxr
 
-    audio, sr = sf.read(path, dtype="float32", always_2d=True)
-    audio = audio.mean(axis=1)
     return soxr.resample(audio, sr, SAMPLE_RATE, quality="HQ").astype(np.float32) if sr != SAMPLE_RATE else audio
+
+
+def _read_wav(path: str) -> tuple[np.ndarray, int]:
+    import soundfile as sf
+
+    audio, sr = sf.read(path, dtype="float32", always_2d=True)
+    return audio.mean(axis=1), sr
 
 
 def render(speech: Speech, workdir: str) -> np.ndarray:
     """The utterance as 16 kHz mono float32."""
     v = speech.voice
     if v.engine in ("kokoro", "piper"):
-        import soxr
-
         from aero.data.synth import neural
 
         if v.engine == "kokoro":
             audio, sr = neural.kokoro(speech.say, v.name, v.variant or "en-us", speed=1.0 / speech.stretch)
         else:
             audio, sr = neural.piper(speech.say, v.name, v.variant or "en-us", length_scale=speech.stretch)
-        audio = soxr.resample(audio, sr, SAMPLE_RATE, quality="HQ").astype(np.float32)
-        if audio.size == 0 or not np.any(audio):
-            raise RuntimeError(f"{v.key} produced no audio for {speech.say!r}")
-        return audio
+    else:
+        audio, sr = _run_program(speech, workdir)
+    audio = _to_16k(audio, sr)
+    if audio.size == 0 or not np.any(audio):
+        raise RuntimeError(f"{v.key} produced no audio for {speech.say!r}")
+    return audio
+
+
+def _run_program(speech: Speech, workdir: str) -> tuple[np.ndarray, int]:
+    """espeak-ng, flite or festival's text2wave writes a WAV file, read back and removed."""
+    v = speech.voice
     fd, wav = tempfile.mkstemp(suffix=".wav", dir=workdir)
     os.close(fd)
     txt = wav[:-4] + ".txt"  # festival and flite read the text from a file
@@ -183,11 +192,8 @@ def render(speech: Speech, workdir: str) -> np.ndarray:
             done = subprocess.run(cmd, check=True, capture_output=True)
             if os.path.getsize(wav) == 0:  # text2wave exits 0 without writing when the voice is unknown
                 raise ToolMissing(f"{v.key} wrote no audio: {(done.stdout + done.stderr).decode(errors='replace').strip()[-300:]}")
-        audio = _read_wav(wav)
+        return _read_wav(wav)
     finally:
         for path in (wav, txt):
             if os.path.exists(path):
                 os.unlink(path)
-    if audio.size == 0 or not np.any(audio):
-        raise RuntimeError(f"{speech.voice.key} produced no audio for {speech.say!r}")
-    return audio
