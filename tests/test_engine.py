@@ -8,6 +8,7 @@ from conftest import make_tiny_model, make_tiny_processor, tone
 
 from aero.audio import SAMPLE_RATE, AudioError
 from aero.engine import (
+    FALLBACK_TEMPERATURES,
     ContextLengthError,
     Engine,
     GenerationOptions,
@@ -82,6 +83,31 @@ def test_repetition_guard_stops_a_forced_loop():
     assert banned.finish_reason == "length" and len(banned.token_ids) == 60 and len(set(grams)) == len(grams)
     off = engine.transcribe([tone(1.0)], options=GenerationOptions(max_new_tokens=50, repetition_guard=False))[0]
     assert off.finish_reason == "length" and off.token_ids == [0] * 50
+
+
+def test_temperature_fallback_replaces_a_looping_reply_and_keeps_the_rest(engine):
+    model = make_tiny_model()
+    with torch.no_grad():  # every logit equal: greedy loops on token 0, any sample wanders off
+        model.language_model.lm_head.weight.zero_()
+    looping = Engine(model, make_tiny_processor())
+    options = GenerationOptions(max_new_tokens=60, fallback_temperatures=FALLBACK_TEMPERATURES)
+    first, second = looping.transcribe([tone(1.0), tone(2.0, seed=1)], options=options)
+    assert first.temperature == 0.2 and first.finish_reason == "length" and len(first.token_ids) == 60
+    assert second.temperature == 0.2 and not second.stopped_by_repetition
+    again = looping.transcribe([tone(1.0), tone(2.0, seed=1)], options=options)
+    assert [r.token_ids for r in again] == [first.token_ids, second.token_ids]  # seeded: the same request repeats
+    assert looping.chat([{"role": "user", "content": [{"type": "audio", "audio": tone(1.0)}]}], options).temperature == 0.2
+
+    # a reply that loops at every temperature keeps the greedy decode, cut at its loop
+    stuck = make_tiny_model()
+    stuck.language_model.lm_head.register_forward_hook(lambda module, args, logits: logits.index_fill_(-1, torch.tensor([0]), 1e4))
+    kept = Engine(stuck, make_tiny_processor()).transcribe([tone(1.0)], options=options)[0]
+    assert kept.stopped_by_repetition and kept.temperature == 0.0 and kept.token_ids == [0]
+
+    # replies without a loop are untouched
+    plain = GenerationOptions(max_new_tokens=12)
+    with_fallback = GenerationOptions(max_new_tokens=12, fallback_temperatures=(0.5,))
+    assert [r.text for r in engine.transcribe(clips(), options=plain)] == [r.text for r in engine.transcribe(clips(), options=with_fallback)]
 
 
 def test_repeated_ngram_rules():
@@ -186,6 +212,11 @@ def test_options_are_validated():
         GenerationOptions(top_p=0)
     with pytest.raises(ValueError, match="no_repeat_ngram_size"):
         GenerationOptions(no_repeat_ngram_size=-1)
+    with pytest.raises(ValueError, match="fallback temperatures"):
+        GenerationOptions(fallback_temperatures=(0.0, 0.5))
+    with pytest.raises(ValueError, match="repetition guard"):
+        GenerationOptions(fallback_temperatures=(0.5,), repetition_guard=False)
+    assert GenerationOptions(fallback_temperatures=[0.2, 0.4]).fallback_temperatures == (0.2, 0.4)
     with pytest.raises(AttributeError):
         GenerationOptions().temperature = 1.0  # frozen
 

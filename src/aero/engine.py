@@ -58,6 +58,11 @@ class GenerationOptions:
     repetition_min_repeats: int = 4  # a loop is at least this many consecutive copies of the n-gram ...
     repetition_min_tokens: int = 32  # ... spanning at least this many tokens (a single token must repeat 32 times)
     no_repeat_ngram_size: int = 0  # > 0: no n-gram of this many tokens occurs twice in a reply (as in transformers)
+    # Whisper's temperature fallback, with the repetition guard as its trigger: a reply the guard
+    # stopped is decoded again at each of these temperatures in turn (e.g. FALLBACK_TEMPERATURES),
+    # and the first one that ends without a loop replaces it; one that loops at every temperature
+    # keeps the first decode, cut at its loop. The samples are seeded (`seed`, or 0), so results repeat.
+    fallback_temperatures: tuple[float, ...] = ()
 
     def __post_init__(self):
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
@@ -70,6 +75,14 @@ class GenerationOptions:
             raise ValueError("The repetition guard needs repetition_max_ngram >= 1 and repetition_min_repeats >= 2.")
         if self.no_repeat_ngram_size < 0:
             raise ValueError(f"no_repeat_ngram_size must be 0 (off) or a positive n-gram size, not {self.no_repeat_ngram_size}.")
+        object.__setattr__(self, "fallback_temperatures", tuple(self.fallback_temperatures))  # frozen: lists come in from YAML/JSON
+        if any(not 0.0 < t <= 2.0 for t in self.fallback_temperatures):
+            raise ValueError(f"fallback temperatures must be in (0, 2], not {self.fallback_temperatures}.")
+        if self.fallback_temperatures and not self.repetition_guard:
+            raise ValueError("fallback_temperatures needs the repetition guard on: the guard is what triggers a fallback.")
+
+
+FALLBACK_TEMPERATURES = (0.2, 0.4, 0.6, 0.8, 1.0)  # Whisper's and faster-whisper's schedule after greedy
 
 
 class ContextLengthError(ValueError):
@@ -99,6 +112,7 @@ class Result:
     prompt_tokens: int
     audios: list[AudioInfo] = field(default_factory=list)
     segments: list[Segment] = field(default_factory=list)  # per-window texts when timestamps were asked
+    temperature: float = 0.0  # the temperature of the decode that gave this reply (> 0 after a fallback)
 
     @property
     def stopped_by_repetition(self) -> bool:
@@ -262,8 +276,21 @@ class Engine:
         """(index, Result) for every request, batch by batch (shortest prompts first)."""
         options = options or GenerationOptions()
         for batch in self.batches(prepared):
-            results = _drain(self._decode([prepared[i] for i in batch], options))
+            requests = [prepared[i] for i in batch]
+            results = self._fall_back(requests, _drain(self._decode(requests, options)), options)
             yield from zip(batch, results)
+
+    def _fall_back(self, prepared: Sequence[Prepared], results: list[Result], options: GenerationOptions) -> list[Result]:
+        """Decode the rows the repetition guard stopped again at each fallback temperature in turn."""
+        for temperature in options.fallback_temperatures:
+            redo = [k for k, r in enumerate(results) if r.stopped_by_repetition]
+            if not redo:
+                break
+            sampled = replace(options, temperature=temperature, seed=0 if options.seed is None else options.seed)
+            for k, result in zip(redo, _drain(self._decode([prepared[k] for k in redo], sampled))):
+                if not result.stopped_by_repetition:
+                    results[k] = result
+        return results
 
     def generate_all(self, prepared: Sequence[Prepared], options: GenerationOptions | None = None) -> list[Result]:
         out: list[Result | None] = [None] * len(prepared)
@@ -275,7 +302,8 @@ class Engine:
         """Text pieces of one request as they are decoded; they join to `stream.result.text`.
 
         When the repetition guard fires, the pieces already sent include the loop's copies;
-        `stream.result.text` keeps only its first copy (as non-streamed results do).
+        `stream.result.text` keeps only its first copy (as non-streamed results do). Streams get
+        no temperature fallback: their pieces are already out.
         """
         options = options or GenerationOptions()
         steps = self._decode([prepared], options)
@@ -375,7 +403,8 @@ class Engine:
             if reasons[row] == "repetition":
                 ids = ids[: loop_start(ids, repeated_ngram(ids, options))]
             text = self.processor.decode(ids, skip_special_tokens=True).strip()
-            results.append(Result(text, ids, reasons[row] or "length", len(p.input_ids), p.audios))
+            results.append(Result(text, ids, reasons[row] or "length", len(p.input_ids), p.audios,
+                                  temperature=options.temperature))
         return results
 
     # ----- transcription and chat -------------------------------------------------------------
@@ -441,7 +470,7 @@ class Engine:
     def chat(self, messages: Sequence[dict], options: GenerationOptions | None = None, root=None) -> Result:
         """One conversation (audio content parts and text, several turns) -> the reply."""
         options = options or GenerationOptions()
-        return _drain(self._decode([self.prepare(messages, options, root=root)], options))[0]
+        return self.generate_all([self.prepare(messages, options, root=root)], options)[0]
 
 
 def _combine(parts: list[Result], timestamps: bool) -> Result:
@@ -458,6 +487,7 @@ def _combine(parts: list[Result], timestamps: bool) -> Result:
         prompt_tokens=sum(p.prompt_tokens for p in parts),
         audios=[info],
         segments=segments,
+        temperature=max(p.temperature for p in parts),
     )
 
 
