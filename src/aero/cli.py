@@ -56,11 +56,12 @@ def _load_engine(model: str, batch_size: int = 8, int8: bool = False, threads: i
         raise typer.Exit(2)
 
 
-def _options(max_new_tokens: int | None, temperature: float = 0.0, repetition_guard: bool = True):
-    from aero.engine import GenerationOptions
+def _options(max_new_tokens: int | None, temperature: float = 0.0, repetition_guard: bool = True, fallback: bool = False):
+    from aero.engine import FALLBACK_TEMPERATURES, GenerationOptions
 
     try:
-        return GenerationOptions(max_new_tokens=max_new_tokens, temperature=temperature, repetition_guard=repetition_guard)
+        return GenerationOptions(max_new_tokens=max_new_tokens, temperature=temperature, repetition_guard=repetition_guard,
+                                 fallback_temperatures=FALLBACK_TEMPERATURES if fallback else ())
     except ValueError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2)
@@ -77,6 +78,10 @@ def transcribe(
     max_new_tokens: int | None = typer.Option(None, help="Token budget per recording (default: 32 + 8 per second)."),
     int8: bool = typer.Option(False, "--int8", help="Dynamic int8 quantization of the LM's Linear layers (CPU)."),
     threads: int | None = typer.Option(None, help="CPU threads for torch (default: torch's choice)."),
+    fallback: bool = typer.Option(
+        False, "--fallback/--no-fallback",
+        help="When greedy decoding loops, decode that recording again at temperatures 0.2, 0.4 ... 1.0 (seeded) "
+             "and keep the first reply without a loop (Whisper's temperature fallback)."),
 ) -> None:
     """Transcribe recordings; each result is written as soon as it is done. Exit code 1 if any failed."""
     from pathlib import Path
@@ -100,7 +105,7 @@ def transcribe(
     if not paths:
         typer.echo("error: no audio files found in the given paths.", err=True)
         raise typer.Exit(2)
-    options = _options(max_new_tokens)
+    options = _options(max_new_tokens, fallback=fallback)
     engine = _load_engine(model, batch_size, int8, threads)
     targets = output_paths(paths, Path(output_dir), format)
     console = Console(stderr=True)
@@ -116,6 +121,7 @@ def transcribe(
             else:
                 write_result(result, targets[i], format)
                 note = " (stopped a repetition loop)" if result.stopped_by_repetition else ""
+                note += f" (temperature fallback: {result.temperature:g})" if result.temperature > options.temperature else ""
                 progress.console.print(f"{paths[i]} -> {targets[i]}{note}", markup=False, highlight=False, soft_wrap=True)
             progress.advance(task)
     console.print(f"{len(paths) - failed} transcribed, {failed} failed", highlight=False)

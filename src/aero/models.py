@@ -137,12 +137,13 @@ class Transcriber:
     processor: AeroProcessor
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     batch_size: int = 8
+    fallback_temperatures: tuple[float, ...] = ()  # see GenerationOptions; () = greedy only
 
     def __post_init__(self):
         from aero.engine import Engine, GenerationOptions
 
         self.engine = Engine(self.model, self.processor, name=self.name, batch_size=self.batch_size)
-        self.options = GenerationOptions(max_new_tokens=self.max_new_tokens)
+        self.options = GenerationOptions(max_new_tokens=self.max_new_tokens, fallback_temperatures=self.fallback_temperatures)
 
     def transcribe(self, audios: Sequence[np.ndarray], prompt: str | None = None) -> list[str]:
         """16 kHz clips (any length: long ones become several 30 s windows) -> transcripts."""
