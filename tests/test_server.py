@@ -36,15 +36,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("tiny-model")
-    make_tiny_model().save_pretrained(directory)
-    make_tiny_processor().save_pretrained(directory)
+def start_server(directory, *extra: str):
+    """`aero serve` on a free local port; yields its base URL, then stops it."""
     port = free_port()
     env = {**os.environ, "AERO_API_KEY": KEY}
     cmd = [sys.executable, "-m", "aero.cli", "serve", "--model", str(directory), "--port", str(port), "--threads", "1",
-           "--max-upload-mb", "2", "--max-audio-seconds", "40", "--batch-size", "8"]
+           "--max-upload-mb", "2", "--max-audio-seconds", "40", "--batch-size", "8", *extra]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
@@ -62,6 +59,14 @@ def server(tmp_path_factory):
     yield base
     proc.terminate()
     proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("tiny-model")
+    make_tiny_model().save_pretrained(directory)
+    make_tiny_processor().save_pretrained(directory)
+    yield from start_server(directory)
 
 
 @pytest.fixture(scope="module")
@@ -200,3 +205,25 @@ def test_fifty_concurrent_requests(server, client):
     results = asyncio.run(main())
     assert len(results) == 50
     assert [r.text for r in results] == [expected[i % 3] for i in range(50)]
+
+
+def test_fallback_server_redecodes_a_looping_transcription(tmp_path):
+    import torch
+
+    model = make_tiny_model()
+    with torch.no_grad():  # every logit equal: greedy loops on one token, a sample does not
+        model.language_model.lm_head.weight.zero_()
+    model.save_pretrained(tmp_path)
+    make_tiny_processor().save_pretrained(tmp_path)
+    servers = start_server(tmp_path, "--fallback")
+    base = next(servers)
+    try:
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key=KEY, max_retries=0, timeout=60)
+        verbose = client.audio.transcriptions.create(model=MODEL, file=("a.wav", wav_bytes(2.0)), response_format="verbose_json")
+        body = verbose.model_dump()
+        assert body["stopped_by_repetition"] is False and [s["temperature"] for s in body["segments"]] == [0.2]
+        sampled = client.audio.transcriptions.create(model=MODEL, file=("a.wav", wav_bytes(2.0)), temperature=0.5,
+                                                     response_format="verbose_json").model_dump()
+        assert sampled["segments"][0]["temperature"] == 0.5  # a client's own temperature gets no fallback
+    finally:
+        next(servers, None)

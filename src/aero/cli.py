@@ -192,6 +192,8 @@ def serve(
     batch_size: int = typer.Option(8, help="Queued requests decoded together."),
     int8: bool = typer.Option(False, "--int8", help="Dynamic int8 quantization of the LM's Linear layers (CPU)."),
     threads: int | None = typer.Option(None, help="CPU threads for torch."),
+    fallback: bool = typer.Option(False, "--fallback/--no-fallback",
+                                  help="Transcriptions at temperature 0 that loop are decoded again at 0.2 ... 1.0."),
 ) -> None:
     """OpenAI-compatible HTTP server: /v1/audio/transcriptions, /v1/chat/completions, /v1/models, /health."""
     import uvicorn
@@ -202,6 +204,7 @@ def serve(
     settings = ServerSettings(
         model_name=model, api_key=api_key or None, max_upload_bytes=int(max_upload_mb * 2**20),
         max_audio_seconds=max_audio_seconds, max_queue=max_queue, timeout_s=timeout, batch_size=batch_size,
+        fallback=fallback,
     )
     uvicorn.run(create_app(engine, settings), host=host, port=port, log_level="info")
 

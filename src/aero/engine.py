@@ -102,6 +102,7 @@ class Segment:
     start: float  # seconds
     end: float  # seconds
     text: str
+    temperature: float = 0.0  # of the decode that gave this window's text (> 0 after a fallback)
 
 
 @dataclass
@@ -477,7 +478,7 @@ def _combine(parts: list[Result], timestamps: bool) -> Result:
     if not timestamps:
         return parts[0]
     info = AudioInfo(parts[0].audios[0].duration, [p.audios[0].windows[0] for p in parts])
-    segments = [Segment(*p.audios[0].windows[0], p.text) for p in parts]
+    segments = [Segment(*p.audios[0].windows[0], p.text, p.temperature) for p in parts]
     reasons = [p.finish_reason for p in parts]
     reason = "repetition" if "repetition" in reasons else "length" if "length" in reasons else "stop"
     return Result(

@@ -19,6 +19,8 @@ Notable choices:
 - Differences from OpenAI, on purpose: `prompt` of a transcription REPLACES the instruction
   (Aero follows instructions; Whisper reads it as preceding text); a missing `temperature`
   means greedy (0), not 1; any `model` name is accepted and answered by the served model.
+  With `fallback` (`aero serve --fallback`), a transcription at temperature 0 whose greedy decode
+  loops is decoded again at rising temperatures, like OpenAI's temperature 0.
 - verbose_json, srt and vtt transcribe each 30 s window on its own; segment times are the
   window boundaries (see aero.engine).
 """
@@ -36,7 +38,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -49,6 +51,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from aero.audio import SAMPLE_RATE, AudioError, load_audio
 from aero.engine import (
+    FALLBACK_TEMPERATURES,
     ContextLengthError,
     Engine,
     GenerationOptions,
@@ -69,6 +72,9 @@ class ServerSettings:
     max_queue: int = 64  # requests waiting or running; more are refused with 503
     timeout_s: float = 600.0  # a request's deadline from arrival, waiting included (504 after)
     batch_size: int = 8  # queued non-streaming requests decoded together
+    # Transcriptions at temperature 0 that loop are decoded again at FALLBACK_TEMPERATURES (as
+    # OpenAI's API does at temperature 0); not for streamed ones, whose text is already sent.
+    fallback: bool = False
 
 
 class APIError(Exception):
@@ -429,6 +435,8 @@ def create_app(engine: Engine, settings: ServerSettings | None = None) -> FastAP
         if stream and fmt not in ("json", "text"):
             raise APIError(400, "Streaming is available for response_format json or text only.", param="stream")
         options = _options(temperature=form.get("temperature"))
+        if settings.fallback and not stream and options.temperature == 0:
+            options = replace(options, fallback_temperatures=FALLBACK_TEMPERATURES)
         prompt = form.get("prompt") or None
         samples = await _decode_audio(data, "file")
         _check_duration(len(samples) / SAMPLE_RATE, settings, "file")
@@ -461,7 +469,7 @@ def create_app(engine: Engine, settings: ServerSettings | None = None) -> FastAP
                 "task": "transcribe", "language": "english", "duration": round(result.duration, 3), "text": result.text,
                 "segments": [
                     {"id": i, "seek": 0, "start": round(s.start, 3), "end": round(s.end, 3), "text": s.text, "tokens": [],
-                     "temperature": options.temperature}
+                     "temperature": s.temperature}
                     for i, s in enumerate(result.segments)
                 ],
                 "stopped_by_repetition": result.stopped_by_repetition,
