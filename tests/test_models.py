@@ -32,6 +32,23 @@ def test_load_directory_round_trips(saved):
         torch.testing.assert_close(loaded(**inputs).logits, model(**inputs).logits)
 
 
+def test_top_level_api_is_lazy_and_resolves_to_the_modules(saved):
+    import sys
+
+    import aero
+    import aero.engine
+
+    directory, model, processor = saved
+    assert aero.load is load and aero.Engine is aero.engine.Engine and "load" in dir(aero)
+    loaded, _ = aero.load(directory)
+    assert isinstance(loaded, aero.AeroForConditionalGeneration)
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        aero.nothing  # noqa: B018
+    cold = subprocess.run([sys.executable, "-c", "import sys, aero; print('torch' in sys.modules)"],
+                          capture_output=True, text=True, check=True)
+    assert cold.stdout.strip() == "False"  # `import aero` alone does not pull in torch
+
+
 def test_transcriber_batches_and_answers(saved):
     directory, _, _ = saved
     transcriber = load_transcriber(str(directory), max_new_tokens=6)
