@@ -40,6 +40,22 @@ def test_changed_source_or_version_reconverts_and_drops_the_stale_entry(tmp_path
     assert latest != newer and not newer.exists() and len(calls) == 3
 
 
+def test_another_installations_entry_stays_until_its_source_is_gone(tmp_path):
+    first_env, second_env = tmp_path / "venv-a" / "model.bin", tmp_path / "venv-b" / "model.bin"
+    for source in (first_env, second_env):
+        source.parent.mkdir()
+        source.write_bytes(b"abc")
+    calls = []
+    a = cached_conversion("thing", first_env, 1, writer(calls), tmp_path / "cache")
+    b = cached_conversion("thing", second_env, 1, writer(calls), tmp_path / "cache")
+    assert a != b and a.exists() and b.exists()
+    assert cached_conversion("thing", first_env, 1, writer(calls), tmp_path / "cache") == a and len(calls) == 2
+    second_env.unlink()  # that environment was removed: its entry goes with the next conversion
+    first_env.write_bytes(b"abcd")
+    latest = cached_conversion("thing", first_env, 1, writer(calls), tmp_path / "cache")
+    assert latest.exists() and not a.exists() and not b.exists() and len(calls) == 3
+
+
 def test_failed_conversion_leaves_nothing_behind(tmp_path):
     source = tmp_path / "model.bin"
     source.write_bytes(b"abc")

@@ -4,7 +4,10 @@ Notable choices:
 - The root is the `cache_dir` argument, else `$AERO_CACHE`, else `~/.cache/aero`.
 - An entry is `<root>/<name>-<key>` where the key hashes the source file's size and mtime and
   the converter's version: reinstalling the source package or changing a converter makes a
-  new entry (and the stale one is deleted after the new one is complete).
+  new entry (and the stale one is deleted after the new one is complete). An entry is stale
+  when it was made from the same source path or its source file is gone; entries made from
+  another installation's copy (a second virtual environment) stay, so switching between
+  environments does not convert again each time.
 - Writes are atomic: the converter fills a hidden temp directory beside the entry, which is
   renamed into place only when complete. A crash leaves at worst a temp directory, never a
   half-written entry; two processes converting at once both succeed (the second rename loses
@@ -78,12 +81,19 @@ def cached_conversion(
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    _remove_stale(root, name, keep=entry)
+    _remove_stale(root, name, source, keep=entry)
     return entry
 
 
-def _remove_stale(root: Path, name: str, keep: Path) -> None:
-    """Delete complete entries of `name` made from an older source or converter."""
+def _remove_stale(root: Path, name: str, source: Path, keep: Path) -> None:
+    """Delete complete entries of `name` made from this source path (an older file or converter)
+    or from a source file that no longer exists."""
     for other in root.glob(f"{name}-" + "?" * len(keep.name.rsplit("-", 1)[1])):
-        if other != keep and other.is_dir() and (other / SOURCE_FILE).is_file():
+        if other == keep or not other.is_dir() or not (other / SOURCE_FILE).is_file():
+            continue
+        try:
+            made_from = json.loads((other / SOURCE_FILE).read_text())["source"]
+        except (OSError, ValueError, KeyError, TypeError):
+            made_from = None  # unreadable record: treat as stale
+        if made_from is None or made_from == str(source) or not Path(made_from).exists():
             shutil.rmtree(other, ignore_errors=True)
