@@ -110,6 +110,58 @@ def test_temperature_fallback_replaces_a_looping_reply_and_keeps_the_rest(engine
     assert [r.text for r in engine.transcribe(clips(), options=plain)] == [r.text for r in engine.transcribe(clips(), options=with_fallback)]
 
 
+class Scripted(torch.nn.Module):
+    """The tiny LM with its logits replaced: first step 10 (logit 2.0) or 11 (1.5); after 10, ten
+    equally likely tokens 20-29; after anything else, the end of turn. Greedy takes 10 and then a
+    1-in-10 guess; a beam of 2 finds 11 + end, the better mean log-probability."""
+
+    def __init__(self, lm, eos):
+        super().__init__()
+        self.lm, self.config, self.eos = lm, lm.config, eos
+
+    def get_input_embeddings(self):
+        return self.lm.get_input_embeddings()
+
+    def forward(self, input_ids=None, **kwargs):
+        out = self.lm(input_ids=input_ids, **kwargs)
+        logits = torch.full_like(out.logits, -30.0)
+        for row in range(logits.shape[0]):
+            if input_ids is None:
+                logits[row, -1, 10], logits[row, -1, 11] = 2.0, 1.5
+            elif int(input_ids[row, -1]) == 10:
+                logits[row, -1, 20:30] = 0.0
+            else:
+                logits[row, -1, self.eos] = 10.0
+        out.logits = logits
+        return out
+
+
+def test_beam_search_finds_the_better_hypothesis_greedy_misses():
+    model, processor = make_tiny_model(), make_tiny_processor()
+    model.language_model = Scripted(model.language_model, processor.tokenizer.eos_token_id)
+    engine = Engine(model, processor)
+    greedy = engine.transcribe([tone(1.0)], options=GenerationOptions(max_new_tokens=8))[0]
+    assert greedy.token_ids == [10, 20] and greedy.finish_reason == "stop"
+    beam = engine.transcribe([tone(1.0)], options=GenerationOptions(max_new_tokens=8, num_beams=2))[0]
+    assert beam.token_ids == [11] and beam.finish_reason == "stop"
+    one_token = engine.transcribe([tone(1.0)], options=GenerationOptions(max_new_tokens=1, num_beams=2))[0]
+    assert one_token.finish_reason == "length" and one_token.token_ids == [10]
+    with pytest.raises(ValueError, match="num_beams"):
+        GenerationOptions(num_beams=2, temperature=0.5)
+
+
+def test_beam_search_runs_on_a_real_batch_and_cuts_loops(engine):
+    options = GenerationOptions(max_new_tokens=12, num_beams=3)
+    results = engine.transcribe(clips()[:3], options=options)
+    assert all(r.token_ids and r.finish_reason in ("stop", "length", "repetition") for r in results)
+    assert [r.text for r in results] == [engine.transcribe([c], options=options)[0].text for c in clips()[:3]]
+    model = make_tiny_model()
+    with torch.no_grad():
+        model.language_model.lm_head.weight.zero_()
+    looping = Engine(model, make_tiny_processor()).transcribe([tone(1.0)], options=GenerationOptions(max_new_tokens=200, num_beams=2))[0]
+    assert len(looping.token_ids) < 200  # ties everywhere: the guard ends the looping beams
+
+
 def test_repeated_ngram_rules():
     options = GenerationOptions()  # n-grams up to 128, >= 4 copies spanning >= 32 tokens
     assert repeated_ngram([7] * 31, options) == 0 and repeated_ngram([7] * 32, options) == 1

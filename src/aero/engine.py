@@ -63,6 +63,7 @@ class GenerationOptions:
     # and the first one that ends without a loop replaces it; one that loops at every temperature
     # keeps the first decode, cut at its loop. The samples are seeded (`seed`, or 0), so results repeat.
     fallback_temperatures: tuple[float, ...] = ()
+    num_beams: int = 1  # > 1: beam search (greedy, temperature 0), as Whisper's beam_size; not for streams
 
     def __post_init__(self):
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
@@ -78,6 +79,8 @@ class GenerationOptions:
         object.__setattr__(self, "fallback_temperatures", tuple(self.fallback_temperatures))  # frozen: lists come in from YAML/JSON
         if any(not 0.0 < t <= 2.0 for t in self.fallback_temperatures):
             raise ValueError(f"fallback temperatures must be in (0, 2], not {self.fallback_temperatures}.")
+        if self.num_beams < 1 or (self.num_beams > 1 and (self.temperature > 0 or self.no_repeat_ngram_size)):
+            raise ValueError(f"num_beams must be 1, or > 1 with temperature 0 and no no_repeat_ngram_size, not {self.num_beams}.")
         if self.fallback_temperatures and not self.repetition_guard:
             raise ValueError("fallback_temperatures needs the repetition guard on: the guard is what triggers a fallback.")
 
@@ -287,7 +290,7 @@ class Engine:
             redo = [k for k, r in enumerate(results) if r.stopped_by_repetition]
             if not redo:
                 break
-            sampled = replace(options, temperature=temperature, seed=0 if options.seed is None else options.seed)
+            sampled = replace(options, temperature=temperature, seed=0 if options.seed is None else options.seed, num_beams=1)
             for k, result in zip(redo, _drain(self._decode([prepared[k] for k in redo], sampled))):
                 if not result.stopped_by_repetition:
                     results[k] = result
@@ -333,9 +336,8 @@ class Engine:
         stream._pieces = pieces()
         return stream
 
-    @torch.inference_mode()
-    def _decode(self, prepared: Sequence[Prepared], options: GenerationOptions):
-        """Generator: yields [(row, token)] after every step; returns the rows' Results."""
+    def _prefill(self, prepared: Sequence[Prepared]):
+        """The prompts (left-padded, audio merged) through the LM: (output, cache, mask, positions)."""
         model, lm = self.model, self.model.language_model
         device = next(model.parameters()).device
         batch = self.processor.pad([p.input_ids for p in prepared], padding_side="left")
@@ -350,6 +352,18 @@ class Engine:
         cache = DynamicCache(config=lm.config)
         out = lm(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=positions, cache=cache,
                  use_cache=True, logits_to_keep=1)
+        return out, cache, attention_mask, positions
+
+    @torch.inference_mode()
+    def _decode(self, prepared: Sequence[Prepared], options: GenerationOptions):
+        """Generator: yields [(row, token)] after every step; returns the rows' Results."""
+        if options.num_beams > 1:
+            results = [self._beam_search(p, options) for p in prepared]
+            yield [(row, t) for row, r in enumerate(results) for t in r.token_ids]
+            return results
+        lm = self.model.language_model
+        device = next(self.model.parameters()).device
+        out, cache, attention_mask, positions = self._prefill(prepared)
         generator = None
         if options.temperature > 0 and options.seed is not None:
             generator = torch.Generator(device=device).manual_seed(options.seed)
@@ -407,6 +421,56 @@ class Engine:
             results.append(Result(text, ids, reasons[row] or "length", len(p.input_ids), p.audios,
                                   temperature=options.temperature))
         return results
+
+    def _beam_search(self, p: Prepared, options: GenerationOptions) -> Result:
+        """One request, `num_beams` hypotheses kept per step by summed log-probability.
+
+        As Whisper's decoder: the search ends once `num_beams` hypotheses have finished, and the
+        best finished one by mean log-probability per token wins. A hypothesis the repetition
+        guard stops finishes too (cut at its loop), but wins only when every finished one looped.
+        """
+        lm, K = self.model.language_model, options.num_beams
+        out, cache, attention_mask, positions = self._prefill([p])
+        device = attention_mask.device
+        beams: list[list[int]] = [[]]
+        scores = torch.zeros(1, device=device)
+        last_position = positions[:, -1]
+        finished: list[tuple[bool, float, list[int], str]] = []  # (looped, mean log-prob, tokens, reason)
+        while True:
+            logprobs = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+            total = (scores[:, None] + logprobs).flatten()
+            vocab = logprobs.shape[-1]
+            parents, new_beams, new_scores = [], [], []
+            for index in total.topk(min(2 * K, total.numel())).indices.tolist():
+                parent, token = divmod(index, vocab)
+                score = float(total[index])
+                ids = beams[parent] + ([] if token in self.eos_ids else [token])
+                if token in self.eos_ids:
+                    finished.append((False, score / (len(ids) + 1), ids, "stop"))
+                elif options.repetition_guard and (n := repeated_ngram(ids, options)):
+                    finished.append((True, score / len(ids), ids[: loop_start(ids, n)], "repetition"))
+                elif len(ids) >= p.max_new_tokens:
+                    finished.append((False, score / len(ids), ids, "length"))
+                else:
+                    parents.append(parent)
+                    new_beams.append(ids)
+                    new_scores.append(score)
+                if len(new_beams) == K:
+                    break
+            if len(finished) >= K or not new_beams:
+                break
+            index = torch.tensor(parents, device=device)
+            cache.batch_select_indices(index)
+            beams, scores = new_beams, torch.tensor(new_scores, device=device)
+            attention_mask = torch.cat([attention_mask[index], attention_mask.new_ones((len(beams), 1))], dim=1)
+            last_position = last_position[index] + 1
+            out = lm(input_ids=torch.tensor([b[-1] for b in beams], device=device)[:, None], attention_mask=attention_mask,
+                     position_ids=last_position[:, None], cache=cache, use_cache=True)
+        if not finished:  # cannot happen with a budget >= 1, kept for safety
+            finished = [(False, float(sc) / max(1, len(b)), b, "length") for b, sc in zip(beams, scores)]
+        looped, _, ids, reason = max(finished, key=lambda f: (not f[0], f[1]))
+        text = self.processor.decode(ids, skip_special_tokens=True).strip()
+        return Result(text, ids, reason, len(p.input_ids), p.audios, temperature=0.0)
 
     # ----- transcription and chat -------------------------------------------------------------
 
