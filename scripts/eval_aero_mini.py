@@ -30,6 +30,7 @@ def main() -> None:
     parser.add_argument("--long-limit", type=int, default=None, help="first N long recordings")
     parser.add_argument("--output", type=Path, default=Path("eval-results/aero-mini-heldout"))
     parser.add_argument("--prompt", help="transcription prompt (default: the model's own)")
+    parser.add_argument("--beams", type=int, default=1, help="aero-mini with beam search (default 1: greedy)")
     parser.add_argument("--fallback", action="store_true", help="aero-mini with the temperature fallback on loops "
                         "(default: greedy only, like the Whisper baseline)")
     parser.add_argument("--skip", nargs="*", default=[], help="parts to skip: aero (every aero-mini part: Whisper alone) whisper int8 espeak slt long "
@@ -54,7 +55,7 @@ def main() -> None:
         processor.transcribe_prompt = args.prompt
 
     def aero(max_new_tokens: int, label: str = "aero-mini") -> Transcriber:
-        return Transcriber(label, model, processor, max_new_tokens=max_new_tokens,
+        return Transcriber(label, model, processor, max_new_tokens=max_new_tokens, num_beams=args.beams,
                            fallback_temperatures=FALLBACK_TEMPERATURES if args.fallback else ())
 
     sets = {name: chat_manifest_items(args.heldout / f"heldout-{name}.jsonl") for name in

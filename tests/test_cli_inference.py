@@ -138,3 +138,7 @@ def test_transcribe_fallback_redecodes_a_looping_recording(tmp_path):
     assert fallback.exit_code == 0, fallback.output
     assert "(temperature fallback: 0.2)" in fallback.output and "repetition loop" not in fallback.output
     assert len((tmp_path / "out" / "clip.txt").read_text()) > len(cut)
+    beams = runner.invoke(app, [*base, "--beam-size", "2"])
+    assert beams.exit_code == 0, beams.output
+    bad = runner.invoke(app, [*base, "--beam-size", "0"])
+    assert bad.exit_code == 2 and "num_beams" in bad.output

@@ -56,12 +56,13 @@ def _load_engine(model: str, batch_size: int = 8, int8: bool = False, threads: i
         raise typer.Exit(2)
 
 
-def _options(max_new_tokens: int | None, temperature: float = 0.0, repetition_guard: bool = True, fallback: bool = False):
+def _options(max_new_tokens: int | None, temperature: float = 0.0, repetition_guard: bool = True, fallback: bool = False,
+             beam_size: int = 1):
     from aero.engine import FALLBACK_TEMPERATURES, GenerationOptions
 
     try:
         return GenerationOptions(max_new_tokens=max_new_tokens, temperature=temperature, repetition_guard=repetition_guard,
-                                 fallback_temperatures=FALLBACK_TEMPERATURES if fallback else ())
+                                 fallback_temperatures=FALLBACK_TEMPERATURES if fallback else (), num_beams=beam_size)
     except ValueError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2)
@@ -82,6 +83,7 @@ def transcribe(
         False, "--fallback/--no-fallback",
         help="When greedy decoding loops, decode that recording again at temperatures 0.2, 0.4 ... 1.0 (seeded) "
              "and keep the first reply without a loop (Whisper's temperature fallback)."),
+    beam_size: int = typer.Option(1, help="Beam search with this many beams (1: greedy)."),
 ) -> None:
     """Transcribe recordings; each result is written as soon as it is done. Exit code 1 if any failed."""
     from pathlib import Path
@@ -105,7 +107,7 @@ def transcribe(
     if not paths:
         typer.echo("error: no audio files found in the given paths.", err=True)
         raise typer.Exit(2)
-    options = _options(max_new_tokens, fallback=fallback)
+    options = _options(max_new_tokens, fallback=fallback, beam_size=beam_size)
     engine = _load_engine(model, batch_size, int8, threads)
     targets = output_paths(paths, Path(output_dir), format)
     console = Console(stderr=True)

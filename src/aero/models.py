@@ -138,12 +138,14 @@ class Transcriber:
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     batch_size: int = 8
     fallback_temperatures: tuple[float, ...] = ()  # see GenerationOptions; () = greedy only
+    num_beams: int = 1  # see GenerationOptions; 1 = greedy
 
     def __post_init__(self):
         from aero.engine import Engine, GenerationOptions
 
         self.engine = Engine(self.model, self.processor, name=self.name, batch_size=self.batch_size)
-        self.options = GenerationOptions(max_new_tokens=self.max_new_tokens, fallback_temperatures=self.fallback_temperatures)
+        self.options = GenerationOptions(max_new_tokens=self.max_new_tokens, fallback_temperatures=self.fallback_temperatures,
+                                         num_beams=self.num_beams)
 
     def transcribe(self, audios: Sequence[np.ndarray], prompt: str | None = None) -> list[str]:
         """16 kHz clips (any length: long ones become several 30 s windows) -> transcripts."""
