@@ -412,15 +412,14 @@ class Engine:
             out = lm(input_ids=torch.tensor(chosen, device=device)[:, None], attention_mask=attention_mask,
                      position_ids=last_position[:, None], cache=cache, use_cache=True)
 
-        results = []
-        for row, p in enumerate(prepared):
-            ids = tokens[row]
-            if reasons[row] == "repetition":
-                ids = ids[: loop_start(ids, repeated_ngram(ids, options))]
-            text = self.processor.decode(ids, skip_special_tokens=True).strip()
-            results.append(Result(text, ids, reasons[row] or "length", len(p.input_ids), p.audios,
-                                  temperature=options.temperature))
-        return results
+        return [self._result(p, tokens[row], reasons[row] or "length", options) for row, p in enumerate(prepared)]
+
+    def _result(self, p: Prepared, ids: list[int], reason: str, options: GenerationOptions) -> Result:
+        """A finished row as a Result; a row the repetition guard stopped is cut to the loop's first copy."""
+        if reason == "repetition":
+            ids = ids[: loop_start(ids, repeated_ngram(ids, options))]
+        text = self.processor.decode(ids, skip_special_tokens=True).strip()
+        return Result(text, ids, reason, len(p.input_ids), p.audios, temperature=options.temperature)
 
     def _beam_search(self, p: Prepared, options: GenerationOptions) -> Result:
         """One request, `num_beams` hypotheses kept per step by summed log-probability.
@@ -441,14 +440,14 @@ class Engine:
             total = (scores[:, None] + logprobs).flatten()
             vocab = logprobs.shape[-1]
             parents, new_beams, new_scores = [], [], []
-            for index in total.topk(min(2 * K, total.numel())).indices.tolist():
+            best = total.topk(min(2 * K, total.numel()))
+            for score, index in zip(best.values.tolist(), best.indices.tolist()):
                 parent, token = divmod(index, vocab)
-                score = float(total[index])
                 ids = beams[parent] + ([] if token in self.eos_ids else [token])
                 if token in self.eos_ids:
                     finished.append((False, score / (len(ids) + 1), ids, "stop"))
-                elif options.repetition_guard and (n := repeated_ngram(ids, options)):
-                    finished.append((True, score / len(ids), ids[: loop_start(ids, n)], "repetition"))
+                elif options.repetition_guard and repeated_ngram(ids, options):
+                    finished.append((True, score / len(ids), ids, "repetition"))
                 elif len(ids) >= p.max_new_tokens:
                     finished.append((False, score / len(ids), ids, "length"))
                 else:
@@ -466,11 +465,9 @@ class Engine:
             last_position = last_position[index] + 1
             out = lm(input_ids=torch.tensor([b[-1] for b in beams], device=device)[:, None], attention_mask=attention_mask,
                      position_ids=last_position[:, None], cache=cache, use_cache=True)
-        if not finished:  # cannot happen with a budget >= 1, kept for safety
-            finished = [(False, float(sc) / max(1, len(b)), b, "length") for b, sc in zip(beams, scores)]
-        looped, _, ids, reason = max(finished, key=lambda f: (not f[0], f[1]))
-        text = self.processor.decode(ids, skip_special_tokens=True).strip()
-        return Result(text, ids, reason, len(p.input_ids), p.audios, temperature=0.0)
+        # The loop ends only with a finished hypothesis: K of them, or every candidate finished.
+        _, _, ids, reason = max(finished, key=lambda f: (not f[0], f[1]))
+        return self._result(p, ids, reason, options)
 
     # ----- transcription and chat -------------------------------------------------------------
 
