@@ -41,6 +41,15 @@ def make_tiny_model(seed: int = 0, **overrides) -> AeroForConditionalGeneration:
     return model
 
 
+def make_looping_model() -> AeroForConditionalGeneration:
+    """A tiny model whose logits are all equal: greedy decoding repeats token 0 forever (a loop the
+    repetition guard catches), while any sample wanders off."""
+    model = make_tiny_model()
+    with torch.no_grad():
+        model.language_model.lm_head.weight.zero_()
+    return model
+
+
 def make_tiny_processor(**kwargs):
     from transformers import AutoTokenizer, WhisperFeatureExtractor
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import make_tiny_model, make_tiny_processor, tone
+from conftest import make_looping_model, make_tiny_model, make_tiny_processor, tone
 
 from aero.audio import SAMPLE_RATE, AudioError
 from aero.engine import (
@@ -70,9 +70,7 @@ def test_stream_joins_to_text(engine):
 
 
 def test_repetition_guard_stops_a_forced_loop():
-    model = make_tiny_model()
-    with torch.no_grad():  # every logit equal: greedy picks token 0 forever
-        model.language_model.lm_head.weight.zero_()
+    model = make_looping_model()
     engine = Engine(model, make_tiny_processor())
     cut = engine.transcribe([tone(1.0)], options=GenerationOptions(max_new_tokens=500))[0]
     assert cut.stopped_by_repetition and cut.finish_reason == "repetition"
@@ -86,9 +84,7 @@ def test_repetition_guard_stops_a_forced_loop():
 
 
 def test_temperature_fallback_replaces_a_looping_reply_and_keeps_the_rest(engine):
-    model = make_tiny_model()
-    with torch.no_grad():  # every logit equal: greedy loops on token 0, any sample wanders off
-        model.language_model.lm_head.weight.zero_()
+    model = make_looping_model()
     looping = Engine(model, make_tiny_processor())
     options = GenerationOptions(max_new_tokens=60, fallback_temperatures=FALLBACK_TEMPERATURES)
     first, second = looping.transcribe([tone(1.0), tone(2.0, seed=1)], options=options)
@@ -155,9 +151,7 @@ def test_beam_search_runs_on_a_real_batch_and_cuts_loops(engine):
     results = engine.transcribe(clips()[:3], options=options)
     assert all(r.token_ids and r.finish_reason in ("stop", "length", "repetition") for r in results)
     assert [r.text for r in results] == [engine.transcribe([c], options=options)[0].text for c in clips()[:3]]
-    model = make_tiny_model()
-    with torch.no_grad():
-        model.language_model.lm_head.weight.zero_()
+    model = make_looping_model()
     looping = Engine(model, make_tiny_processor()).transcribe([tone(1.0)], options=GenerationOptions(max_new_tokens=200, num_beams=2))[0]
     assert len(looping.token_ids) < 200  # ties everywhere: the guard ends the looping beams
 
