@@ -1,16 +1,30 @@
-"""Shared fixtures: a tiny tokenizer shipped in tests/assets, tiny random Aero models, clips."""
+"""Shared fixtures: a tiny tokenizer shipped in tests/assets, tiny random Aero models, clips.
 
-from pathlib import Path
+Tests never reach the Hugging Face Hub: HF_HUB_OFFLINE is set and the hub cache is an empty
+temporary folder before transformers is imported (a test that needs the Hub's absence or a
+cached model sets those up itself).
+"""
 
-import numpy as np
-import pytest
-import torch
+import os
+import tempfile
 
-from aero.audio import SAMPLE_RATE
-from aero.modeling import AeroConfig, AeroForConditionalGeneration
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HUB_CACHE"] = tempfile.mkdtemp(prefix="aero-test-hf-cache-")
+os.environ.pop("AERO_MODEL", None)
+
+import json  # noqa: E402 - after the environment above
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from aero.audio import SAMPLE_RATE  # noqa: E402
+from aero.modeling import AeroConfig, AeroForConditionalGeneration  # noqa: E402
 
 ASSETS = Path(__file__).parent / "assets"
 TINY_TOKENIZER = ASSETS / "tiny-tokenizer"
+TINY_QWEN2_TOKENIZER = ASSETS / "tiny-qwen2-tokenizer"  # Qwen2's pre-tokenizer: "\n\n" is one id
 N_MELS = 16
 
 
@@ -86,8 +100,6 @@ def processor():
 
 def write_manifest(root: Path, durations: list[float], name: str = "train.jsonl", texts: list[str] | None = None) -> Path:
     """A reference-format JSONL manifest with one generated wav per sample, paths relative to root."""
-    import json
-
     import soundfile as sf
 
     root.mkdir(parents=True, exist_ok=True)
@@ -108,3 +120,65 @@ def write_manifest(root: Path, durations: list[float], name: str = "train.jsonl"
     path = root / name
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+# The chat template the published checkpoint ships in chat_template.json (the reference's default).
+PUBLISHED_CHAT_TEMPLATE = (
+    "{% set audio_count = namespace(value=0) %}"
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if 'audio' in content or 'audio_url' in content %}{% set audio_count.value = audio_count.value + 1 %}<|AUDIO|>\n"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}"
+    "{% endfor %}<|im_end|>\n{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def make_published_checkpoint(path: Path, seed: int = 0) -> Path:
+    """A tiny random checkpoint laid out as the published conversion lays out lmms-lab/Aero-1-Audio.
+
+    Qwen2 tokenizer with `<image>`, `<video>`, `<|AUDIO|>` added last; LM embeddings padded to a
+    multiple of 64 and tied (`tie_word_embeddings: true`, no lm_head in the files); remote-code
+    `auto_map` pointers in config.json, processor_config.json and tokenizer_config.json; the
+    reference's chat template in chat_template.json; Whisper's preprocessor_config.json.
+    """
+    from transformers import AutoTokenizer, WhisperFeatureExtractor
+
+    tok = AutoTokenizer.from_pretrained(TINY_QWEN2_TOKENIZER)
+    text = dict(
+        model_type="qwen2", vocab_size=-(-len(tok) // 64) * 64, hidden_size=32, intermediate_size=64,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32768,
+        tie_word_embeddings=True, eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"), pad_token_id=tok.pad_token_id,
+    )
+    audio = dict(model_type="qwen2_audio_encoder", d_model=32, encoder_layers=2, encoder_attention_heads=2,
+                 encoder_ffn_dim=64, num_mel_bins=N_MELS)
+    config = AeroConfig(text_config=text, audio_config=audio, audio_token_index=tok.convert_tokens_to_ids("<|AUDIO|>"),
+                        tie_word_embeddings=True)
+    torch.manual_seed(seed)
+    model = AeroForConditionalGeneration(config).eval()
+    with torch.no_grad():  # a larger logit spread keeps greedy choices away from ties
+        model.get_input_embeddings().weight.mul_(20)
+    model.save_pretrained(path)
+    remote = {"AutoConfig": "configuration_aero.AeroConfig", "AutoModelForCausalLM": "modeling_aero.AeroForConditionalGeneration"}
+    _update_json(path / "config.json", auto_map=remote, architectures=["AeroForConditionalGeneration"])
+    tok.save_pretrained(path)
+    processor_remote = {"AutoProcessor": "processing_aero.AeroProcessor"}
+    _update_json(path / "tokenizer_config.json", processor_class="AeroProcessor", auto_map=processor_remote)
+    WhisperFeatureExtractor(feature_size=N_MELS).save_pretrained(path)
+    (path / "processor_config.json").write_text(json.dumps(
+        {"audio_token": "<|AUDIO|>", "auto_map": processor_remote, "processor_class": "AeroProcessor"}, indent=2))
+    (path / "chat_template.json").write_text(json.dumps({"chat_template": PUBLISHED_CHAT_TEMPLATE}, indent=2))
+    return path
+
+
+def _update_json(path: Path, **entries) -> None:
+    path.write_text(json.dumps({**json.loads(path.read_text()), **entries}, indent=2))
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory) -> Path:
+    return make_published_checkpoint(tmp_path_factory.mktemp("published") / "Aero-1-Audio")

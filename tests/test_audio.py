@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from conftest import tone
 
 from aero.audio import (
     N_SAMPLES,
@@ -17,8 +18,8 @@ from aero.audio import (
     load_audio,
     mel_frames,
     split_windows,
+    window_tokens,
 )
-from conftest import tone
 
 
 def dominant_freq(x: np.ndarray, sr: int = SAMPLE_RATE) -> float:
@@ -146,9 +147,11 @@ def test_15_minutes_is_thirty_windows():
     assert len(split_windows(np.zeros(n, np.float32))) == 30
 
 
-def test_tiny_tail_is_padded_not_dropped():
-    x = tone(30.005)
+def test_windows_keep_their_real_length_and_a_tail_of_two_frames_gives_no_token():
+    x = tone(30.005)  # 80 samples after the first window
     windows = split_windows(x)
-    assert len(windows) == 2 and len(windows[1]) == SAMPLE_RATE // 10
-    np.testing.assert_array_equal(windows[1][:80], x[N_SAMPLES:])
-    assert audio_tokens_for_samples(len(x))[-1] >= 1
+    assert [len(w) for w in windows] == [N_SAMPLES, 80]
+    np.testing.assert_array_equal(windows[1], x[N_SAMPLES:])
+    # The reference counts real frames only: ceil(n / 160) frames -> (f-1)//2+1 -> (p-2)//2+1 tokens.
+    assert audio_tokens_for_samples(len(x)) == [750, 0]
+    assert [window_tokens(n) for n in (1, 160, 320, 321, 480, 481, 800, 1600)] == [0, 0, 0, 1, 1, 1, 1, 2]

@@ -2,6 +2,7 @@
 
 import base64
 import io
+import json
 
 import pytest
 import soundfile as sf
@@ -151,7 +152,14 @@ def test_save_and_load_round_trip(processor, tmp_path):
     loaded = AeroProcessor.from_pretrained(tmp_path / "p")
     assert loaded.audio_token_id == processor.audio_token_id
     assert loaded.feature_extractor.feature_size == processor.feature_extractor.feature_size
-    assert (tmp_path / "p" / "chat_template.jinja").read_text() == processor.chat_template
+    # The published file set, each file holding what the reference's loaders read.
+    saved = {f.name for f in (tmp_path / "p").iterdir()}
+    assert {"processor_config.json", "chat_template.json", "preprocessor_config.json", "tokenizer_config.json"} <= saved
+    assert json.loads((tmp_path / "p" / "chat_template.json").read_text())["chat_template"] == processor.chat_template
+    settings = json.loads((tmp_path / "p" / "processor_config.json").read_text())
+    assert settings["processor_class"] == "AeroProcessor" and settings["audio_token"] == "<|AUDIO|>"
+    assert json.loads((tmp_path / "p" / "tokenizer_config.json").read_text())["processor_class"] == "AeroProcessor"
+    assert loaded.chat_template == processor.chat_template and loaded.system_prompt == processor.system_prompt
     conversation = [user_turn(tone(2.0))]
     a, b = processor(messages=conversation), loaded(messages=conversation)
     for key in a:

@@ -6,8 +6,9 @@ Notable choices:
   through PyAV, which bundles FFmpeg, so no system codecs are needed.
 - Resampling uses soxr ("HQ"), downmixing is the mean of the channels.
 - Long audio is never truncated: it is cut into consecutive 30 s windows, each of which
-  becomes its own audio item for the encoder. A tail shorter than `MIN_WINDOW_SAMPLES` is
-  padded with silence so it still yields at least one audio token.
+  becomes its own audio item for the encoder. Tokens are counted from real frames only, as
+  in the reference: a final window of <= 320 samples (2 mel frames, 20 ms) gives 0 tokens,
+  and the processor drops it with a warning rather than padding it into tokens of silence.
 - Errors a user can cause (missing file, not audio, empty audio, NaN/Inf samples) raise
   `AudioError` with one sentence that names the source.
 """
@@ -30,7 +31,7 @@ N_FFT = 400  # samples per STFT window: 25 ms
 CHUNK_LENGTH = 30  # seconds per encoder window
 N_SAMPLES = CHUNK_LENGTH * SAMPLE_RATE  # 480000 samples per window
 N_FRAMES = N_SAMPLES // HOP_LENGTH  # 3000 mel frames per window
-MIN_WINDOW_SAMPLES = SAMPLE_RATE // 10  # 1600 samples (0.1 s): shorter tails are padded up to this
+MIN_TOKEN_SAMPLES = 2 * HOP_LENGTH + 1  # 321 samples (20 ms): a window needs 3 mel frames for one token
 
 AudioSource = Union[str, os.PathLike, bytes, bytearray, io.IOBase, np.ndarray, "torch.Tensor", tuple, dict]
 
@@ -177,15 +178,8 @@ def num_windows(n_samples: int) -> int:
 
 
 def split_windows(samples: np.ndarray) -> list[np.ndarray]:
-    """Cut audio into consecutive 30 s windows; nothing is dropped.
-
-    A final window shorter than MIN_WINDOW_SAMPLES is padded with silence so that it still
-    maps to at least one audio token (see `encoder_output_lengths`).
-    """
-    windows = [samples[start : start + N_SAMPLES] for start in range(0, max(len(samples), 1), N_SAMPLES)]
-    if len(windows[-1]) < MIN_WINDOW_SAMPLES:
-        windows[-1] = np.pad(windows[-1], (0, MIN_WINDOW_SAMPLES - len(windows[-1])))
-    return windows
+    """Cut audio into consecutive 30 s windows, each at its real length (the last may be short)."""
+    return [samples[start : start + N_SAMPLES] for start in range(0, max(len(samples), 1), N_SAMPLES)]
 
 
 def mel_frames(n_samples: int) -> int:
@@ -208,10 +202,12 @@ def encoder_output_lengths(frames, stack: int = 1):
     return positions, (pooled + stack - 1) // stack
 
 
+def window_tokens(n_samples: int, stack: int = 1) -> int:
+    """Audio tokens of one window of `n_samples` samples (0 for <= 320 samples, as in the reference)."""
+    return int(encoder_output_lengths(mel_frames(n_samples), stack)[1])
+
+
 def audio_tokens_for_samples(n_samples: int, stack: int = 1) -> list[int]:
-    """Audio tokens of each 30 s window of a recording of `n_samples` samples."""
-    counts = []
-    for start in range(0, max(n_samples, 1), N_SAMPLES):
-        window = max(min(N_SAMPLES, n_samples - start), MIN_WINDOW_SAMPLES)
-        counts.append(encoder_output_lengths(mel_frames(window), stack)[1])
-    return counts
+    """Audio tokens of each 30 s window of a recording of `n_samples` samples (a last 0 is dropped
+    by the processor)."""
+    return [window_tokens(min(N_SAMPLES, n_samples - start), stack) for start in range(0, max(n_samples, 1), N_SAMPLES)]

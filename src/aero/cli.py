@@ -124,6 +124,7 @@ def transcribe(
                 write_result(result, targets[i], format)
                 note = " (stopped a repetition loop)" if result.stopped_by_repetition else ""
                 note += f" (temperature fallback: {result.temperature:g})" if result.temperature > options.temperature else ""
+                note += "".join(f" (warning: {w})" for w in result.warnings)
                 progress.console.print(f"{paths[i]} -> {targets[i]}{note}", markup=False, highlight=False, soft_wrap=True)
             progress.advance(task)
     console.print(f"{len(paths) - failed} transcribed, {failed} failed", highlight=False)

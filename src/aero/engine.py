@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
-from aero.audio import CHUNK_LENGTH, N_SAMPLES, SAMPLE_RATE, load_audio, split_windows
+from aero.audio import CHUNK_LENGTH, N_SAMPLES, SAMPLE_RATE, load_audio, split_windows, window_tokens
 from aero.processing import AeroProcessor
 
 DEFAULT_CHAT_TOKENS = 512  # reply budget of a chat request when max_new_tokens is None
@@ -117,6 +117,7 @@ class Result:
     audios: list[AudioInfo] = field(default_factory=list)
     segments: list[Segment] = field(default_factory=list)  # per-window texts when timestamps were asked
     temperature: float = 0.0  # the temperature of the decode that gave this reply (> 0 after a fallback)
+    warnings: list[str] = field(default_factory=list)  # what the input lost on the way (a dropped 20 ms tail)
 
     @property
     def stopped_by_repetition(self) -> bool:
@@ -139,6 +140,7 @@ class Prepared:
     windows: list[np.ndarray]
     audios: list[AudioInfo]
     max_new_tokens: int
+    warnings: list[str] = field(default_factory=list)
 
 
 def audio_info(duration: float) -> AudioInfo:
@@ -260,7 +262,7 @@ class Engine:
                 f"for {budget} new tokens, but the model's context holds {self.context}; send at most ~{fits:.0f} s "
                 "of audio per request (split the recording) or lower max_new_tokens."
             )
-        return Prepared(ids, list(audio.windows), audios, budget)
+        return Prepared(ids, list(audio.windows), audios, budget, list(audio.warnings))
 
     # ----- batched generation ----------------------------------------------------------------
 
@@ -419,7 +421,8 @@ class Engine:
         if reason == "repetition":
             ids = ids[: loop_start(ids, repeated_ngram(ids, options))]
         text = self.processor.decode(ids, skip_special_tokens=True).strip()
-        return Result(text, ids, reason, len(p.input_ids), p.audios, temperature=options.temperature)
+        return Result(text, ids, reason, len(p.input_ids), p.audios, temperature=options.temperature,
+                      warnings=list(p.warnings))
 
     def _beam_search(self, p: Prepared, options: GenerationOptions) -> Result:
         """One request, `num_beams` hypotheses kept per step by summed log-probability.
@@ -520,8 +523,13 @@ class Engine:
         samples = load_audio(source)
         if not timestamps:
             return [self.prepare(self.processor.transcription_messages(samples, prompt), options, transcription=True)]
-        requests = []
+        requests: list[Prepared] = []
         for k, window in enumerate(split_windows(samples)):
+            if requests and window_tokens(len(window), self.processor.audio_stack) == 0:  # a last 20 ms or less
+                requests[-1].warnings.append(
+                    f"The last {1000 * len(window) / SAMPLE_RATE:.0f} ms of the audio give no audio token and were left out."
+                )
+                continue
             p = self.prepare(self.processor.transcription_messages(window, prompt), options, transcription=True)
             start = k * CHUNK_LENGTH
             end = min(start + CHUNK_LENGTH, len(samples) / SAMPLE_RATE)
@@ -550,6 +558,7 @@ def _combine(parts: list[Result], timestamps: bool) -> Result:
         audios=[info],
         segments=segments,
         temperature=max(p.temperature for p in parts),
+        warnings=[w for p in parts for w in p.warnings],
     )
 
 

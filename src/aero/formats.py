@@ -62,6 +62,7 @@ def to_dict(result: Result) -> dict:
         "completion_tokens": result.completion_tokens,
         "audios": [{"duration": ms(a.duration), "windows": [[ms(s), ms(e)] for s, e in a.windows]} for a in result.audios],
         "segments": [{**asdict(s), "start": ms(s.start), "end": ms(s.end)} for s in result.segments],
+        "warnings": result.warnings,
     }
 
 

@@ -4,10 +4,14 @@ Notable choices:
 - One renderer (`render_segments`) produces the chat format for inference AND training; the
   jinja template saved with a checkpoint is the same format, for other tools (a test keeps
   the two equal). A system turn is inserted when the conversation does not start with one.
+- A transformers `ProcessorMixin` registered for `AutoProcessor` (model_type "aero"): it
+  reads and writes the published file set and takes the model card's call
+  (`text=`, `audios=`, `sampling_rate=`, `return_tensors=`, `padding=`).
 - Each 30 s window is one `<|AUDIO|>` item; a long recording is several items in the same
-  user turn. Placeholders are expanded in id space, one window at a time, to exactly
-  `encoder_output_lengths(mel frames)[1]` ids, so a 15-minute prompt never becomes a
-  22,500-placeholder string.
+  user turn. Ids equal the reference's: each placeholder becomes `window_tokens(samples)`
+  copies, counted from real frames; a final window of <= 320 samples gives none, so its
+  placeholder vanishes before tokenizing (the text around it merges, as in the reference)
+  and a warning says what was left out. Only the text between placeholders is tokenized.
 - Log-mel features use the checkpoint's `WhisperFeatureExtractor` settings, computed on each
   window zero-padded only as far as the encoder reads (two frames past the real length plus
   one FFT window): the kept frames equal those of the 30 s padded input, at a fraction of
@@ -19,28 +23,33 @@ Notable choices:
 from __future__ import annotations
 
 import json
+import logging
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
-from transformers import AutoTokenizer, BatchFeature, WhisperFeatureExtractor
+from transformers import AutoProcessor, AutoTokenizer, BatchFeature, ProcessorMixin, WhisperFeatureExtractor
 
 from aero.audio import (
     HOP_LENGTH,
+    MIN_TOKEN_SAMPLES,
     N_FFT,
     N_FRAMES,
     N_SAMPLES,
     SAMPLE_RATE,
     AudioError,
-    encoder_output_lengths,
     load_audio,
     mel_frames,
     split_windows,
+    window_tokens,
 )
-from aero.modeling import AUDIO_TOKEN
+from aero.modeling import AUDIO_TOKEN, AeroConfig
+
+log = logging.getLogger(__name__)
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 TRANSCRIBE_PROMPT = "Please transcribe the audio"
@@ -151,37 +160,53 @@ def repeat_audio_parts(messages: Sequence[dict], per_audio: Sequence[int]) -> li
 
 @dataclass
 class AudioWindows:
-    """The windows of all audios of one prompt, in placeholder order."""
+    """The windows of all audios of one prompt, in placeholder order.
 
-    windows: list[np.ndarray] = field(default_factory=list)
-    per_audio: list[int] = field(default_factory=list)  # windows of each audio
+    `tokens` has one count per placeholder (window); a final window too short for one token
+    (<= 320 samples) counts 0: its placeholder is removed before tokenizing, as the reference's
+    expansion does, and it is left out of `windows`, which holds only windows that give tokens.
+    """
+
+    windows: list[np.ndarray] = field(default_factory=list)  # windows that give >= 1 token
+    tokens: list[int] = field(default_factory=list)  # audio tokens of every placeholder, 0 = dropped
+    per_audio: list[int] = field(default_factory=list)  # placeholders (windows) of each audio
     durations: list[float] = field(default_factory=list)  # seconds of each audio
+    warnings: list[str] = field(default_factory=list)  # what was dropped, one sentence each
 
 
-class AeroProcessor:
-    """Tokenizer + Whisper feature extractor + the Aero chat format.
+class AeroProcessor(ProcessorMixin):
+    """Tokenizer + Whisper feature extractor + the Aero chat format, as a transformers processor.
+
+    `AutoProcessor.from_pretrained(path)` resolves to it (after `import aero`), and it reads and
+    writes the published file set: tokenizer files, `preprocessor_config.json`,
+    `processor_config.json` and `chat_template.json`.
 
     >>> processor = AeroProcessor.from_pretrained("path/to/Aero-1-Audio")
     >>> inputs = processor(messages=[{"role": "user", "content": [
     ...     {"type": "audio", "audio": "talk.mp3"}, {"type": "text", "text": "Please transcribe the audio"}]}])
+    >>> inputs = processor(text=prompt, audios=[wav], sampling_rate=16000, return_tensors="pt", padding=True)
     >>> model.generate(**inputs, max_new_tokens=4096)
     """
 
     def __init__(
         self,
-        tokenizer,
-        feature_extractor: WhisperFeatureExtractor,
+        tokenizer=None,
+        feature_extractor=None,
         system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
         audio_token: str = AUDIO_TOKEN,
         audio_stack: int = 1,
         transcribe_prompt: str = TRANSCRIBE_PROMPT,
+        chat_template: str | None = None,
     ):
-        self.tokenizer = tokenizer
+        # A chat template read from a checkpoint is kept (and saved again) for other tools; aero
+        # itself renders with `render_segments`, which a test holds equal to the published template.
+        super().__init__(tokenizer, feature_extractor, chat_template=chat_template)
         self.transcribe_prompt = transcribe_prompt  # the text sent with audio when a caller gives none
         self.audio_stack = audio_stack  # encoder frames per audio token (the model's projector_stack)
-        self.feature_extractor = feature_extractor
         self.system_prompt = system_prompt
         self.audio_token = audio_token
+        if self.chat_template is None:
+            self.chat_template = self.default_chat_template
         self.audio_token_id = tokenizer.convert_tokens_to_ids(audio_token)
         if self.audio_token_id is None or self.audio_token_id == tokenizer.unk_token_id:
             raise ValueError(f"The tokenizer has no {audio_token} token; add it with add_audio_token().")
@@ -194,44 +219,57 @@ class AeroProcessor:
 
     @classmethod
     def from_pretrained(cls, path_or_id: str | os.PathLike, num_mel_bins: int | None = None, **kwargs):
-        """Load from a checkpoint directory (or a hub id, passed to transformers unchanged)."""
-        tokenizer = AutoTokenizer.from_pretrained(path_or_id, **kwargs)
+        """Load from a checkpoint directory or a hub id (files as published, or as aero saves them).
+
+        A directory without `preprocessor_config.json` gets Whisper's feature extractor with the
+        model config's mel bins; without `audio_stack` in `processor_config.json`, the model
+        config's `projector_stack` is used.
+        """
         local = Path(path_or_id)
+        config = {}
+        if (local / "config.json").is_file():
+            config = json.loads((local / "config.json").read_text())
         settings = {}
         if (local / "processor_config.json").is_file():
             settings = json.loads((local / "processor_config.json").read_text())
+        if "audio_stack" not in settings and config.get("projector_stack"):
+            kwargs.setdefault("audio_stack", config["projector_stack"])
         if local.is_dir() and not (local / "preprocessor_config.json").is_file():
-            if num_mel_bins is None and (local / "config.json").is_file():
-                config = json.loads((local / "config.json").read_text())
-                num_mel_bins = config.get("audio_config", {}).get("num_mel_bins")
-            feature_extractor = WhisperFeatureExtractor(feature_size=num_mel_bins or 128)
-        else:
-            feature_extractor = WhisperFeatureExtractor.from_pretrained(path_or_id, **kwargs)
-        system_prompt = settings.get("system_prompt", DEFAULT_SYSTEM_PROMPT)
-        stack = settings.get("audio_stack")
-        if stack is None and (local / "config.json").is_file():
-            stack = json.loads((local / "config.json").read_text()).get("projector_stack")
-        transcribe_prompt = settings.get("transcribe_prompt", TRANSCRIBE_PROMPT)
-        return cls(tokenizer, feature_extractor, system_prompt=system_prompt, audio_stack=stack or 1,
-                   transcribe_prompt=transcribe_prompt)
+            num_mel_bins = num_mel_bins or config.get("audio_config", {}).get("num_mel_bins") or 128
+            tokenizer = AutoTokenizer.from_pretrained(local)
+            processor_dict, extra = cls.get_processor_dict(local)
+            args = [tokenizer, WhisperFeatureExtractor(feature_size=num_mel_bins)]
+            return cls.from_args_and_dict(args, processor_dict, **{**extra, **kwargs})
+        return super().from_pretrained(path_or_id, **kwargs)
 
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        directory = Path(directory)
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> list[str]:
+        """Write the published file set: tokenizer files (with `processor_class`),
+        `preprocessor_config.json`, `chat_template.json` and `processor_config.json`."""
+        directory = Path(save_directory)
         directory.mkdir(parents=True, exist_ok=True)
+        self.tokenizer._set_processor_class(type(self).__name__)  # as transformers' own save does
         self.tokenizer.save_pretrained(directory)
         self.feature_extractor.save_pretrained(directory)
-        (directory / "chat_template.jinja").write_text(self.chat_template)
-        settings = {"processor_class": "AeroProcessor", "audio_token": self.audio_token}
-        settings["system_prompt"] = self.system_prompt
-        settings["audio_stack"] = self.audio_stack
-        settings["transcribe_prompt"] = self.transcribe_prompt
+        (directory / "chat_template.json").write_text(json.dumps({"chat_template": self.chat_template}, indent=2) + "\n")
+        settings = {
+            "processor_class": type(self).__name__,
+            "audio_token": self.audio_token,
+            "system_prompt": self.system_prompt,
+            "audio_stack": self.audio_stack,
+            "transcribe_prompt": self.transcribe_prompt,
+        }
         (directory / "processor_config.json").write_text(json.dumps(settings, indent=2) + "\n")
+        return [str(directory / name) for name in ("processor_config.json", "chat_template.json")]
 
     @property
-    def chat_template(self) -> str:
+    def default_chat_template(self) -> str:
         """The jinja form of `render_segments` with this processor's system prompt."""
         system = json.dumps(self.system_prompt or "")
         return "{% set default_system = " + system + " %}" + CHAT_TEMPLATE
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return ["input_ids", "attention_mask", "audio_values", "audio_attention_mask"]
 
     # ----- audio --------------------------------------------------------------------------
 
@@ -241,11 +279,25 @@ class AeroProcessor:
         return [{"role": "user", "content": [{"type": "audio", "audio": audio}, {"type": "text", "text": text}]}]
 
     def load_windows(self, sources: Sequence[Any], sampling_rate: int | None = None) -> AudioWindows:
+        """Decode every source and cut it into 30 s windows; a tail that gives no token is dropped
+        with a warning, and a source too short for any token is an AudioError."""
         out = AudioWindows()
-        for source in sources:
+        for k, source in enumerate(sources):
             samples = load_audio(source, sampling_rate)
             windows = split_windows(samples)
-            out.windows += windows
+            tokens = [window_tokens(len(w), self.audio_stack) for w in windows]
+            if not any(tokens):
+                raise AudioError(
+                    f"Audio {k + 1} is {len(samples)} samples ({1000 * len(samples) / SAMPLE_RATE:.0f} ms) at 16 kHz: "
+                    f"too short for one audio token; send at least {MIN_TOKEN_SAMPLES} samples."
+                )
+            if tokens[-1] == 0:
+                out.warnings.append(
+                    f"The last {1000 * len(windows[-1]) / SAMPLE_RATE:.0f} ms of audio {k + 1} ({len(windows[-1])} samples "
+                    "after its last 30 s window) give no audio token and were left out, as in the reference."
+                )
+            out.windows += [w for w, n in zip(windows, tokens) if n]
+            out.tokens += tokens
             out.per_audio.append(len(windows))
             out.durations.append(len(samples) / SAMPLE_RATE)
         return out
@@ -275,36 +327,36 @@ class AeroProcessor:
 
     # ----- prompts ------------------------------------------------------------------------
 
-    def _expand(
-        self, ids: list[int], tokens_per_window: list[int], labels: list[int] | None = None
-    ) -> tuple[list[int], list[int] | None]:
-        """Replace the k-th placeholder id by tokens_per_window[k] copies (labels: -100 copies)."""
-        out_ids: list[int] = []
-        out_labels: list[int] | None = [] if labels is not None else None
-        k = 0
-        for pos, i in enumerate(ids):
-            n = 1
-            if i == self.audio_token_id:
-                if k >= len(tokens_per_window):
-                    raise ValueError(
-                        f"The prompt has more {self.audio_token} placeholders than audio windows "
-                        f"({len(tokens_per_window)}); pass audio as audio content parts, not as text."
-                    )
-                n, k = tokens_per_window[k], k + 1
-            out_ids += [i] * n
-            if out_labels is not None:
-                out_labels += [IGNORE_INDEX if i == self.audio_token_id else labels[pos]] * n
-        if k != len(tokens_per_window):
-            raise ValueError(
-                f"The prompt has {k} {self.audio_token} placeholders but the audio gives {len(tokens_per_window)} windows."
-            )
-        return out_ids, out_labels
-
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
+    def encode_with_audio(self, text: str, tokens: Iterator[int]) -> list[int]:
+        """Ids of `text` whose k-th `<|AUDIO|>` becomes next(tokens) copies of the placeholder id.
+
+        As in the reference, placeholders are expanded before tokenizing: one that expands to
+        no token disappears and the text around it is tokenized as one piece (its "\n" and the
+        next one become Qwen's single "\n\n" id). Only the text between placeholders goes
+        through the tokenizer, so a 15-minute prompt never becomes a 22,500-placeholder string.
+        """
+        ids: list[int] = []
+        pieces = text.split(self.audio_token)
+        pending = pieces[0]  # text not yet tokenized
+        for piece in pieces[1:]:
+            n = next(tokens, None)
+            if n is None:
+                raise ValueError(
+                    f"The prompt has more {self.audio_token} placeholders than audio windows; pass audio as "
+                    "audio content parts (or one audio per placeholder), not as text."
+                )
+            if n == 0:
+                pending += piece
+                continue
+            ids += self._encode(pending) + [self.audio_token_id] * n
+            pending = piece
+        return ids + self._encode(pending)
+
     def tokens_per_window(self, windows: Sequence[np.ndarray]) -> list[int]:
-        return [int(encoder_output_lengths(mel_frames(len(w)), self.audio_stack)[1]) for w in windows]
+        return [window_tokens(len(w), self.audio_stack) for w in windows]
 
     def expand_audio_parts(
         self, messages: Sequence[dict], root: str | os.PathLike | None = None, sampling_rate: int | None = None
@@ -331,77 +383,154 @@ class AeroProcessor:
     ) -> dict:
         """One conversation -> input_ids, labels (assistant tokens only) and its audio windows."""
         messages, audio = self.expand_audio_parts(messages, root, sampling_rate)
+        tokens = iter(audio.tokens)
         ids, labels = [], []
         for text, supervised in render_segments(messages, add_generation_prompt, self.system_prompt):
-            piece = self._encode(text)
+            piece = self.encode_with_audio(text, tokens)
             ids += piece
-            labels += piece if supervised else [IGNORE_INDEX] * len(piece)
-        ids, labels = self._expand(ids, self.tokens_per_window(audio.windows), labels)
+            labels += [IGNORE_INDEX if not supervised or i == self.audio_token_id else i for i in piece]
+        if next(tokens, None) is not None:
+            raise ValueError(f"The conversation has fewer {self.audio_token} placeholders than audio windows.")
         return {"input_ids": ids, "labels": labels, "audio": audio}
 
-    def apply_chat_template(self, messages: Sequence[dict], add_generation_prompt: bool = True) -> str:
-        """The prompt string of one conversation, one placeholder per audio part."""
+    def apply_chat_template(self, messages: Sequence[dict], add_generation_prompt: bool = True, **kwargs) -> str:
+        """The prompt string of one conversation, one placeholder per audio part.
+
+        `tokenize=True` is not supported here: call the processor with `messages=` for ids.
+        """
+        if kwargs.pop("tokenize", False):
+            raise ValueError("AeroProcessor.apply_chat_template returns the prompt text; for ids call processor(messages=...).")
+        kwargs.pop("return_dict", None)
+        if kwargs:
+            raise TypeError(f"apply_chat_template got unexpected arguments: {', '.join(sorted(kwargs))}.")
         return "".join(t for t, _ in render_segments(messages, add_generation_prompt, self.system_prompt))
 
     def __call__(
         self,
         text: str | Sequence[str] | None = None,
-        audios: Sequence[Any] | None = None,
+        audio: Any = None,
         sampling_rate: int | None = None,
-        *,
         messages: Sequence[dict] | Sequence[Sequence[dict]] | None = None,
         add_generation_prompt: bool = True,
         padding_side: str = "left",
         root: str | os.PathLike | None = None,
+        return_tensors: str | None = "pt",
+        padding: bool | str = True,
+        audios: Any = None,
+        **kwargs,
     ) -> BatchFeature:
         """Model inputs for generation (or a forward pass) of one prompt or a batch.
 
         Either `messages` (one conversation or a list of them; audio parts are loaded) or
-        `text` with one `<|AUDIO|>` per entry of `audios` (the reference's call). Audio longer
-        than 30 s becomes several windows: in `text` mode its placeholder is repeated, as the
-        chat format would write it.
+        `text` (a string or a list) with one `<|AUDIO|>` per entry of `audio` (alias `audios`,
+        the reference's name). Audio longer than 30 s becomes several windows: in `text` mode
+        its placeholder is repeated, as the chat format would write it.
+
+        `padding`: True / "longest" (default; to the longest prompt, on `padding_side`), False /
+        "do_not_pad" (prompts of one length only, or `return_tensors=None`) or "max_length"
+        with `max_length`. Prompts are never truncated. `return_tensors`: "pt", "np" or None (lists).
         """
+        max_length = kwargs.pop("max_length", None)
+        if kwargs.pop("truncation", False):
+            raise ValueError("AeroProcessor never truncates prompts: audio tokens would be cut; pass shorter audio.")
+        kwargs.pop("return_attention_mask", None)
+        if kwargs:
+            raise TypeError(f"AeroProcessor got unexpected arguments: {', '.join(sorted(kwargs))}.")
+        if audio is not None and audios is not None:
+            raise ValueError("Pass audio or audios (the same thing), not both.")
+        audio = audios if audio is None else audio
         if (text is None) == (messages is None):
-            raise ValueError("Pass either text (with audios) or messages.")
-        samples: list[list[int]] = []
-        windows: list[np.ndarray] = []
+            raise ValueError("Pass either text (with audio) or messages.")
         if messages is not None:
-            batch = [messages] if messages and isinstance(messages[0], dict) else list(messages)
-            for conversation in batch:
-                encoded = self.encode_conversation(conversation, add_generation_prompt, root, sampling_rate)
-                samples.append(encoded["input_ids"])
-                windows += encoded["audio"].windows
+            if audio is not None:
+                raise ValueError("With messages, put the audio in the messages' audio content parts, not in audio=.")
+            samples, windows, warnings = self._encode_messages(messages, add_generation_prompt, root, sampling_rate)
         else:
-            texts = [text] if isinstance(text, str) else list(text)
-            audio = self.load_windows(list(audios or []), sampling_rate)
-            n_placeholders = sum(t.count(self.audio_token) for t in texts)
-            if n_placeholders != len(audio.per_audio):
-                raise ValueError(
-                    f"The text has {n_placeholders} {self.audio_token} placeholders but {len(audio.per_audio)} audios were given."
-                )
-            counts = iter(audio.per_audio)
-            tokens = iter(self.tokens_per_window(audio.windows))
-            for t in texts:
-                pieces = t.split(self.audio_token)
-                joined = pieces[0]
-                for piece in pieces[1:]:
-                    joined += "\n".join([self.audio_token] * next(counts)) + piece
-                ids = self._encode(joined)
-                n = ids.count(self.audio_token_id)
-                samples.append(self._expand(ids, [next(tokens) for _ in range(n)])[0])
-            windows = audio.windows
-        out = self.pad(samples, padding_side=padding_side)
+            samples, windows, warnings = self._encode_texts(text, audio, sampling_rate)
+        for warning in warnings:
+            log.warning(warning)
+        out = self.pad(samples, padding_side=padding_side, padding=padding, max_length=max_length,
+                       as_tensors=return_tensors is not None)
         if windows:
             out["audio_values"], out["audio_attention_mask"] = self.audio_features(windows)
-        return BatchFeature(out)
+        return BatchFeature(out, tensor_type=return_tensors)
+
+    def _encode_messages(self, messages, add_generation_prompt, root, sampling_rate):
+        if not isinstance(messages, (list, tuple)) or not messages:
+            raise ValueError("messages must be a conversation (a list of message dicts) or a list of conversations.")
+        batch = [messages] if isinstance(messages[0], dict) else list(messages)
+        samples, windows, warnings = [], [], []
+        for conversation in batch:
+            encoded = self.encode_conversation(conversation, add_generation_prompt, root, sampling_rate)
+            samples.append(encoded["input_ids"])
+            windows += encoded["audio"].windows
+            warnings += encoded["audio"].warnings
+        return samples, windows, warnings
+
+    def _encode_texts(self, text, audio, sampling_rate):
+        if isinstance(text, str):
+            texts = [text]
+        elif isinstance(text, (list, tuple)) and text and all(isinstance(t, str) for t in text):
+            texts = list(text)
+        else:
+            raise ValueError("text must be a string or a non-empty list of strings.")
+        if audio is None:
+            sources = []
+        elif isinstance(audio, (list, tuple)) and not (isinstance(audio, tuple) and len(audio) == 2 and isinstance(audio[1], int)):
+            sources = list(audio)
+        else:
+            sources = [audio]  # one array, path, bytes or (array, rate)
+        loaded = self.load_windows(sources, sampling_rate)
+        n_placeholders = sum(t.count(self.audio_token) for t in texts)
+        if n_placeholders != len(loaded.per_audio):
+            raise ValueError(
+                f"The text has {n_placeholders} {self.audio_token} placeholders but {len(loaded.per_audio)} audios were given."
+            )
+        per_audio, tokens = iter(loaded.per_audio), iter(loaded.tokens)
+        samples = []
+        for t in texts:
+            pieces = t.split(self.audio_token)
+            joined = pieces[0] + "".join("\n".join([self.audio_token] * next(per_audio)) + p for p in pieces[1:])
+            samples.append(self.encode_with_audio(joined, tokens))
+        return samples, loaded.windows, loaded.warnings
 
     def pad(
-        self, samples: Sequence[Sequence[int]], labels: Sequence[Sequence[int]] | None = None, padding_side: str = "left"
+        self,
+        samples: Sequence[Sequence[int]],
+        labels: Sequence[Sequence[int]] | None = None,
+        padding_side: str = "left",
+        padding: bool | str = True,
+        max_length: int | None = None,
+        as_tensors: bool = True,
     ) -> dict:
-        """Pad id lists to one (B, L) tensor with an attention mask (and labels, padded with -100)."""
+        """Pad id lists to one (B, L) batch with an attention mask (and labels, padded with -100).
+
+        `padding` as in transformers (True/"longest", False/"do_not_pad", "max_length" with
+        `max_length`); `as_tensors=False` returns lists (unpadded ones when padding is off).
+        """
         if padding_side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', not {padding_side!r}.")
-        L = max(len(s) for s in samples)
+        mode = {True: "longest", False: "do_not_pad"}.get(padding, padding)
+        if mode not in ("longest", "do_not_pad", "max_length"):
+            raise ValueError(f"padding must be True, False, 'longest', 'do_not_pad' or 'max_length', not {padding!r}.")
+        longest = max(len(s) for s in samples)
+        if mode == "max_length":
+            if max_length is None:
+                raise ValueError("padding='max_length' needs max_length.")
+            if max_length < longest:
+                raise ValueError(f"A prompt has {longest} tokens, more than max_length={max_length}; aero never truncates.")
+            L = max_length
+        elif mode == "do_not_pad":
+            if as_tensors and len({len(s) for s in samples}) > 1:
+                raise ValueError("Prompts of different lengths need padding=True to become one tensor (or return_tensors=None).")
+            if not as_tensors:
+                out = {"input_ids": [list(s) for s in samples], "attention_mask": [[1] * len(s) for s in samples]}
+                if labels is not None:
+                    out["labels"] = [list(lab) for lab in labels]
+                return out
+            L = longest
+        else:
+            L = longest
         pad_id = self.tokenizer.pad_token_id
         ids = torch.full((len(samples), L), pad_id, dtype=torch.long)
         mask = torch.zeros((len(samples), L), dtype=torch.long)
@@ -415,7 +544,7 @@ class AeroProcessor:
         out = {"input_ids": ids, "attention_mask": mask}
         if lab is not None:
             out["labels"] = lab
-        return out
+        return out if as_tensors else {k: v.tolist() for k, v in out.items()}
 
     def batch_decode(self, ids, skip_special_tokens: bool = True, **kwargs) -> list[str]:
         return self.tokenizer.batch_decode(ids, skip_special_tokens=skip_special_tokens, **kwargs)
@@ -429,3 +558,6 @@ def add_audio_token(tokenizer) -> int:
     if AUDIO_TOKEN not in tokenizer.get_vocab():
         tokenizer.add_special_tokens({"additional_special_tokens": [AUDIO_TOKEN]}, replace_extra_special_tokens=False)
     return tokenizer.convert_tokens_to_ids(AUDIO_TOKEN)
+
+
+AutoProcessor.register(AeroConfig, AeroProcessor, exist_ok=True)

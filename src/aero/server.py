@@ -473,6 +473,7 @@ def create_app(engine: Engine, settings: ServerSettings | None = None) -> FastAP
                     for i, s in enumerate(result.segments)
                 ],
                 "stopped_by_repetition": result.stopped_by_repetition,
+                "warnings": result.warnings,
             }
         return {"text": result.text, "usage": _usage(result, "transcription")}
 
@@ -518,6 +519,7 @@ def create_app(engine: Engine, settings: ServerSettings | None = None) -> FastAP
                          "finish_reason": _finish(result)}],
             "usage": _usage(result, "chat"),
             "stopped_by_repetition": result.stopped_by_repetition,
+            "warnings": result.warnings,
         }
 
     return app
