@@ -64,3 +64,16 @@ def test_hf_directory_with_configurable_columns(tmp_path):
         hf_items(tmp_path / "hf")
     with pytest.raises(ValueError, match="no split 'train'"):
         hf_items(tmp_path / "hf", split="train", audio_column="speech", text_column="sentence")
+
+
+def test_manifest_reads_training_format_lines(tmp_path):
+    user = {"role": "user", "content": [{"type": "audio_url", "audio_url": {"url": "a.wav"}},
+                                        {"type": "text", "text": "Please transcribe the audio"}]}
+    good = {"messages": [user, {"role": "assistant", "content": [{"type": "text", "text": "hello world"}]}]}
+    no_reply = {"messages": [user]}
+    (tmp_path / "m.jsonl").write_text(json.dumps(good) + "\n")
+    (item,) = manifest_items(tmp_path / "m.jsonl")
+    assert (item.audio, item.text) == (str(tmp_path / "a.wav"), "hello world")
+    (tmp_path / "bad.jsonl").write_text(json.dumps(good) + "\n" + json.dumps(no_reply) + "\n")
+    with pytest.raises(ManifestError, match=r"bad.jsonl:2: .*1 audio parts and 0 assistant text parts"):
+        manifest_items(tmp_path / "bad.jsonl")

@@ -10,10 +10,9 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from safetensors import safe_open
 from transformers import AutoModel, AutoModelForCausalLM, AutoProcessor, WhisperFeatureExtractor
 
-import aero  # noqa: F401 - registers model_type "aero" with the Auto classes
 from aero.audio import SAMPLE_RATE
 from aero.modeling import AeroForConditionalGeneration
-from aero.processing import AeroProcessor
+from aero.processing import AeroProcessor  # registers model_type "aero" with the Auto classes
 from conftest import N_MELS, PUBLISHED_CHAT_TEMPLATE, tone
 
 ASR_PROMPT = "Please recognize the speech and only output the recognized content:"

@@ -34,6 +34,10 @@ def train(
 
 # ----- inference: transcribe, chat, serve, info ------------------------------------------------
 
+MODEL_HELP = (
+    "'aero-mini', a checkpoint directory or a hub id. Default: $AERO_MODEL, else lmms-lab/Aero-1-Audio when it is "
+    "in the local Hugging Face cache or the Hub answers, else aero-mini (stderr says which and why)."
+)
 TIMESTAMP_HELP = (
     "Output format: txt, json, srt or vtt. srt/vtt transcribe each 30 s window separately and give "
     "one cue per window: cue times are the exact window boundaries, so timing precision is 30 s "
@@ -42,18 +46,25 @@ TIMESTAMP_HELP = (
 )
 
 
-def _load_engine(model: str, batch_size: int = 8, int8: bool = False, threads: int | None = None):
+def _load_engine(model: str | None, batch_size: int = 8, int8: bool = False, threads: int | None = None):
+    """The engine for `model`, or for the default model (named on stderr with its reason)."""
     import torch
 
     from aero.engine import Engine
+    from aero.models import choose_model
 
+    choice = choose_model(model)
+    if not model:
+        typer.echo(choice.notice, err=True)
     if threads:
         torch.set_num_threads(threads)
     try:
-        return Engine.load(model, quantize=int8, batch_size=batch_size)
+        engine = Engine.load(choice.source, quantize=int8, batch_size=batch_size)
     except (OSError, ValueError) as err:
-        typer.echo(f"error: cannot load model {model!r}: {err}", err=True)
+        typer.echo(f"error: cannot load model {choice.name!r}: {err}", err=True)
         raise typer.Exit(2)
+    engine.name = choice.name
+    return engine
 
 
 def _options(max_new_tokens: int | None, temperature: float = 0.0, repetition_guard: bool = True, fallback: bool = False,
@@ -71,7 +82,7 @@ def _options(max_new_tokens: int | None, temperature: float = 0.0, repetition_gu
 @app.command()
 def transcribe(
     files: list[str] = typer.Argument(..., help="Audio files and/or directories (searched recursively for audio)."),
-    model: str = typer.Option("aero-mini", help="'aero-mini', a checkpoint directory or a hub id."),
+    model: str | None = typer.Option(None, help=MODEL_HELP),
     format: str = typer.Option("txt", "--format", "-f", help=TIMESTAMP_HELP),
     output_dir: str = typer.Option(".", "--output-dir", "-o", help="Where <name>.<format> files are written."),
     batch_size: int = typer.Option(8, help="Recordings decoded together (grouped by length)."),
@@ -136,7 +147,7 @@ def transcribe(
 def chat(
     audio: list[str] = typer.Argument(..., help="Audio files the conversation is about."),
     ask: str | None = typer.Option(None, "--ask", "-a", help="One question; without it, an interactive chat."),
-    model: str = typer.Option("aero-mini", help="'aero-mini', a checkpoint directory or a hub id."),
+    model: str | None = typer.Option(None, help=MODEL_HELP),
     max_new_tokens: int | None = typer.Option(None, help="Reply budget (default 512)."),
     temperature: float = typer.Option(0.0, help="0 is greedy."),
     int8: bool = typer.Option(False, "--int8", help="Dynamic int8 quantization of the LM's Linear layers (CPU)."),
@@ -184,7 +195,7 @@ def chat(
 
 @app.command()
 def serve(
-    model: str = typer.Option("aero-mini", help="'aero-mini', a checkpoint directory or a hub id."),
+    model: str | None = typer.Option(None, help=MODEL_HELP),
     host: str = typer.Option("127.0.0.1", help="Interface to bind (0.0.0.0 exposes it to the network)."),
     port: int = typer.Option(8000),
     api_key: str | None = typer.Option(None, envvar="AERO_API_KEY", help="Require 'Authorization: Bearer KEY' (all routes but /health)."),
@@ -205,7 +216,7 @@ def serve(
 
     engine = _load_engine(model, batch_size, int8, threads)
     settings = ServerSettings(
-        model_name=model, api_key=api_key or None, max_upload_bytes=int(max_upload_mb * 2**20),
+        model_name=engine.name, api_key=api_key or None, max_upload_bytes=int(max_upload_mb * 2**20),
         max_audio_seconds=max_audio_seconds, max_queue=max_queue, timeout_s=timeout, batch_size=batch_size,
         fallback=fallback,
     )
@@ -213,7 +224,7 @@ def serve(
 
 
 @app.command()
-def info(model: str = typer.Argument("aero-mini", help="'aero-mini', a checkpoint directory or a hub id.")) -> None:
+def info(model: str | None = typer.Argument(None, help=MODEL_HELP)) -> None:
     """Model facts: parameters per part, context, audio token rate, longest audio per request."""
     from rich.console import Console
     from rich.table import Table
@@ -221,7 +232,7 @@ def info(model: str = typer.Argument("aero-mini", help="'aero-mini', a checkpoin
     from aero.engine import model_facts
 
     engine = _load_engine(model)
-    table = Table(title=model, show_header=False)
+    table = Table(title=engine.name, show_header=False)
     for key, value in model_facts(engine).items():
         table.add_row(key, str(value))
     Console().print(table)

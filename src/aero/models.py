@@ -11,6 +11,10 @@ Notable choices:
 - The adapter file holds Aero parameters by name (the projector, any weights the recipe
   trained) and LoRA factors, merged on load (`lora_alpha`, `lora_r` in the file's metadata),
   so a few MB carry a LoRA-tuned LM. A name the model does not have is an error.
+- The default model, when a command names none (`choose_model`): `AERO_MODEL` if set; else
+  the published checkpoint when it is in the local Hugging Face cache (loaded from there, no
+  network) or the Hub answers (downloaded); else aero-mini. The choice and its reason are one
+  line on stderr, so nobody mistakes the demonstration model for the real one.
 - `Transcriber` (what `aero eval` drives) is a thin adapter over `aero.engine.Engine`:
   greedy, batched by length, repetition guard on.
 """
@@ -45,6 +49,9 @@ MINI_PROJECTOR_TYPE = "mlp"
 ADAPTER_FILE = Path(__file__).parent / "assets" / AERO_MINI / "adapter.safetensors"
 PROJECTOR_SEED = 0  # the untrained projector is reproducible
 DEFAULT_MAX_NEW_TOKENS = 512
+PUBLISHED_MODEL = "lmms-lab/Aero-1-Audio"  # the released 1.5B checkpoint, the default when it can be had
+MODEL_ENV = "AERO_MODEL"  # environment variable naming the model to use when a command names none
+HUB_TIMEOUT_S = 3.0  # how long the default-model check waits for the Hub before settling on aero-mini
 
 # Config entries that describe where a sub-model came from, not what it is.
 SOURCE_ONLY_KEYS = ("_name_or_path", "architectures", "transformers_version", "dtype")
@@ -126,6 +133,70 @@ def load(
     if _looks_like_path(name):
         raise FileNotFoundError(f"No model directory at {name}; pass a saved checkpoint directory, 'aero-mini' or a hub id.")
     return AeroForConditionalGeneration.from_pretrained(name).eval(), AeroProcessor.from_pretrained(name)
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """The model a command runs: `name` to show and serve as, `source` to load, and why."""
+
+    name: str
+    source: str
+    reason: str
+
+    @property
+    def notice(self) -> str:
+        return f"aero: running {self.name} ({self.reason}); choose another with --model or {MODEL_ENV}."
+
+
+def choose_model(model: str | os.PathLike | None = None) -> ModelChoice:
+    """The model to run: `model` when given, else the default policy (see the module docstring)."""
+    if model:
+        return ModelChoice(str(model), str(model), "named by the caller")
+    if os.environ.get(MODEL_ENV):
+        return ModelChoice(os.environ[MODEL_ENV], os.environ[MODEL_ENV], f"set by {MODEL_ENV}")
+    cached = cached_snapshot(PUBLISHED_MODEL)
+    if cached is not None:
+        return ModelChoice(PUBLISHED_MODEL, str(cached), f"found in the local Hugging Face cache at {cached}")
+    unreachable = hub_unreachable(PUBLISHED_MODEL)
+    if unreachable is None:
+        return ModelChoice(PUBLISHED_MODEL, PUBLISHED_MODEL, "not cached yet: downloading it from the Hugging Face Hub")
+    return ModelChoice(
+        AERO_MINI, AERO_MINI,
+        f"a small demonstration model: {PUBLISHED_MODEL} is not in the local Hugging Face cache and {unreachable}",
+    )
+
+
+def hub_cache_dir() -> Path:
+    """The Hugging Face hub cache, read from the environment now (huggingface_hub reads it at import)."""
+    cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
+    if cache:
+        return Path(cache).expanduser()
+    return Path(os.environ.get("HF_HOME", "~/.cache/huggingface")).expanduser() / "hub"
+
+
+def cached_snapshot(repo_id: str) -> Path | None:
+    """The local snapshot of `repo_id` when the cache holds a usable one (config and weights), else None."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        path = Path(snapshot_download(repo_id, local_files_only=True, cache_dir=hub_cache_dir()))
+    except Exception:  # noqa: BLE001 - not cached (LocalEntryNotFoundError) or an unreadable cache: not usable
+        return None
+    has_weights = any(path.glob("*.safetensors")) or any(path.glob("*.bin"))
+    return path if (path / "config.json").is_file() and has_weights else None
+
+
+def hub_unreachable(repo_id: str, timeout: float = HUB_TIMEOUT_S) -> str | None:
+    """None when the Hub answers for `repo_id` within `timeout` seconds, else why not (for the notice)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE is set"
+    from huggingface_hub import HfApi
+
+    try:
+        HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None).model_info(repo_id, timeout=timeout)
+    except Exception as err:  # noqa: BLE001 - any failure (no route, refused, timeout, 5xx) means "not now"
+        return f"the Hugging Face Hub did not answer ({type(err).__name__})"
+    return None
 
 
 @dataclass

@@ -27,7 +27,7 @@ from rich.table import Table
 console = Console()
 app = typer.Typer(help="Evaluate a model: WER on ASR sets, accuracy on multiple-choice audio tasks, RTFx.")
 
-TASKS = ("librispeech", "librispeech-long", "manifest", "hf", "choice")
+TASKS = ("librispeech", "librispeech-long", "manifest", "asr", "hf", "choice")  # asr: a manifest, by its task
 _USER_ERRORS = (FileNotFoundError, ValueError, ImportError, NotImplementedError)
 
 
@@ -67,7 +67,7 @@ def load_task_items(
             console.print(f"Building long-form recordings from {data} into {output / 'longform'} ...")
             return manifest_items(build_librispeech_longform(data, output / "longform", gap))
         return manifest_items(data)
-    if task == "manifest":
+    if task in ("manifest", "asr"):
         return manifest_items(data)
     if task == "hf":
         return hf_items(data, split=split, config=config, audio_column=audio_column, text_column=text_column)
@@ -117,7 +117,9 @@ def print_results(results: dict[str, Any]) -> None:
 @app.callback(invoke_without_command=True)
 def evaluate(
     ctx: typer.Context,
-    model: str | None = typer.Option(None, "--model", "-m", help="aero model name/dir, or faster-whisper:NAME_OR_DIR."),
+    model: str | None = typer.Option(
+        None, "--model", "-m",
+        help="aero model name/dir, or faster-whisper:NAME_OR_DIR (default: as aero transcribe; stderr says which)."),
     task: str | None = typer.Option(None, "--task", "-t", help=f"One of: {', '.join(TASKS)}."),
     data: str | None = typer.Option(None, "--data", "-d", help="Dataset directory, manifest, JSON file or hub id."),
     limit: int | None = typer.Option(None, help="Evaluate only the first N items."),
@@ -139,17 +141,26 @@ def evaluate(
     """Evaluate MODEL on TASK; writes results.json and samples.jsonl and prints a summary."""
     if ctx.invoked_subcommand is not None:
         return
-    if model is None or task is None or data is None:
+    if task is None or data is None:
         typer.echo(ctx.get_help())
-        console.print("[red]aero eval needs --model, --task and --data (or a sub-command).[/red]")
+        console.print("[red]aero eval needs --task and --data (or a sub-command).[/red]")
         raise typer.Exit(2)
+    from aero.models import choose_model
+
     from .runner import run_asr_eval, run_choice_eval
 
+    label = source = model
+    if not model:
+        choice = choose_model(None)
+        typer.echo(choice.notice, err=True)
+        label, source = choice.name, choice.source
+
     task_name = name or task
-    output = output or Path("eval-results") / _slug(model) / _slug(task_name)
+    output = output or Path("eval-results") / _slug(label) / _slug(task_name)
     try:
         items = load_task_items(task, data, output, gap, split, config, audio_column, text_column)
-        transcriber = resolve_model(model, max_new_tokens)
+        transcriber = resolve_model(source, max_new_tokens)
+        transcriber.name = label
         with Progress(console=console, transient=True) as bar:
             job = bar.add_task(f"{task_name}", total=None)
 

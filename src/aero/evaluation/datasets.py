@@ -66,9 +66,36 @@ def librispeech_items(root: str | Path) -> list[EvalItem]:
     return sorted(items, key=lambda item: _librispeech_key(item.id))
 
 
+def _from_messages(record: dict, where: str) -> dict:
+    """A training-format sample (the reference's `messages`) as an ASR item: its one audio and the
+    assistant's text as the reference transcript."""
+    audios, reply = [], []
+    messages = record["messages"]
+    for message in messages if isinstance(messages, list) else []:
+        content = message.get("content") if isinstance(message, dict) else None
+        parts = [{"type": "text", "text": content}] if isinstance(content, str) else content or []
+        for part in parts:
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "audio_url":
+                url = part["audio_url"]
+                audios.append(url.get("url") if isinstance(url, dict) else url)
+            elif kind == "audio":
+                audios.append(part.get("audio"))
+            elif kind == "text" and message.get("role") == "assistant":
+                reply.append(part.get("text", ""))
+    if len(audios) != 1 or not reply:
+        raise ManifestError(
+            f"{where}: a messages sample is scored as ASR only with one audio part and an assistant reply "
+            f"(it has {len(audios)} audio parts and {len(reply)} assistant text parts)."
+        )
+    return {**record, "audio": audios[0], "text": "".join(reply)}
+
+
 def _manifest_item(record: Any, base: Path, where: str, group_key: str | None, lineno: int) -> EvalItem:
     if not isinstance(record, dict):
         raise ManifestError(f"{where}: expected a JSON object, got {type(record).__name__}.")
+    if "messages" in record and "audio" not in record:
+        record = _from_messages(record, where)
     for field in ("audio", "text"):
         if not isinstance(record.get(field), str):
             raise ManifestError(f"{where}: field '{field}' must be a string (it is {record.get(field)!r}).")
@@ -95,7 +122,8 @@ def _manifest_item(record: Any, base: Path, where: str, group_key: str | None, l
 
 def manifest_items(path: str | Path, group_key: str | None = None) -> list[EvalItem]:
     """JSONL with `audio` (relative to the manifest's folder, or absolute), `text`,
-    optional `duration` (s) and `id`; `group_key` names a field to group long-form recordings by."""
+    optional `duration` (s) and `id`; `group_key` names a field to group long-form recordings by.
+    Training-format lines (`messages` with one audio and an assistant reply) are read as well."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Manifest {path} does not exist.")
