@@ -84,7 +84,7 @@ def run_mode(mode: str, model: str, manifest: str, out: str, budget: int, batch_
     from aero.data.manifest import DatasetSpec, read_dataset
     from aero.processing import AeroProcessor
     from aero.train.config import TrainConfig, apply_overrides
-    from aero.train.loop import train
+    from aero.train.run import train
 
     settings = dict(model=model, output_dir=out, data=[{"path": manifest}], preset="full", lr=1e-4,
                     pack_length=budget, token_budget=budget, batch_size=batch_size, save_every=10**6,

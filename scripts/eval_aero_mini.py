@@ -39,7 +39,8 @@ def main() -> None:
 
     from aero.adapter import apply_adapter
     from aero.engine import FALLBACK_TEMPERATURES
-    from aero.models import Transcriber, load
+    from aero.evaluation.transcriber import AeroTranscriber
+    from aero.models import load
 
     def load_model():
         """aero-mini in full precision: the shipped adapter, or --adapter on the base."""
@@ -54,8 +55,8 @@ def main() -> None:
     if args.prompt and processor is not None:
         processor.transcribe_prompt = args.prompt
 
-    def aero(max_new_tokens: int, label: str = "aero-mini") -> Transcriber:
-        return Transcriber(label, model, processor, max_new_tokens=max_new_tokens, num_beams=args.beams,
+    def aero(max_new_tokens: int, label: str = "aero-mini") -> AeroTranscriber:
+        return AeroTranscriber(label, model, processor, max_new_tokens=max_new_tokens, num_beams=args.beams,
                            fallback_temperatures=FALLBACK_TEMPERATURES if args.fallback else ())
 
     sets = {name: chat_manifest_items(args.heldout / f"heldout-{name}.jsonl") for name in

@@ -12,7 +12,7 @@ from aero.data.manifest import DatasetSpec, read_dataset
 from aero.modeling import AeroForConditionalGeneration
 from aero.train.align import CTCHead, _Stage, greedy_ctc, transcription_pair
 from aero.train.config import ConfigError, TrainConfig, apply_overrides
-from aero.train.loop import train
+from aero.train.run import train
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,8 @@ from safetensors.torch import save_file
 
 from aero import models
 from aero.audio import SAMPLE_RATE, audio_tokens_for_samples, load_audio
-from aero.models import Transcriber, load, load_transcriber
+from aero.evaluation.transcriber import AeroTranscriber, load_transcriber
+from aero.models import load
 
 
 @pytest.fixture
@@ -146,7 +147,7 @@ def test_aero_mini_base_runs_on_speech(tmp_path):
         features = model.get_audio_features(inputs["audio_values"], inputs["audio_attention_mask"])
     assert features.shape == (n_audio, 576)
 
-    transcriber = Transcriber("aero-mini", model, processor, max_new_tokens=4)
+    transcriber = AeroTranscriber("aero-mini", model, processor, max_new_tokens=4)
     texts = transcriber.transcribe([clip, clip[: len(clip) // 2]])
     assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
 
@@ -160,7 +161,7 @@ def test_aero_mini_transcribes_a_generated_clip(tmp_path):
     from aero.evaluation.wer import corpus_score, score_texts
 
     assert models.ADAPTER_FILE.is_file(), "the aero-mini adapter is not in the package"
-    transcriber = models.load_transcriber("aero-mini", cache_dir=tmp_path / "cache", max_new_tokens=48)
+    transcriber = load_transcriber("aero-mini", cache_dir=tmp_path / "cache", max_new_tokens=48)
     sentences = ["The weather will be warm and sunny tomorrow.", "Please call me back after lunch."]
     clips = []
     for i, text in enumerate(sentences):

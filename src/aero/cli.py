@@ -17,7 +17,7 @@ def train(
 ) -> None:
     """Train or fine-tune (resumes from the newest checkpoint in output_dir). Use torchrun for FSDP2."""
     from aero.train.config import ConfigError, load_config
-    from aero.train.loop import train as run
+    from aero.train.run import train as run
 
     if config is not None and "=" in config and not config.endswith((".yaml", ".yml")):
         overrides, config = [config] + list(overrides or []), None

@@ -15,19 +15,15 @@ Notable choices:
   the published checkpoint when it is in the local Hugging Face cache (loaded from there, no
   network) or the Hub answers (downloaded); else aero-mini. The choice and its reason are one
   line on stderr, so nobody mistakes the demonstration model for the real one.
-- `Transcriber` (what `aero eval` drives) is a thin adapter over `aero.engine.Engine`:
-  greedy, batched by length, repetition guard on.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, GenerationConfig, LlamaForCausalLM, WhisperConfig, WhisperFeatureExtractor
@@ -197,43 +193,3 @@ def hub_unreachable(repo_id: str, timeout: float = HUB_TIMEOUT_S) -> str | None:
     except Exception as err:  # noqa: BLE001 - any failure (no route, refused, timeout, 5xx) means "not now"
         return f"the Hugging Face Hub did not answer ({type(err).__name__})"
     return None
-
-
-@dataclass
-class Transcriber:
-    """Batched greedy transcription and spoken-question answering with one model (via the engine)."""
-
-    name: str
-    model: AeroForConditionalGeneration
-    processor: AeroProcessor
-    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
-    batch_size: int = 8
-    fallback_temperatures: tuple[float, ...] = ()  # see GenerationOptions; () = greedy only
-    num_beams: int = 1  # see GenerationOptions; 1 = greedy
-
-    def __post_init__(self):
-        from aero.engine import Engine, GenerationOptions
-
-        self.engine = Engine(self.model, self.processor, name=self.name, batch_size=self.batch_size)
-        self.options = GenerationOptions(max_new_tokens=self.max_new_tokens, fallback_temperatures=self.fallback_temperatures,
-                                         num_beams=self.num_beams)
-
-    def transcribe(self, audios: Sequence[np.ndarray], prompt: str | None = None) -> list[str]:
-        """16 kHz clips (any length: long ones become several 30 s windows) -> transcripts."""
-        return self.answer(audios, [prompt or self.processor.transcribe_prompt] * len(audios))
-
-    def answer(self, audios: Sequence[np.ndarray], prompts: Sequence[str]) -> list[str]:
-        """One clip and one text prompt per sample -> the model's replies, batched by length."""
-        if len(audios) != len(prompts):
-            raise ValueError(f"Got {len(audios)} audios but {len(prompts)} prompts; pass one prompt per audio.")
-        prepared = [self.engine.prepare(self.processor.transcription_messages(a, p), self.options) for a, p in zip(audios, prompts)]
-        return [r.text for r in self.engine.generate_all(prepared, self.options)]
-
-
-def load_transcriber(
-    name: str | os.PathLike = AERO_MINI,
-    cache_dir: str | os.PathLike | None = None,
-    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-) -> Transcriber:
-    model, processor = load(name, cache_dir)
-    return Transcriber(str(name), model, processor, max_new_tokens)

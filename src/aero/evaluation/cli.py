@@ -5,7 +5,7 @@ Notable choices:
   common case needs no sub-command word; `report`, `build-longform` and `compare` are
   sub-commands. Every command only parses options and calls a library function.
 - `--model faster-whisper:NAME_OR_DIR` runs the faster-whisper baseline; any other value goes
-  to `aero.models.load_transcriber`, imported only when needed.
+  to `aero.evaluation.transcriber.load_transcriber`, imported only when needed.
 - `librispeech-long` accepts a LibriSpeech directory (built into `<output>/longform` first)
   or a manifest built earlier with `aero eval build-longform`.
 - Errors a user can cause (missing data, bad manifest, missing optional package) are printed
@@ -38,10 +38,10 @@ def resolve_model(spec: str, max_new_tokens: int | None = None) -> Any:
 
         return FasterWhisperTranscriber(spec.split(":", 1)[1])
     try:
-        from aero.models import load_transcriber
+        from .transcriber import load_transcriber
     except ImportError as err:
         raise ImportError(
-            f"Cannot load model {spec!r}: aero.models.load_transcriber is not available ({err})."
+            f"Cannot load model {spec!r}: aero.evaluation.transcriber is not available ({err})."
         ) from None
     return load_transcriber(spec) if max_new_tokens is None else load_transcriber(spec, max_new_tokens=max_new_tokens)
 

@@ -31,6 +31,7 @@ from torch import nn
 
 from aero.adapter import ADAPTER_FILENAME, save_adapter
 from aero.audio import AudioError
+from aero.train.schedule import cosine_schedule
 from aero.data.manifest import (
     DatasetSpec,
     ManifestError,
@@ -216,8 +217,6 @@ def train_ctc(config, model, processor, out: Path, stop_after: int | None = None
 
     params = list(model.audio_modal_projector.parameters()) + list(stage.head.parameters())
     optimizer = torch.optim.AdamW(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
-    from aero.train.loop import cosine_schedule
-
     scheduler = cosine_schedule(optimizer, config.warmup_steps, config.cosine_steps, config.min_lr_ratio)
     state_path = out / "ctc_state.pt"
     step, epoch, position, seen_samples, seen_seconds = 0, 0, 0, 0, 0.0

@@ -1,7 +1,7 @@
 """Held-out WER during training: the learning curve (WER against samples and tokens seen).
 
 The held-out manifest's clips are transcribed exactly as `aero eval` and the evaluation
-scripts transcribe them: through the engine (`aero.models.Transcriber`), greedy, with the
+scripts transcribe them: through the engine (`aero.evaluation.transcriber.AeroTranscriber`), greedy, with the
 default transcription prompt and the engine's repetition guard, then scored as corpus WER
 with the Whisper normalizer. Curve points and final tables therefore agree on the same clips.
 (An earlier version called `model.generate` with each row's own prompt and no guard: one
@@ -24,12 +24,12 @@ def heldout_items(path: str | Path, limit: int) -> list:
 def heldout_wer(model, processor, items: list, batch_size: int = 8, max_new_tokens: int = 128) -> dict:
     from aero.audio import load_audio
     from aero.evaluation.wer import corpus_score, score_texts
-    from aero.models import Transcriber
+    from aero.evaluation.transcriber import AeroTranscriber
 
     was_training = model.training
     model.eval()
     try:
-        transcriber = Transcriber("heldout", model, processor, max_new_tokens=max_new_tokens, batch_size=batch_size)
+        transcriber = AeroTranscriber("heldout", model, processor, max_new_tokens=max_new_tokens, batch_size=batch_size)
         hypotheses = transcriber.transcribe([load_audio(item.audio) for item in items])
     finally:
         model.train(was_training)

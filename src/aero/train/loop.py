@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import random
 import time
@@ -32,8 +31,9 @@ from aero.data.manifest import read_dataset
 from aero.processing import IGNORE_INDEX
 from aero.train import checkpoint as ckpt
 from aero.train.adapter import apply_preset, continue_from_adapter, lora_settings
-from aero.train.config import ConfigError, TrainConfig, to_dict
+from aero.train.config import TrainConfig
 from aero.train.flops import flop_model
+from aero.train.schedule import cosine_schedule
 from aero.train.step import TrainingModule
 
 log = logging.getLogger(__name__)
@@ -118,16 +118,6 @@ def choose_attention(model, device, packed: bool) -> str:
     return name
 
 
-def cosine_schedule(optimizer, warmup: int, total: int, min_ratio: float):
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        progress = (step - warmup) / max(1, total - warmup)
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
 def loss_terms(batch: dict, mode: str) -> float:
     """How many loss terms a micro-batch adds (supervised tokens, or supervised samples)."""
     if "targets" not in batch:
@@ -186,28 +176,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def train(config: TrainConfig, stop_after: int | None = None) -> dict:
-    """Run (or resume) training; returns a summary. `stop_after` ends the run after that
-    many steps of this call without exporting (a stand-in for a crash, used by tests)."""
-    config.validate()
-    if config.init_adapter and not Path(config.init_adapter).exists():
-        raise ConfigError(f"init_adapter {config.init_adapter} does not exist (run the stage that writes it first).")
-    dist = Distributed()
-    out = Path(config.output_dir)
-    if dist.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(to_dict(config), indent=2, default=str))
-    seed_everything(config.seed)
-
-    model, processor = load_model_and_processor(config.model)
-    if config.objective == "ctc":
-        from aero.train.align import train_ctc
-
-        if config.init_adapter:  # the stage exports the projector only: refuse anything else
-            continue_from_adapter(apply_preset(model, "projector"), config.init_adapter, "projector", None)
-        if dist.enabled:
-            raise ValueError("The ctc alignment stage runs in one process; start it without torchrun.")
-        return train_ctc(config, model, processor, out, stop_after)
+def train_lm(config: TrainConfig, model, processor, out: Path, dist: Distributed, stop_after: int | None = None) -> dict:
+    """The LM objective (next-token loss on assistant tokens): `aero.train.run.train` calls this
+    with the model loaded and the run folder made."""
     lora = lora_settings(config) if config.preset == "lora" else None
     model = apply_preset(model, config.preset, config.train_audio_tower, lora)
     if config.init_adapter:

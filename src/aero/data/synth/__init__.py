@@ -13,7 +13,7 @@ from importlib import import_module
 _EXPORTS = {
     "synthesize": "pipeline", "plan_split": "pipeline",
     "load_recipe": "recipes", "Recipe": "recipes", "Split": "recipes", "RECIPES": "recipes", "RecipeError": "recipes",
-    "ToolMissing": "voices",
+    "ToolMissing": "tools",
 }
 __all__ = list(_EXPORTS)
 

@@ -22,7 +22,7 @@ import tempfile
 import numpy as np
 
 from aero.audio import SAMPLE_RATE
-from aero.data.synth.voices import require
+from aero.data.synth.tools import require
 
 TELEPHONE_BAND = (300, 3400)  # Hz
 TELEPHONE_RATE = 8000  # Hz, the round trip of narrow-band telephony

@@ -29,7 +29,7 @@ from importlib import resources
 
 import numpy as np
 
-from aero.data.synth.voices import ToolMissing, require
+from aero.data.synth.tools import ToolMissing, require
 
 INSTALL = "pip install 'aero[voices]'"
 KOKORO_SAMPLE_RATE = 24_000

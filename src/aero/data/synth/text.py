@@ -182,7 +182,7 @@ class SentencePool:
         self.generated_share = generated_share
         self.fortunes = [s for s in fortune_sentences() if is_heldout(s.text) == heldout]
         if not self.fortunes and generated_share < 1:
-            from aero.data.synth.voices import ToolMissing
+            from aero.data.synth.tools import ToolMissing
 
             raise ToolMissing(f"No sentences found in {FORTUNES_DIR}; run: apt-get install -y fortunes "
                               "(or set generated_share: 1.0 in the recipe).")

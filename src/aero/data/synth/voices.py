@@ -19,7 +19,6 @@ Notable choices:
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import tempfile
 from dataclasses import asdict, dataclass
@@ -28,6 +27,7 @@ from functools import cache
 import numpy as np
 
 from aero.audio import SAMPLE_RATE
+from aero.data.synth.tools import ToolMissing, require  # noqa: F401 - ToolMissing: part of this module's API
 
 ESPEAK_TRAIN_LANGS = ("en-us", "en-gb", "en-gb-x-rp", "en-gb-scotland", "en-gb-x-gbclan", "en-029", "en-us-nyc")
 ESPEAK_TRAIN_VARIANTS = {
@@ -53,18 +53,6 @@ NEURAL_ACCENTS = ("en-us", "en-gb")
 RATE_RANGE = (110, 230)  # espeak -s, words per minute (espeak's default is 175)
 PITCH_RANGE = (20, 80)  # espeak -p, 0..99 within the variant's own pitch range
 RATE_LABELS = {"slow": (105, 135), "normal": (160, 190), "fast": (215, 250)}  # clear gaps between classes
-
-
-class ToolMissing(RuntimeError):
-    """A system program (espeak-ng, text2wave, flite, sox) or one of its voices is not installed."""
-
-
-def require(tool: str) -> str:
-    path = shutil.which(tool)
-    if path is None:
-        raise ToolMissing(f"`{tool}` is not installed; run: apt-get install -y espeak-ng festival festvox-kallpc16k "
-                          "festvox-kdlpc16k festvox-us-slt-hts flite sox fortunes")
-    return path
 
 
 @cache

@@ -1,0 +1,54 @@
+"""`AeroTranscriber`: an aero model as the evaluation harness drives it (the runner's `Transcriber`
+protocol), a thin adapter over `aero.engine.Engine`: batched by length, repetition guard on,
+greedy unless the options say otherwise."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from aero.engine import Engine, GenerationOptions
+from aero.modeling import AeroForConditionalGeneration
+from aero.models import AERO_MINI, DEFAULT_MAX_NEW_TOKENS, load
+from aero.processing import AeroProcessor
+
+
+@dataclass
+class AeroTranscriber:
+    """Batched greedy transcription and spoken-question answering with one model (via the engine)."""
+
+    name: str
+    model: AeroForConditionalGeneration
+    processor: AeroProcessor
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    batch_size: int = 8
+    fallback_temperatures: tuple[float, ...] = ()  # see GenerationOptions; () = greedy only
+    num_beams: int = 1  # see GenerationOptions; 1 = greedy
+
+    def __post_init__(self):
+        self.engine = Engine(self.model, self.processor, name=self.name, batch_size=self.batch_size)
+        self.options = GenerationOptions(max_new_tokens=self.max_new_tokens, fallback_temperatures=self.fallback_temperatures,
+                                         num_beams=self.num_beams)
+
+    def transcribe(self, audios: Sequence[np.ndarray], prompt: str | None = None) -> list[str]:
+        """16 kHz clips (any length: long ones become several 30 s windows) -> transcripts."""
+        return self.answer(audios, [prompt or self.processor.transcribe_prompt] * len(audios))
+
+    def answer(self, audios: Sequence[np.ndarray], prompts: Sequence[str]) -> list[str]:
+        """One clip and one text prompt per sample -> the model's replies, batched by length."""
+        if len(audios) != len(prompts):
+            raise ValueError(f"Got {len(audios)} audios but {len(prompts)} prompts; pass one prompt per audio.")
+        prepared = [self.engine.prepare(self.processor.transcription_messages(a, p), self.options) for a, p in zip(audios, prompts)]
+        return [r.text for r in self.engine.generate_all(prepared, self.options)]
+
+
+def load_transcriber(
+    name: str | os.PathLike = AERO_MINI,
+    cache_dir: str | os.PathLike | None = None,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+) -> AeroTranscriber:
+    model, processor = load(name, cache_dir)
+    return AeroTranscriber(str(name), model, processor, max_new_tokens)
