@@ -53,9 +53,9 @@ def make_data(root: Path, n: int, seed: int) -> Path:
 
 def make_model(path: Path) -> None:
     import torch
-    from conftest import make_tiny_processor, tiny_config
 
     from aero.modeling import AeroForConditionalGeneration
+    from conftest import make_tiny_processor, tiny_config
 
     torch.manual_seed(0)
     config = tiny_config(

@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_tiny_model, make_tiny_processor, write_manifest
 from safetensors.torch import load_file
 
 from aero.data.manifest import DatasetSpec, read_dataset
@@ -13,6 +12,7 @@ from aero.modeling import AeroForConditionalGeneration
 from aero.train.align import CTCHead, _Stage, greedy_ctc, transcription_pair
 from aero.train.config import ConfigError, TrainConfig, apply_overrides
 from aero.train.run import train
+from conftest import make_tiny_model, make_tiny_processor, write_manifest
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import tone
 
 from aero.audio import (
     N_SAMPLES,
@@ -20,6 +19,7 @@ from aero.audio import (
     split_windows,
     window_tokens,
 )
+from conftest import tone
 
 
 def dominant_freq(x: np.ndarray, sr: int = SAMPLE_RATE) -> float:

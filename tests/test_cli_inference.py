@@ -6,11 +6,11 @@ import re
 import pytest
 import soundfile as sf
 import torch
-from conftest import make_looping_model, make_tiny_model, make_tiny_processor, tone
 from typer.testing import CliRunner
 
 from aero.audio import SAMPLE_RATE
 from aero.cli import app
+from conftest import make_looping_model, make_tiny_model, make_tiny_processor, tone
 
 runner = CliRunner()
 

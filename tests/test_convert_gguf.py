@@ -8,7 +8,14 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from aero.convert import gguf
 from aero.convert.cache import SOURCE_FILE
-from aero.convert.gguf import EMBEDDING_MULTIPLE, add_audio_embedding, load_gguf, load_smollm2, plain_copy, smollm2_dir
+from aero.convert.gguf import (
+    EMBEDDING_MULTIPLE,
+    add_audio_embedding,
+    load_gguf,
+    load_smollm2,
+    plain_copy,
+    smollm2_dir,
+)
 from aero.convert.whisper_ct2 import ConversionError
 from aero.modeling import AUDIO_TOKEN
 

@@ -8,7 +8,13 @@ import pytest
 
 from aero.audio import SAMPLE_RATE, audio_tokens_for_samples
 from aero.data.lengths import cached_lengths, estimate_length
-from aero.data.manifest import DatasetSpec, ManifestError, audio_paths, read_dataset, resolve_audio_path
+from aero.data.manifest import (
+    DatasetSpec,
+    ManifestError,
+    audio_paths,
+    read_dataset,
+    resolve_audio_path,
+)
 from conftest import make_tiny_processor, write_manifest
 
 

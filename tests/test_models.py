@@ -6,13 +6,13 @@ import subprocess
 
 import pytest
 import torch
-from conftest import make_tiny_model, make_tiny_processor, tone
 from safetensors.torch import save_file
 
 from aero import models
 from aero.audio import SAMPLE_RATE, audio_tokens_for_samples, load_audio
 from aero.evaluation.transcriber import AeroTranscriber, load_transcriber
 from aero.models import load
+from conftest import make_tiny_model, make_tiny_processor, tone
 
 
 @pytest.fixture

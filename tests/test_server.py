@@ -15,9 +15,9 @@ import urllib.request
 
 import pytest
 import soundfile as sf
-from conftest import make_looping_model, make_tiny_model, make_tiny_processor, tone
 
 from aero.audio import SAMPLE_RATE
+from conftest import make_looping_model, make_tiny_model, make_tiny_processor, tone
 
 openai = pytest.importorskip("openai")
 KEY = "test-key-123"

@@ -35,7 +35,14 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
-from aero.audio import CHUNK_LENGTH, N_SAMPLES, SAMPLE_RATE, load_audio, split_windows, window_tokens
+from aero.audio import (
+    CHUNK_LENGTH,
+    N_SAMPLES,
+    SAMPLE_RATE,
+    load_audio,
+    split_windows,
+    window_tokens,
+)
 from aero.processing import AeroProcessor
 
 DEFAULT_CHAT_TOKENS = 512  # reply budget of a chat request when max_new_tokens is None

@@ -26,7 +26,13 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
-from transformers import AutoTokenizer, GenerationConfig, LlamaForCausalLM, WhisperConfig, WhisperFeatureExtractor
+from transformers import (
+    AutoTokenizer,
+    GenerationConfig,
+    LlamaForCausalLM,
+    WhisperConfig,
+    WhisperFeatureExtractor,
+)
 
 from aero.adapter import apply_adapter
 from aero.convert.gguf import smollm2_dir

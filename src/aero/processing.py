@@ -32,7 +32,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import AutoProcessor, AutoTokenizer, BatchFeature, ProcessorMixin, WhisperFeatureExtractor
+from transformers import (
+    AutoProcessor,
+    AutoTokenizer,
+    BatchFeature,
+    ProcessorMixin,
+    WhisperFeatureExtractor,
+)
 
 from aero.audio import (
     HOP_LENGTH,
@@ -177,7 +183,7 @@ class AudioWindows:
 class AeroProcessor(ProcessorMixin):
     """Tokenizer + Whisper feature extractor + the Aero chat format, as a transformers processor.
 
-    `AutoProcessor.from_pretrained(path)` resolves to it (after `import aero`), and it reads and
+    `AutoProcessor.from_pretrained(path)` resolves to it (after `import aero.processing`); it reads and
     writes the published file set: tokenizer files, `preprocessor_config.json`,
     `processor_config.json` and `chat_template.json`.
 

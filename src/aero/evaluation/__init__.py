@@ -3,7 +3,14 @@ LibriSpeech, multiple-choice audio tasks, RTFx, reports. `aero eval` is in `cli.
 
 from .datasets import EvalItem, hf_items, librispeech_items, manifest_items
 from .runner import ASR_PROMPT, Transcriber, run_asr_eval, run_choice_eval
-from .wer import CorpusScore, UtteranceErrors, bootstrap_ci, corpus_score, paired_bootstrap, score_texts
+from .wer import (
+    CorpusScore,
+    UtteranceErrors,
+    bootstrap_ci,
+    corpus_score,
+    paired_bootstrap,
+    score_texts,
+)
 
 __all__ = [
     "ASR_PROMPT",

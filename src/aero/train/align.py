@@ -31,7 +31,6 @@ from torch import nn
 
 from aero.adapter import ADAPTER_FILENAME, save_adapter
 from aero.audio import AudioError
-from aero.train.schedule import cosine_schedule
 from aero.data.manifest import (
     DatasetSpec,
     ManifestError,
@@ -40,6 +39,7 @@ from aero.data.manifest import (
     with_resolved_audio,
 )
 from aero.processing import content_text, is_audio_part
+from aero.train.schedule import cosine_schedule
 
 TRANSCRIPTION_TASKS = ("transcribe", "long")
 

@@ -23,8 +23,8 @@ def heldout_items(path: str | Path, limit: int) -> list:
 
 def heldout_wer(model, processor, items: list, batch_size: int = 8, max_new_tokens: int = 128) -> dict:
     from aero.audio import load_audio
-    from aero.evaluation.wer import corpus_score, score_texts
     from aero.evaluation.transcriber import AeroTranscriber
+    from aero.evaluation.wer import corpus_score, score_texts
 
     was_training = model.training
     model.eval()

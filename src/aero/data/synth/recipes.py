@@ -92,7 +92,7 @@ def load_recipe(name_or_path: str) -> Recipe:
     if name_or_path in RECIPES:
         return RECIPES[name_or_path]
     path = Path(name_or_path)
-    if not path.suffix in (".yaml", ".yml"):
+    if path.suffix not in (".yaml", ".yml"):
         raise RecipeError(f"Unknown recipe {name_or_path!r}; use one of {', '.join(RECIPES)} or a .yaml file.")
     if not path.exists():
         raise RecipeError(f"Recipe file {path} does not exist.")
