@@ -2,7 +2,7 @@
 # Reproduce the shipped aero-mini adapter (stage 2d) from nothing: synthesize the data, run the
 # five training legs that made it, and evaluate the result on the held-out sets.
 #
-#   bash scripts/reproduce_aero_mini.sh [WORKDIR]          # the full recipe (~11 h on 2 CPU cores)
+#   bash scripts/reproduce_aero_mini.sh [WORKDIR]          # the full recipe (~8 h on 2 CPU cores: docs/training.md)
 #   bash scripts/reproduce_aero_mini.sh --smoke [WORKDIR]  # every step, a few samples and steps each
 #   bash scripts/reproduce_aero_mini.sh --ship [WORKDIR]   # also copy the result into the package
 #
