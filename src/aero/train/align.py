@@ -20,10 +20,10 @@ Notable choices:
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import time
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -39,9 +39,11 @@ from aero.data.manifest import (
     with_resolved_audio,
 )
 from aero.processing import content_text, is_audio_part
+from aero.train.logs import JsonlLog
 from aero.train.schedule import cosine_schedule
 
 TRANSCRIPTION_TASKS = ("transcribe", "long")
+PENALTY_WEIGHT = 0.1  # weight of the norm penalty beside the CTC loss
 
 
 def transcription_pair(sample: Sample) -> tuple[str, str] | None:
@@ -182,35 +184,27 @@ class _Stage:
         ]
 
 
-def _save_state(path: Path, state: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+@dataclass
+class CtcState:
+    """Where the stage stands; saved with the weights in `ctc_state.pt` and restored on resume."""
+
+    step: int = 0
+    epoch: int = 0
+    position: int = 0  # batches of this epoch already taken
+    seen_samples: int = 0
+    seen_seconds: float = 0.0
+    skipped: int = 0
 
 
 def train_ctc(config, model, processor, out: Path, stop_after: int | None = None) -> dict:
     """The CTC alignment stage (see the module docstring). Returns a summary; `stop_after`
     ends the call after that many steps without exporting (as `train` does)."""
-    from aero.data.lengths import cached_lengths
     from aero.evaluation.wer import corpus_score, score_texts
 
     model.requires_grad_(False)
     model.audio_modal_projector.requires_grad_(True)
     stage = _Stage(model, processor, config)
-    pairs, lengths, unreadable = [], [], []
-    for spec in config.data:
-        part = read_dataset(spec)
-        n, _, errors = cached_lengths(spec.path, part, processor, strict=config.strict_data)
-        unreadable += [(part[int(i)].source, msg) for i, msg in errors.items()]
-        for i, (sample, length) in enumerate(zip(part, n)):
-            if length is None:  # unreadable, already in `errors`
-                continue
-            pair = transcription_pair(sample)
-            if pair is not None:
-                pairs.append(pair)
-                lengths.append(length)
-    if not pairs:
-        raise ManifestError("The CTC alignment stage found no transcription samples (one audio, a text reply) in `data`.")
+    pairs, lengths, unreadable = _transcription_pairs(config, processor)
     heldout = []
     if config.eval_data:
         heldout = [p for p in map(transcription_pair, read_dataset(DatasetSpec(config.eval_data))) if p][: config.eval_samples]
@@ -219,80 +213,98 @@ def train_ctc(config, model, processor, out: Path, stop_after: int | None = None
     optimizer = torch.optim.AdamW(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
     scheduler = cosine_schedule(optimizer, config.warmup_steps, config.cosine_steps, config.min_lr_ratio)
     state_path = out / "ctc_state.pt"
-    step, epoch, position, seen_samples, seen_seconds = 0, 0, 0, 0, 0.0
-    state = {}
+    state = CtcState(skipped=len(unreadable))  # unreadable rows count from the start
     if config.resume and state_path.exists():
-        state = torch.load(state_path, weights_only=False)
-        model.audio_modal_projector.load_state_dict(state["projector"])
-        stage.head.load_state_dict(state["head"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        step, epoch, position = state["step"], state["epoch"], state["position"]
-        seen_samples, seen_seconds = state["seen_samples"], state["seen_seconds"]
-    n_skipped = state.get("skipped", len(unreadable))  # unreadable rows count from the start
+        state = _load_state(state_path, stage, optimizer, scheduler)
 
-    metrics = open(out / "metrics.jsonl", "a")
-    skipped = open(out / "skipped.jsonl", "a")
-    penalty_weight = 0.1
-    if step == 0:
-        for source, error in unreadable:
-            skipped.write(json.dumps({"stage": "length", "sample": source, "error": error}) + "\n")
-    batches = _batches(lengths, config.token_budget, config.seed, epoch)
+    metrics, skips = JsonlLog(out / "metrics.jsonl"), JsonlLog(out / "skipped.jsonl")
+    if state.step == 0:
+        skips.write([{"stage": "length", "sample": source, "error": error} for source, error in unreadable])
+    batches = _batches(lengths, config.token_budget, config.seed, state.epoch)
     started, steps_this_call = time.perf_counter(), 0
-    while step < config.max_steps:
-        if position >= len(batches):
-            epoch, position = epoch + 1, 0
-            batches = _batches(lengths, config.token_budget, config.seed, epoch)
-        chosen = [pairs[i] for i in batches[position]]
-        position += 1
+    while state.step < config.max_steps:
+        if state.position >= len(batches):
+            state.epoch, state.position = state.epoch + 1, 0
+            batches = _batches(lengths, config.token_budget, config.seed, state.epoch)
+        chosen = [pairs[i] for i in batches[state.position]]
+        state.position += 1
         t0 = time.perf_counter()
         failed: list = []
         projected, targets, references = stage.forward(chosen, None if config.strict_data else failed)
-        for path, error in failed:
-            skipped.write(json.dumps({"stage": "ctc", "sample": path, "error": error}) + "\n")
-        skipped.flush()
-        n_skipped += len(failed)
+        skips.write([{"stage": "ctc", "sample": path, "error": error} for path, error in failed])
+        state.skipped += len(failed)
         if not projected:
             continue
-        loss, ctc, penalty, logits, n_tokens = stage.loss(projected, targets, penalty_weight)
+        loss, ctc, penalty, logits, n_tokens = stage.loss(projected, targets, PENALTY_WEIGHT)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
         optimizer.step()
         scheduler.step()
-        step += 1
-        seen_samples += len(projected)
-        seen_seconds += sum(float(n) for n in n_tokens) / model_tokens_per_second(model)
+        state.step += 1
+        state.seen_samples += len(projected)
+        state.seen_seconds += sum(float(n) for n in n_tokens) / model_tokens_per_second(model)
         record = {
-            "step": step, "objective": "ctc", "loss": float(ctc.detach()), "norm_penalty": float(penalty.detach()),
-            "scale": float(stage.head.log_scale.detach().exp()), "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
-            "samples": len(projected), "skipped": n_skipped, "samples_seen": seen_samples, "audio_hours_seen": seen_seconds / 3600,
+            "step": state.step, "objective": "ctc", "loss": float(ctc.detach()), "norm_penalty": float(penalty.detach()),
+            "scale": float(stage.head.log_scale.detach().exp()), "lr": scheduler.get_last_lr()[0],
+            "grad_norm": float(grad_norm), "samples": len(projected), "skipped": state.skipped,
+            "samples_seen": state.seen_samples, "audio_hours_seen": state.seen_seconds / 3600,
             "step_s": time.perf_counter() - t0,
         }
-        if step % config.log_every == 0:
+        if state.step % config.log_every == 0:
             record["train_wer"] = corpus_score(score_texts(references, stage.decode(logits, n_tokens))).error_rate
-        if heldout and (step % config.eval_every == 0 or step == config.max_steps):
+        if heldout and (state.step % config.eval_every == 0 or state.step == config.max_steps):
             record.update(_heldout(stage, heldout))
-        metrics.write(json.dumps(record) + "\n")
-        metrics.flush()
-        if step % config.save_every == 0 or step == config.max_steps:
-            _save_state(state_path, {
-                "projector": model.audio_modal_projector.state_dict(), "head": stage.head.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
-                "epoch": epoch, "position": position, "seen_samples": seen_samples, "seen_seconds": seen_seconds,
-                "skipped": n_skipped,
-            })
+        metrics.write([record])
+        if state.step % config.save_every == 0 or state.step == config.max_steps:
+            _save_state(state_path, stage, optimizer, scheduler, state)
         steps_this_call += 1
         if stop_after is not None and steps_this_call >= stop_after:
             break
-    metrics.close()
-    skipped.close()
-    if step < config.max_steps:
-        return {"step": step, "skipped": n_skipped, "seconds": time.perf_counter() - started}
+    summary = {"step": state.step, "skipped": state.skipped, "seconds": time.perf_counter() - started}
+    if state.step < config.max_steps:
+        return summary
     weights = {f"audio_modal_projector.{k}": v for k, v in model.audio_modal_projector.state_dict().items()}
     adapter = save_adapter(out / "final" / ADAPTER_FILENAME, weights,
-                           {"preset": "projector", "objective": "ctc", "base_model": config.model, "step": step})
-    return {"step": step, "adapter": str(adapter), "skipped": n_skipped, "seconds": time.perf_counter() - started}
+                           {"preset": "projector", "objective": "ctc", "base_model": config.model, "step": state.step})
+    return {**summary, "adapter": str(adapter)}
+
+
+def _transcription_pairs(config, processor) -> tuple[list[tuple[str, str]], list[int], list[tuple[str, str]]]:
+    """The transcription samples of every dataset: (audio, text) pairs, their token lengths, and
+    (source, error) of the rows whose audio could not be measured."""
+    from aero.data.lengths import cached_lengths
+
+    pairs, lengths, unreadable = [], [], []
+    for spec in config.data:
+        part = read_dataset(spec)
+        n, _, errors = cached_lengths(spec.path, part, processor, strict=config.strict_data)
+        unreadable += [(part[int(i)].source, msg) for i, msg in errors.items()]
+        for sample, length in zip(part, n):
+            pair = transcription_pair(sample) if length is not None else None  # None: unreadable, in `errors`
+            if pair is not None:
+                pairs.append(pair)
+                lengths.append(length)
+    if not pairs:
+        raise ManifestError("The CTC alignment stage found no transcription samples (one audio, a text reply) in `data`.")
+    return pairs, lengths, unreadable
+
+
+def _save_state(path: Path, stage: _Stage, optimizer, scheduler, state: CtcState) -> None:
+    """Weights, optimizer, schedule and position, written atomically (a kill never leaves half a file)."""
+    tmp = path.with_suffix(".tmp")
+    torch.save({"projector": stage.model.audio_modal_projector.state_dict(), "head": stage.head.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), **asdict(state)}, tmp)
+    os.replace(tmp, path)
+
+
+def _load_state(path: Path, stage: _Stage, optimizer, scheduler) -> CtcState:
+    saved = torch.load(path, weights_only=False)
+    stage.model.audio_modal_projector.load_state_dict(saved["projector"])
+    stage.head.load_state_dict(saved["head"])
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    return CtcState(**{f.name: saved[f.name] for f in fields(CtcState) if f.name in saved})
 
 
 def model_tokens_per_second(model) -> float:

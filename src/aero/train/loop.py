@@ -13,11 +13,11 @@ Notable choices:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +33,7 @@ from aero.train import checkpoint as ckpt
 from aero.train.adapter import apply_preset, continue_from_adapter, lora_settings
 from aero.train.config import TrainConfig
 from aero.train.flops import flop_model
+from aero.train.logs import JsonlLog, MetricsLog
 from aero.train.schedule import cosine_schedule
 from aero.train.step import TrainingModule
 
@@ -128,34 +129,6 @@ def loss_terms(batch: dict, mode: str) -> float:
     return float(batch["sample_ids"][supervised].unique().numel())
 
 
-class MetricsLog:
-    def __init__(self, output_dir: Path, enabled: bool):
-        self.enabled = enabled
-        self.path = output_dir / "metrics.jsonl"
-        self.tb = None
-        if enabled:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(output_dir / "tensorboard"))
-            except Exception:  # tensorboard not installed: the JSONL log is enough
-                self.tb = None
-
-    def write(self, record: dict) -> None:
-        if not self.enabled:
-            return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if self.tb is not None:
-            for k, v in record.items():
-                if isinstance(v, (int, float)) and k != "step":
-                    self.tb.add_scalar(k, v, record["step"])
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-
-
 def _progress(enabled: bool, total: int, start: int):
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -176,9 +149,79 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@dataclass
+class RunState:
+    """Where a run stands; saved in every checkpoint (with the scheduler) and restored on resume."""
+
+    step: int = 0  # optimizer steps taken
+    consumed: int = 0  # micro-batches read from the plan (the data position)
+    skipped: int = 0  # samples left out: unreadable at measuring or loading
+    seen_samples: float = 0.0
+    seen_tokens: float = 0.0
+
+
 def train_lm(config: TrainConfig, model, processor, out: Path, dist: Distributed, stop_after: int | None = None) -> dict:
     """The LM objective (next-token loss on assistant tokens): `aero.train.run.train` calls this
     with the model loaded and the run folder made."""
+    model, module, attention, flops = _prepare_model(config, model, dist)
+    skips = JsonlLog(out / "skipped.jsonl", dist.is_main)
+    plan, dataset, collate, unreadable = _data_pipeline(config, processor, dist, skips)
+    if dist.enabled:
+        shard(module)
+    optimizer, scheduler, params = _optimizer(config, module)
+    state = _resume(config, out, module, optimizer, scheduler, RunState(skipped=unreadable))
+    heldout = None
+    if config.eval_data:
+        from aero.train.heldout import heldout_items
+
+        heldout = heldout_items(config.eval_data, config.eval_samples)
+
+    use_bf16 = config.bf16 if config.bf16 is not None else dist.device.type == "cuda"
+    metrics = MetricsLog(out, dist.is_main)
+    progress, task = _progress(config.progress and dist.is_main, config.max_steps, state.step)
+    data = _batches(plan, dataset, collate, config, state.consumed)
+    last_batch, steps_this_call, losses = None, 0, []
+    started = time.perf_counter()
+    with progress:
+        while state.step < config.max_steps:
+            t0 = time.perf_counter()
+            micro, last_batch = _micro_batches(data, config, state, skips, dist, last_batch)
+            loss, grad_norm = _optimizer_step(module, micro, config, dist, use_bf16, params, optimizer, scheduler)
+            state.step += 1
+            steps_this_call += 1
+            losses.append(loss)
+            record = _step_record(micro, state, dist, flops, loss, grad_norm, scheduler, time.perf_counter() - t0)
+            record["attention"] = attention
+            if state.step % config.save_every == 0 or state.step == config.max_steps:
+                trainer_state = {"scheduler": scheduler.state_dict(), **asdict(state)}
+                ckpt.save_checkpoint(out, state.step, module, optimizer, trainer_state, config.keep_last, dist.is_main)
+                dist.barrier()
+            # after the checkpoint: a failing check costs its curve point, never the steps trained
+            if heldout and not dist.enabled and (state.step % config.eval_every == 0 or state.step == config.max_steps):
+                record.update(_heldout_point(model, processor, heldout, config, state.step))
+            if config.peak_flops:
+                record["mfu"] = record["flops"] / record["step_s"] / (config.peak_flops * dist.world_size)
+            if state.step % config.log_every == 0 or state.step == config.max_steps or "heldout_wer" in record:
+                metrics.write(record)
+            info = f"loss {loss:.4f} | {record['tokens_per_s']:.0f} tok/s | pad {record['padding']:.1%}"
+            if "mfu" in record:
+                info += f" | MFU {record['mfu']:.2f}"
+            progress.update(task, completed=state.step, info=info)
+            if stop_after is not None and steps_this_call >= stop_after:
+                break
+    metrics.close()
+
+    summary = {"step": state.step, "losses": losses, "skipped": state.skipped, "seconds": time.perf_counter() - started}
+    if state.step >= config.max_steps:
+        export(module, model, processor, config, out, dist)
+        summary["model_dir"] = str(out / "final" / "model")
+        summary["adapter"] = str(out / "final" / ADAPTER_FILENAME)
+    dist.close()
+    return summary
+
+
+def _prepare_model(config: TrainConfig, model, dist: Distributed):
+    """The preset's trainable parts (LoRA, adapter to continue from), on the device, in train mode."""
     lora = lora_settings(config) if config.preset == "lora" else None
     model = apply_preset(model, config.preset, config.train_audio_tower, lora)
     if config.init_adapter:
@@ -186,19 +229,19 @@ def train_lm(config: TrainConfig, model, processor, out: Path, dist: Distributed
     model.to(dist.device)
     model.train()
     attention = choose_attention(model, dist.device, packed=config.batching == "pack")
-    flops = flop_model(model)
     module = TrainingModule(model, config.loss_chunk, config.loss_reduction)
+    return model, module, attention, flop_model(model)
 
-    # Data: every dataset read and measured once (lengths cached per manifest).
+
+def _data_pipeline(config: TrainConfig, processor, dist: Distributed, skips: JsonlLog):
+    """Every dataset read and measured once (lengths cached per manifest) -> the batch plan, the
+    dataset and the collator; samples that cannot be measured are logged and counted."""
     samples, lengths, sizes, unreadable = [], [], [], 0
     for spec in config.data:
         part = read_dataset(spec)
         n, _, errors = cached_lengths(spec.path, part, processor, strict=config.strict_data)
         unreadable += len(errors)
-        if dist.is_main and errors:
-            with open(out / "skipped.jsonl", "a") as f:
-                for i, msg in errors.items():
-                    f.write(json.dumps({"stage": "length", "sample": part[int(i)].source, "error": msg}) + "\n")
+        skips.write([{"stage": "length", "sample": part[int(i)].source, "error": msg} for i, msg in errors.items()])
         samples += part
         lengths += n
         sizes.append(len(part))
@@ -208,139 +251,118 @@ def train_lm(config: TrainConfig, model, processor, out: Path, dist: Distributed
     )
     dataset = TrainDataset(samples, processor, strict=config.strict_data)
     collate = Collator(processor, packed=config.batching == "pack", pad_audio_to_30s=config.pad_audio_to_30s)
+    return plan, dataset, collate, unreadable
 
-    if dist.enabled:
-        shard(module)
+
+def _optimizer(config: TrainConfig, module):
+    """AdamW over the trainable parameters (the projector may have its own rate) + the schedule."""
     trainable = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
     groups = [{"params": [p for n, p in trainable if "audio_modal_projector" not in n], "lr": config.lr},
               {"params": [p for n, p in trainable if "audio_modal_projector" in n],
                "lr": config.lr if config.projector_lr is None else config.projector_lr}]
-    params = [p for _, p in trainable]
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr, betas=config.betas,
                                   weight_decay=config.weight_decay)
     scheduler = cosine_schedule(optimizer, config.warmup_steps, config.cosine_steps, config.min_lr_ratio)
+    return optimizer, scheduler, [p for _, p in trainable]
 
-    step, consumed, skipped, seen_samples, seen_tokens = 0, 0, unreadable, 0.0, 0.0
-    if config.resume and ckpt.checkpoints(out):
-        state = ckpt.load_checkpoint(ckpt.checkpoints(out)[-1], module, optimizer)
-        scheduler.load_state_dict(state["scheduler"])
-        step, consumed, skipped = state["step"], state["consumed"], state["skipped"]
-        seen_samples, seen_tokens = state.get("seen_samples", 0.0), state.get("seen_tokens", 0.0)
-    heldout = None
-    if config.eval_data:
-        from aero.train.heldout import heldout_items
 
-        heldout = heldout_items(config.eval_data, config.eval_samples)
+def _resume(config: TrainConfig, out: Path, module, optimizer, scheduler, fresh: RunState) -> RunState:
+    """The state of the last checkpoint (weights, optimizer and schedule loaded), or `fresh`."""
+    if not (config.resume and ckpt.checkpoints(out)):
+        return fresh
+    saved = ckpt.load_checkpoint(ckpt.checkpoints(out)[-1], module, optimizer)
+    scheduler.load_state_dict(saved["scheduler"])
+    return RunState(saved["step"], saved["consumed"], saved["skipped"], saved.get("seen_samples", 0.0),
+                    saved.get("seen_tokens", 0.0))
 
-    def batches():
-        plan.epoch, plan.position = 0, 0
-        it = iter(plan)
-        for _ in range(consumed):
-            next(it)  # fast-forward: plans are computed, nothing is loaded
-        loader = torch.utils.data.DataLoader(
-            dataset, batch_sampler=it, collate_fn=collate, num_workers=config.num_workers,
-            persistent_workers=config.num_workers > 0,
-        )
-        yield from loader
 
-    use_bf16 = config.bf16 if config.bf16 is not None else dist.device.type == "cuda"
-    metrics = MetricsLog(out, dist.is_main)
-    progress, task = _progress(config.progress and dist.is_main, config.max_steps, step)
-    data = batches()
-    last_batch = None
-    steps_this_call = 0
-    started = time.perf_counter()
-    losses: list[float] = []
-    with progress:
-        while step < config.max_steps:
-            t0 = time.perf_counter()
-            micro = []
-            for _ in range(config.grad_accum):
-                batch = next(data)
-                consumed += 1
-                if batch["errors"]:
-                    skipped += len(batch["errors"])
-                    if dist.is_main:
-                        with open(out / "skipped.jsonl", "a") as f:
-                            for msg in batch["errors"]:
-                                f.write(json.dumps({"stage": "load", "step": step, "error": msg}) + "\n")
-                if batch["n_samples"] == 0:
-                    if not dist.enabled:
-                        continue
-                    batch = {**last_batch, "_weight": 0.0}  # keep ranks in step with a zero-weight repeat
-                last_batch = batch
-                micro.append(batch)
-            terms = dist.sum(sum(loss_terms(b, config.loss_reduction) * b.get("_weight", 1.0) for b in micro))
-            loss_sum = 0.0
-            for batch in micro:
-                with torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                    total, _ = module(batch)
-                scaled = total * batch.get("_weight", 1.0) * dist.world_size / max(terms, 1.0)
-                scaled.backward()
-                loss_sum += float(total.detach()) * batch.get("_weight", 1.0)
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            steps_this_call += 1
+def _batches(plan: BatchPlan, dataset, collate, config: TrainConfig, consumed: int):
+    """Batches from the data position `consumed` on (fast-forward: plans are computed, nothing is loaded)."""
+    plan.epoch, plan.position = 0, 0
+    it = iter(plan)
+    for _ in range(consumed):
+        next(it)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=it, collate_fn=collate, num_workers=config.num_workers,
+        persistent_workers=config.num_workers > 0,
+    )
+    yield from loader
 
-            elapsed = time.perf_counter() - t0
-            real = dist.sum(sum(b["n_tokens"] for b in micro if "_weight" not in b))
-            slots = dist.sum(sum(b["n_slots"] for b in micro if "_weight" not in b))
-            loss = dist.sum(loss_sum) / max(terms, 1.0)
-            losses.append(loss)
-            step_flops = dist.sum(sum(
-                flops.step_flops(b["seq_lens"], _window_positions(b), int((b["targets"] != IGNORE_INDEX).sum()))
-                for b in micro if "_weight" not in b
-            ))
-            samples_now = dist.sum(sum(b["n_samples"] for b in micro if "_weight" not in b))
-            seen_samples += samples_now
-            seen_tokens += real
-            record = {
-                "step": step, "loss": loss, "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
-                "tokens": real, "padding": 1 - real / max(slots, 1), "tokens_per_s": real / elapsed,
-                "step_s": elapsed, "samples": samples_now, "samples_seen": seen_samples, "tokens_seen": seen_tokens,
-                "skipped": skipped, "flops": step_flops, "consumed": consumed, "attention": attention,
-            }
-            if step % config.save_every == 0 or step == config.max_steps:
-                trainer_state = {"scheduler": scheduler.state_dict(), "step": step, "consumed": consumed,
-                                 "skipped": skipped, "seen_samples": seen_samples, "seen_tokens": seen_tokens}
-                ckpt.save_checkpoint(out, step, module, optimizer, trainer_state, config.keep_last, dist.is_main)
-                dist.barrier()
-            # after the checkpoint: a failing check costs its curve point, never the steps trained
-            if heldout and not dist.enabled and (step % config.eval_every == 0 or step == config.max_steps):
-                from aero.train.heldout import heldout_wer
 
-                try:
-                    record.update(heldout_wer(model, processor, heldout, max_new_tokens=config.eval_max_new_tokens))
-                except Exception as err:
-                    log.exception("The held-out check at step %d failed; training goes on", step)
-                    record["heldout_error"] = f"{type(err).__name__}: {err}"
-            frames = dist.sum(sum(b.get("audio_frames", 0) for b in micro if "_weight" not in b))
-            frame_slots = dist.sum(sum(b.get("audio_frame_slots", 0) for b in micro if "_weight" not in b))
-            if frame_slots:
-                record["audio_padding"] = 1 - frames / frame_slots
-            if config.peak_flops:
-                record["mfu"] = step_flops / elapsed / (config.peak_flops * dist.world_size)
-            if step % config.log_every == 0 or step == config.max_steps or "heldout_wer" in record:
-                metrics.write(record)
-            info = f"loss {loss:.4f} | {record['tokens_per_s']:.0f} tok/s | pad {record['padding']:.1%}"
-            if "mfu" in record:
-                info += f" | MFU {record['mfu']:.2f}"
-            progress.update(task, completed=step, info=info)
+def _micro_batches(data, config: TrainConfig, state: RunState, skips: JsonlLog, dist: Distributed, last_batch):
+    """One step's `grad_accum` micro-batches; samples that fail to load are logged and counted. An
+    empty batch is dropped, or under torchrun repeated at weight 0 so every rank runs the step."""
+    micro = []
+    for _ in range(config.grad_accum):
+        batch = next(data)
+        state.consumed += 1
+        if batch["errors"]:
+            state.skipped += len(batch["errors"])
+            skips.write([{"stage": "load", "step": state.step, "error": msg} for msg in batch["errors"]])
+        if batch["n_samples"] == 0:
+            if not dist.enabled:
+                continue
+            batch = {**last_batch, "_weight": 0.0}  # keep ranks in step with a zero-weight repeat
+        last_batch = batch
+        micro.append(batch)
+    return micro, last_batch
 
-            if stop_after is not None and steps_this_call >= stop_after:
-                break
-    metrics.close()
 
-    summary = {"step": step, "losses": losses, "skipped": skipped, "seconds": time.perf_counter() - started}
-    if step >= config.max_steps:
-        export(module, model, processor, config, out, dist)
-        summary["model_dir"] = str(out / "final" / "model")
-        summary["adapter"] = str(out / "final" / ADAPTER_FILENAME)
-    dist.close()
-    return summary
+def _optimizer_step(module, micro, config: TrainConfig, dist: Distributed, use_bf16: bool, params, optimizer,
+                    scheduler) -> tuple[float, torch.Tensor]:
+    """Forward/backward every micro-batch, scaled by the step's loss terms over all ranks, then one
+    clipped optimizer step. Returns the step's mean loss and the gradient norm."""
+    terms = dist.sum(sum(loss_terms(b, config.loss_reduction) * b.get("_weight", 1.0) for b in micro))
+    loss_sum = 0.0
+    for batch in micro:
+        with torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            total, _ = module(batch)
+        scaled = total * batch.get("_weight", 1.0) * dist.world_size / max(terms, 1.0)
+        scaled.backward()
+        loss_sum += float(total.detach()) * batch.get("_weight", 1.0)
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return dist.sum(loss_sum) / max(terms, 1.0), grad_norm
+
+
+def _step_record(micro, state: RunState, dist: Distributed, flops, loss: float, grad_norm, scheduler,
+                 elapsed: float) -> dict:
+    """The metrics line of one step (counts summed over ranks; zero-weight repeats left out)."""
+    real_batches = [b for b in micro if "_weight" not in b]
+
+    def total(key: str) -> float:
+        return dist.sum(sum(b.get(key, 0) for b in real_batches))
+
+    real, slots, samples_now = total("n_tokens"), total("n_slots"), total("n_samples")
+    step_flops = dist.sum(sum(
+        flops.step_flops(b["seq_lens"], _window_positions(b), int((b["targets"] != IGNORE_INDEX).sum()))
+        for b in real_batches
+    ))
+    state.seen_samples += samples_now
+    state.seen_tokens += real
+    record = {
+        "step": state.step, "loss": loss, "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+        "tokens": real, "padding": 1 - real / max(slots, 1), "tokens_per_s": real / elapsed,
+        "step_s": elapsed, "samples": samples_now, "samples_seen": state.seen_samples,
+        "tokens_seen": state.seen_tokens, "skipped": state.skipped, "flops": step_flops, "consumed": state.consumed,
+    }
+    frames, frame_slots = total("audio_frames"), total("audio_frame_slots")
+    if frame_slots:
+        record["audio_padding"] = 1 - frames / frame_slots
+    return record
+
+
+def _heldout_point(model, processor, heldout, config: TrainConfig, step: int) -> dict:
+    """The held-out WER at this step; a failure is logged and recorded, and training goes on."""
+    from aero.train.heldout import heldout_wer
+
+    try:
+        return heldout_wer(model, processor, heldout, max_new_tokens=config.eval_max_new_tokens)
+    except Exception as err:
+        log.exception("The held-out check at step %d failed; training goes on", step)
+        return {"heldout_error": f"{type(err).__name__}: {err}"}
 
 
 def _window_positions(batch: dict) -> list[int]:
