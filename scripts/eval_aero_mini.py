@@ -38,7 +38,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from aero.adapter import apply_adapter
-    from aero.engine import FALLBACK_TEMPERATURES
+    from aero.decoding import FALLBACK_TEMPERATURES
     from aero.evaluation.transcriber import AeroTranscriber
     from aero.models import load
 

@@ -6,16 +6,15 @@ import soundfile as sf
 import torch
 
 from aero.audio import SAMPLE_RATE, AudioError
-from aero.engine import (
+from aero.decoding import (
     FALLBACK_TEMPERATURES,
-    ContextLengthError,
-    Engine,
+    Decoder,
     GenerationOptions,
     NgramBan,
     loop_start,
-    model_facts,
     repeated_ngram,
 )
+from aero.engine import ContextLengthError, Engine, model_facts
 from conftest import make_looping_model, make_tiny_model, make_tiny_processor, tone
 
 GREEDY = GenerationOptions(max_new_tokens=12, repetition_guard=False)
@@ -67,6 +66,22 @@ def test_stream_joins_to_text(engine):
     pieces = list(stream)
     assert len(pieces) > 1 and "".join(pieces) == stream.result.text
     assert stream.result.text == engine.chat(messages, GREEDY).text
+
+
+def test_decoder_steps_give_every_token_and_results_hold_the_replies(engine):
+    messages = [engine.processor.transcription_messages(c) for c in clips()[:3]]
+    prepared = [engine.prepare(m, GREEDY, transcription=True) for m in messages]
+    prefill = lambda rows: engine._prefill([prepared[r] for r in rows])
+    limits = [p.max_new_tokens for p in prepared]
+    decoder = Decoder(engine.model.language_model, prefill, limits, engine.eos_ids, GREEDY)
+    assert decoder.results is None  # nothing decoded before the first step
+    tokens: list[list[int]] = [[], [], []]
+    for step in decoder.steps():
+        for row, token in step:
+            tokens[row].append(token)
+    replies = [d.token_ids for d in decoder.results]
+    assert replies == [[t for t in row if t not in engine.eos_ids] for row in tokens]
+    assert replies == [r.token_ids for r in engine.generate_all(prepared, GREEDY)]
 
 
 def test_repetition_guard_stops_a_forced_loop():

@@ -16,8 +16,8 @@ from typing import Any
 _EXPORTS = {
     "load": "aero.models",
     "Engine": "aero.engine",
-    "GenerationOptions": "aero.engine",
-    "FALLBACK_TEMPERATURES": "aero.engine",
+    "GenerationOptions": "aero.decoding",
+    "FALLBACK_TEMPERATURES": "aero.decoding",
     "Result": "aero.engine",
     "AeroForConditionalGeneration": "aero.modeling",
     "AeroConfig": "aero.modeling",

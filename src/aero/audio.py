@@ -15,6 +15,7 @@ Notable choices:
 
 from __future__ import annotations
 
+import base64
 import io
 import math
 import os
@@ -106,6 +107,16 @@ def _decode(source: Any, name: str) -> tuple[np.ndarray, int]:
         raise AudioError(f"Audio source {name} could not be decoded as audio ({type(err).__name__}: {err}).") from None
 
 
+def decode_base64_audio(data: str | bytes | None) -> bytes:
+    """Base64 text (the `data` of an OpenAI `input_audio` part) -> the audio file's bytes."""
+    if data is None:
+        raise AudioError("input_audio content is not valid base64 audio data (it has no 'data').")
+    try:
+        return base64.b64decode(data, validate=True)
+    except (TypeError, ValueError) as err:  # binascii.Error is a ValueError
+        raise AudioError(f"input_audio content is not valid base64 audio data ({err}).") from None
+
+
 def _to_mono(samples: np.ndarray, name: str) -> np.ndarray:
     """(n,) or (channels, n) or (n, channels) -> (n,). The shorter axis is taken as channels."""
     if samples.ndim == 1:
@@ -169,12 +180,8 @@ def load_audio(source: AudioSource, sampling_rate: int | None = None) -> np.ndar
 
 
 def duration_seconds(samples: np.ndarray) -> float:
+    """Seconds of 16 kHz audio."""
     return len(samples) / SAMPLE_RATE
-
-
-def num_windows(n_samples: int) -> int:
-    """How many 30 s windows `n_samples` of 16 kHz audio fill (the last one may be partial)."""
-    return max(1, math.ceil(n_samples / N_SAMPLES))
 
 
 def split_windows(samples: np.ndarray) -> list[np.ndarray]:

@@ -6,6 +6,8 @@ from typing import List, Optional
 
 import typer
 
+from aero.server_settings import ServerSettings
+
 app = typer.Typer(help="Aero-1-Audio: transcribe, chat about audio, train and evaluate compact audio LLMs.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 
@@ -69,7 +71,7 @@ def _load_engine(model: str | None, batch_size: int = 8, int8: bool = False, thr
 
 def _options(max_new_tokens: int | None, temperature: float = 0.0, repetition_guard: bool = True, fallback: bool = False,
              beam_size: int = 1):
-    from aero.engine import FALLBACK_TEMPERATURES, GenerationOptions
+    from aero.decoding import FALLBACK_TEMPERATURES, GenerationOptions
 
     try:
         return GenerationOptions(max_new_tokens=max_new_tokens, temperature=temperature, repetition_guard=repetition_guard,
@@ -196,29 +198,41 @@ def chat(
 @app.command()
 def serve(
     model: str | None = typer.Option(None, help=MODEL_HELP),
-    host: str = typer.Option("127.0.0.1", help="Interface to bind (0.0.0.0 exposes it to the network)."),
+    host: str = typer.Option("127.0.0.1",
+                             help="Interface to bind (0.0.0.0 exposes it to the network)."),
     port: int = typer.Option(8000),
-    api_key: str | None = typer.Option(None, envvar="AERO_API_KEY", help="Require 'Authorization: Bearer KEY' (all routes but /health)."),
-    max_upload_mb: float = typer.Option(25.0, help="Largest upload or request body, MB (413 above)."),
-    max_audio_seconds: float = typer.Option(1800.0, help="Longest audio per request, seconds (400 above)."),
-    max_queue: int = typer.Option(64, help="Requests waiting or running at once; more get 503."),
-    timeout: float = typer.Option(600.0, help="Seconds a request may wait and run before a 504."),
-    batch_size: int = typer.Option(8, help="Queued requests decoded together."),
-    int8: bool = typer.Option(False, "--int8", help="Dynamic int8 quantization of the LM's Linear layers (CPU)."),
+    api_key: str | None = typer.Option(
+        None, envvar="AERO_API_KEY",
+        help="Require 'Authorization: Bearer KEY' (all routes but /health)."),
+    max_upload_mb: float = typer.Option(
+        ServerSettings.max_upload_bytes / 2**20,
+        help="Largest upload or request body, MB (413 above)."),
+    max_audio_seconds: float = typer.Option(
+        ServerSettings.max_audio_seconds,
+        help="Longest audio per request, seconds (400 above)."),
+    max_queue: int = typer.Option(ServerSettings.max_queue,
+                                  help="Requests waiting or running at once; more get 503."),
+    timeout: float = typer.Option(ServerSettings.timeout_s,
+                                  help="Seconds a request may wait and run before a 504."),
+    batch_size: int = typer.Option(ServerSettings.batch_size,
+                                   help="Queued requests decoded together."),
+    int8: bool = typer.Option(False, "--int8",
+                              help="Dynamic int8 quantization of the LM's Linear layers (CPU)."),
     threads: int | None = typer.Option(None, help="CPU threads for torch."),
-    fallback: bool = typer.Option(False, "--fallback/--no-fallback",
-                                  help="Transcriptions at temperature 0 that loop are decoded again at 0.2 ... 1.0."),
+    fallback: bool = typer.Option(
+        ServerSettings.fallback, "--fallback/--no-fallback",
+        help="Transcriptions at temperature 0 that loop are decoded again at 0.2 ... 1.0."),
 ) -> None:
     """OpenAI-compatible HTTP server: /v1/audio/transcriptions, /v1/chat/completions, /v1/models, /health."""
     import uvicorn
 
-    from aero.server import ServerSettings, create_app
+    from aero.server import create_app
 
     engine = _load_engine(model, batch_size, int8, threads)
     settings = ServerSettings(
-        model_name=engine.name, api_key=api_key or None, max_upload_bytes=int(max_upload_mb * 2**20),
-        max_audio_seconds=max_audio_seconds, max_queue=max_queue, timeout_s=timeout, batch_size=batch_size,
-        fallback=fallback,
+        model_name=engine.name, api_key=api_key or None,
+        max_upload_bytes=int(max_upload_mb * 2**20), max_audio_seconds=max_audio_seconds,
+        max_queue=max_queue, timeout_s=timeout, batch_size=batch_size, fallback=fallback,
     )
     uvicorn.run(create_app(engine, settings), host=host, port=port, log_level="info")
 

@@ -31,6 +31,9 @@ AUDIO_TOKEN = "<|AUDIO|>"
 # Qwen2.5's 151643 base tokens + 22 specials + <image>, <video> -> <|AUDIO|> is id 151667.
 # (The reference default 151648 is stale; scripts that use the release hard-code 151667.)
 DEFAULT_AUDIO_TOKEN_INDEX = 151667
+# Mel frames the encoder's convolutions read past a window's last real frame (conv1, k=3, reads
+# one; conv2, k=3 stride 2, one more): inputs are cut this far past the real length, not to 3000.
+ENCODER_LOOKAHEAD_FRAMES = 2
 
 WHISPER_LARGE_V3_ENCODER = {
     "d_model": 1280,
@@ -195,7 +198,8 @@ class AeroForConditionalGeneration(AeroPreTrainedModel, GenerationMixin):
         for group in groups:
             values, mask = audio_values, audio_attention_mask
             if group is not None:
-                T = min(max(group_frames for _, group_frames in group) + 2, audio_values.shape[-1])
+                longest = max(group_frames for _, group_frames in group)
+                T = min(longest + ENCODER_LOOKAHEAD_FRAMES, audio_values.shape[-1])
                 index = torch.tensor([i for i, _ in group], device=audio_values.device)
                 values, mask = audio_values[index, :, :T], audio_attention_mask[index, :T]
             features, tokens = self.encode_audio(values, mask)
@@ -281,7 +285,10 @@ def encoder_frame_slots(frames: list[int], frames_per_window: int) -> int:
     """Mel frames the encoder actually runs for windows of `frames` real frames (after grouping)."""
     if len(frames) <= 1:
         return len(frames) * frames_per_window
-    return sum(len(g) * min(max(f for _, f in g) + 2, frames_per_window) for g in _length_groups(frames))
+    return sum(
+        len(g) * min(max(f for _, f in g) + ENCODER_LOOKAHEAD_FRAMES, frames_per_window)
+        for g in _length_groups(frames)
+    )
 
 
 def _length_groups(frames: list[int], slack: float = 1.1) -> list[list[tuple[int, int]]]:

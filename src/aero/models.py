@@ -50,7 +50,6 @@ MINI_PROJECTOR_STACK = 4
 MINI_PROJECTOR_TYPE = "mlp"
 ADAPTER_FILE = Path(__file__).parent / "assets" / AERO_MINI / "adapter.safetensors"
 PROJECTOR_SEED = 0  # the untrained projector is reproducible
-DEFAULT_MAX_NEW_TOKENS = 512
 PUBLISHED_MODEL = "lmms-lab/Aero-1-Audio"  # the released 1.5B checkpoint, the default when it can be had
 MODEL_ENV = "AERO_MODEL"  # environment variable naming the model to use when a command names none
 HUB_TIMEOUT_S = 3.0  # how long the default-model check waits for the Hub before settling on aero-mini

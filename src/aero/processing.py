@@ -48,12 +48,13 @@ from aero.audio import (
     N_SAMPLES,
     SAMPLE_RATE,
     AudioError,
+    decode_base64_audio,
     load_audio,
     mel_frames,
     split_windows,
     window_tokens,
 )
-from aero.modeling import AUDIO_TOKEN, AeroConfig
+from aero.modeling import AUDIO_TOKEN, ENCODER_LOOKAHEAD_FRAMES, AeroConfig
 
 log = logging.getLogger(__name__)
 
@@ -99,13 +100,8 @@ def audio_source(part: dict, root: str | os.PathLike | None = None) -> Any:
         url = part["audio_url"]["url"] if isinstance(part["audio_url"], dict) else part["audio_url"]
         return Path(root) / url if root is not None and not os.path.isabs(url) else url
     if "input_audio" in part:
-        import base64
-        import binascii
-
-        try:
-            return base64.b64decode(part["input_audio"]["data"], validate=True)
-        except (binascii.Error, KeyError, TypeError) as err:
-            raise AudioError(f"input_audio content is not valid base64 audio data ({err}).") from None
+        spec = part["input_audio"]
+        return decode_base64_audio(spec.get("data") if isinstance(spec, dict) else None)  # None: an error
     if "audio" in part:
         src = part["audio"]
         if root is not None and isinstance(src, str) and not os.path.isabs(src):
@@ -313,14 +309,14 @@ class AeroProcessor(ProcessorMixin):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Windows of <= 30 s -> (W, M, T) log-mel and (W, T) mask of real frames.
 
-        T is the longest window's real frames + 2 (capped at 3000): the two extra frames are
-        the ones the encoder's convolutions read past the end (see `encode_audio`).
+        T is the longest window's real frames + ENCODER_LOOKAHEAD_FRAMES (capped at 3000): the 2
+        frames the encoder's convolutions read past the end (see `encode_audio`).
         `pad_to_30s` gives the reference's T = 3000 for every batch (for comparisons).
         """
         if any(len(w) > N_SAMPLES for w in windows):
             raise AudioError("An audio window is longer than 30 s; split audio with aero.audio.split_windows.")
         frames = [mel_frames(len(w)) for w in windows]
-        T = N_FRAMES if pad_to_30s else min(max(frames) + 2, N_FRAMES)
+        T = N_FRAMES if pad_to_30s else min(max(frames) + ENCODER_LOOKAHEAD_FRAMES, N_FRAMES)
         # Zero-pad far enough that every kept frame's FFT sees the same samples as in the
         # reference's 30 s zero-padded input; a full window gets exactly that input.
         padded = min(T * HOP_LENGTH + N_FFT, N_SAMPLES)

@@ -10,9 +10,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from aero.engine import Engine, GenerationOptions
+from aero.decoding import DEFAULT_MAX_NEW_TOKENS, GenerationOptions
+from aero.engine import Engine
 from aero.modeling import AeroForConditionalGeneration
-from aero.models import AERO_MINI, DEFAULT_MAX_NEW_TOKENS, load
+from aero.models import AERO_MINI, load
 from aero.processing import AeroProcessor
 
 

@@ -30,10 +30,10 @@ from aero.data.lengths import cached_lengths
 from aero.data.manifest import read_dataset
 from aero.processing import IGNORE_INDEX
 from aero.train import checkpoint as ckpt
-from aero.train.adapter import apply_preset, continue_from_adapter, lora_settings
 from aero.train.config import TrainConfig
 from aero.train.flops import flop_model
 from aero.train.logs import JsonlLog, MetricsLog
+from aero.train.presets import apply_preset, continue_from_adapter, lora_settings
 from aero.train.schedule import cosine_schedule
 from aero.train.step import TrainingModule
 

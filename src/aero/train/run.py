@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from aero.train.adapter import apply_preset, continue_from_adapter
 from aero.train.config import ConfigError, TrainConfig, to_dict
 from aero.train.loop import Distributed, load_model_and_processor, seed_everything, train_lm
+from aero.train.presets import apply_preset, continue_from_adapter
 
 
 def train(config: TrainConfig, stop_after: int | None = None) -> dict:
