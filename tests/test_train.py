@@ -251,6 +251,14 @@ def test_config_yaml_overrides_and_errors(tmp_path):
         load_config(path)
 
 
+def _default(key: str):
+    import dataclasses
+
+    field = {f.name: f for f in dataclasses.fields(TrainConfig)}[key]
+    value = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
+    return list(value) if isinstance(value, tuple) else value
+
+
 def test_shipped_configs_load():
     """Every shipped training config (configs/*.yaml) loads into a valid TrainConfig holding what
     its YAML says, and every synthesis recipe (configs/data/*.yaml) into a Recipe likewise."""
@@ -277,6 +285,8 @@ def test_shipped_configs_load():
             else:
                 loaded = getattr(cfg, key)
                 assert (list(loaded) if isinstance(loaded, tuple) else loaded) == value, (path.name, key)
+                # configs hold only overrides: a key that restates its default is noise
+                assert (list(loaded) if isinstance(loaded, tuple) else loaded) != _default(key), (path.name, key)
     example = load_config(root / "example.yaml")
     assert (example.preset, example.lora_r, example.lr, example.peak_flops) == ("lora", 16, 2.0e-4, 989.0e12)
 

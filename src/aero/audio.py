@@ -214,6 +214,11 @@ def window_tokens(n_samples: int, stack: int = 1) -> int:
     return int(encoder_output_lengths(mel_frames(n_samples), stack)[1])
 
 
+def audio_tokens_per_second(stack: int = 1) -> float:
+    """LM positions one second of audio takes: a full window's tokens / 30 s (25, or 188/30 at stack 4)."""
+    return window_tokens(N_SAMPLES, stack) / CHUNK_LENGTH
+
+
 def audio_tokens_for_samples(n_samples: int, stack: int = 1) -> list[int]:
     """Audio tokens of each 30 s window of a recording of `n_samples` samples (a last 0 is dropped
     by the processor)."""

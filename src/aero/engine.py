@@ -41,6 +41,7 @@ from aero.audio import (
     CHUNK_LENGTH,
     N_SAMPLES,
     SAMPLE_RATE,
+    audio_tokens_per_second,
     duration_seconds,
     load_audio,
     split_windows,
@@ -118,11 +119,6 @@ def audio_info(duration: float) -> AudioInfo:
     return AudioInfo(duration, windows)
 
 
-def audio_tokens_per_second(processor: AeroProcessor) -> float:
-    """The LM positions one second of audio takes (a full 30 s window's tokens / 30)."""
-    return processor.tokens_per_window([np.zeros(N_SAMPLES, np.float32)])[0] / CHUNK_LENGTH
-
-
 class TextStream:
     """Text pieces of one generation as they are decoded; `result` is set once exhausted."""
 
@@ -196,7 +192,7 @@ class Engine:
         else:
             budget = min(DEFAULT_MAX_NEW_TOKENS, room)
         if budget > room or room < MIN_REPLY_TOKENS:
-            rate = audio_tokens_per_second(self.processor)
+            rate = audio_tokens_per_second(self.processor.audio_stack)
             text_tokens = len(ids) - sum(self.processor.tokens_per_window(audio.windows))
             fits = max(0.0, (self.context - text_tokens - max(budget, MIN_REPLY_TOKENS)) / rate)
             raise ContextLengthError(
@@ -423,7 +419,7 @@ def model_facts(engine: Engine) -> dict[str, Any]:
     def millions(module) -> str:
         return f"{sum(p.numel() for p in module.parameters()) / 1e6:.1f} M"
 
-    rate = audio_tokens_per_second(processor)
+    rate = audio_tokens_per_second(processor.audio_stack)
     silence = processor.transcription_messages(np.zeros(N_SAMPLES, np.float32))
     probe = processor.encode_conversation(silence, add_generation_prompt=True)
     audio_tokens = processor.tokens_per_window(probe["audio"].windows)[0]

@@ -49,6 +49,7 @@ from aero.audio import (
     SAMPLE_RATE,
     AudioError,
     decode_base64_audio,
+    duration_seconds,
     load_audio,
     mel_frames,
     split_windows,
@@ -290,7 +291,7 @@ class AeroProcessor(ProcessorMixin):
             tokens = [window_tokens(len(w), self.audio_stack) for w in windows]
             if not any(tokens):
                 raise AudioError(
-                    f"Audio {k + 1} is {len(samples)} samples ({1000 * len(samples) / SAMPLE_RATE:.0f} ms) at 16 kHz: "
+                    f"Audio {k + 1} is {len(samples)} samples ({1000 * duration_seconds(samples):.0f} ms) at 16 kHz: "
                     f"too short for one audio token; send at least {MIN_TOKEN_SAMPLES} samples."
                 )
             if tokens[-1] == 0:
@@ -301,7 +302,7 @@ class AeroProcessor(ProcessorMixin):
             out.windows += [w for w, n in zip(windows, tokens) if n]
             out.tokens += tokens
             out.per_audio.append(len(windows))
-            out.durations.append(len(samples) / SAMPLE_RATE)
+            out.durations.append(duration_seconds(samples))
         return out
 
     def audio_features(

@@ -47,7 +47,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from aero.audio import SAMPLE_RATE, AudioError, decode_base64_audio, load_audio
+from aero.audio import AudioError, decode_base64_audio, duration_seconds, load_audio
 from aero.decoding import FALLBACK_TEMPERATURES, GenerationOptions
 from aero.engine import ContextLengthError, Engine, Result
 from aero.formats import to_srt, to_vtt
@@ -357,7 +357,7 @@ async def _chat_messages(raw: Any, settings: ServerSettings) -> list[dict]:
                 parts.append({"type": "text", "text": part["text"]})
             elif kind == "input_audio" and isinstance(part.get("input_audio"), dict):
                 samples = await _input_audio(part, where, settings)
-                seconds += len(samples) / SAMPLE_RATE
+                seconds += duration_seconds(samples)
                 parts.append({"type": "audio", "audio": samples})
             else:
                 raise APIError(400, f"{where} must be a 'text' part or an 'input_audio' part with "
@@ -519,7 +519,7 @@ async def model(model_id: str, settings: SettingsDep):
 async def transcriptions(request: Request, settings: SettingsDep, worker: WorkerDep):
     form = await _transcription_form(request, settings)
     samples = await _decode_audio(form.data, "file")
-    _check_duration(len(samples) / SAMPLE_RATE, settings, "file")
+    _check_duration(duration_seconds(samples), settings, "file")
     loop = asyncio.get_running_loop()
     if form.fmt in TIMESTAMPED_FORMATS:
         job = Job(form.options, loop, audio=samples, prompt=form.prompt)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from aero.audio import SAMPLE_RATE, load_audio
+from aero.audio import SAMPLE_RATE, duration_seconds, load_audio
 
 from .datasets import EvalItem, librispeech_items, manifest_items
 
@@ -62,7 +62,7 @@ def build_longform(items: Iterable[EvalItem], out_dir: str | Path, gap_seconds: 
                 "id": group,
                 "audio": rel.as_posix(),
                 "text": " ".join(m.text.strip() for m in members),
-                "duration": len(samples) / SAMPLE_RATE,
+                "duration": duration_seconds(samples),
                 "utterances": [m.id for m in members],
             }
             out.write(json.dumps(record, ensure_ascii=False) + "\n")

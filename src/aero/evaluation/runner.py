@@ -32,7 +32,7 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from aero.audio import SAMPLE_RATE, load_audio
+from aero.audio import duration_seconds, load_audio
 
 from .choice import ChoiceItem, build_prompt, parse_choice, score_choices
 from .datasets import EvalItem
@@ -107,7 +107,7 @@ def _run(
             except Exception as err:
                 outcomes[k].error = _describe_error(err)
                 continue
-            outcomes[k].seconds = len(samples) / SAMPLE_RATE
+            outcomes[k].seconds = duration_seconds(samples)
             loaded.append((k, samples))
         if loaded:
             try:

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from aero.adapter import ADAPTER_FILENAME, save_adapter
-from aero.audio import AudioError
+from aero.audio import AudioError, audio_tokens_per_second
 from aero.data.manifest import (
     DatasetSpec,
     ManifestError,
@@ -243,7 +243,7 @@ def train_ctc(config, model, processor, out: Path, stop_after: int | None = None
         scheduler.step()
         state.step += 1
         state.seen_samples += len(projected)
-        state.seen_seconds += sum(float(n) for n in n_tokens) / model_tokens_per_second(model)
+        state.seen_seconds += sum(float(n) for n in n_tokens) / audio_tokens_per_second(model.config.projector_stack)
         record = {
             "step": state.step, "objective": "ctc", "loss": float(ctc.detach()), "norm_penalty": float(penalty.detach()),
             "scale": float(stage.head.log_scale.detach().exp()), "lr": scheduler.get_last_lr()[0],
@@ -305,11 +305,6 @@ def _load_state(path: Path, stage: _Stage, optimizer, scheduler) -> CtcState:
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     return CtcState(**{f.name: saved[f.name] for f in fields(CtcState) if f.name in saved})
-
-
-def model_tokens_per_second(model) -> float:
-    """Audio tokens per second of audio: 25 encoder frames per second over `projector_stack`."""
-    return 25.0 / model.config.projector_stack
 
 
 def _heldout(stage: _Stage, heldout: list[tuple[str, str]], batch: int = 16) -> dict:
