@@ -56,7 +56,9 @@ def make_audio(work: Path, long_seconds: float) -> dict:
     clips = []
     for i, text in enumerate(SENTENCES):
         raw = work / f"raw{i}.wav"
-        subprocess.run(["espeak-ng", "-s", "160", "-w", str(raw), text], check=True, capture_output=True)
+        subprocess.run(
+            ["espeak-ng", "-s", "160", "-w", str(raw), text], check=True, capture_output=True
+        )
         path = work / f"clip{i}.wav"
         sf.write(path, load_audio(raw), SAMPLE_RATE)  # 16 kHz mono
         clips.append({"path": str(path), "text": text})
@@ -70,7 +72,10 @@ def make_audio(work: Path, long_seconds: float) -> dict:
             seconds += (len(audio) + len(pause)) / SAMPLE_RATE
     long_path = work / "long.wav"
     sf.write(long_path, np.concatenate(pieces), SAMPLE_RATE)
-    return {"clips": clips, "long": {"path": str(long_path), "text": " ".join(texts), "seconds": seconds}}
+    return {
+        "clips": clips,
+        "long": {"path": str(long_path), "text": " ".join(texts), "seconds": seconds},
+    }
 
 
 def run_system(system: str, data: dict, threads: int) -> dict:
@@ -94,20 +99,30 @@ def run_system(system: str, data: dict, threads: int) -> dict:
 
         def transcribe(paths):
             results = engine.transcribe(paths)
-            return [r.text for r in results], sum(r.completion_tokens for r in results), [r.finish_reason for r in results]
+            return (
+                [r.text for r in results],
+                sum(r.completion_tokens for r in results),
+                [r.finish_reason for r in results],
+            )
     else:
         from faster_whisper import WhisperModel
 
         from aero.convert.whisper_ct2 import PACKAGE, package_file
 
-        model = WhisperModel(str(package_file(PACKAGE, "model.bin").parent), device="cpu", compute_type="int8",
-                             cpu_threads=threads)
+        model = WhisperModel(
+            str(package_file(PACKAGE, "model.bin").parent),
+            device="cpu",
+            compute_type="int8",
+            cpu_threads=threads,
+        )
         load_s = time.perf_counter() - t0
 
         def transcribe(paths):
             texts, n = [], 0
             for p in paths:
-                segments, _ = model.transcribe(p, language="en", beam_size=1, temperature=0.0, without_timestamps=True)
+                segments, _ = model.transcribe(
+                    p, language="en", beam_size=1, temperature=0.0, without_timestamps=True
+                )
                 segments = list(segments)
                 n += sum(len(s.tokens) for s in segments)
                 texts.append(" ".join(s.text.strip() for s in segments).strip())
@@ -141,10 +156,12 @@ def run_system(system: str, data: dict, threads: int) -> dict:
 def table(rows: list[dict]) -> str:
     base = next((r for r in rows if r["system"] == "faster-whisper"), rows[0])
     rtfx = lambda r, k: r[f"{k}_audio_s"] / r[f"{k}_s"]
-    lines = [(
-        f"{'system':<15} {'short RTFx':>10} {'vs fw':>6} {'long RTFx':>9} {'vs fw':>6} {'short WER':>9} {'long WER':>8} "
-        f"{'tokens s/l':>11} {'peak RSS':>9} {'load s':>6}"
-    )]
+    lines = [
+        (
+            f"{'system':<15} {'short RTFx':>10} {'vs fw':>6} {'long RTFx':>9} {'vs fw':>6} {'short WER':>9} {'long WER':>8} "
+            f"{'tokens s/l':>11} {'peak RSS':>9} {'load s':>6}"
+        )
+    ]
     for r in rows:
         lines.append(
             f"{r['system']:<15} {rtfx(r, 'short'):>10.1f} {rtfx(r, 'short') / rtfx(base, 'short'):>5.2f}x "
@@ -172,21 +189,38 @@ def main() -> None:
     data = make_audio(work, args.long_seconds)
     (work / "data.json").write_text(json.dumps(data))
     short = sum(1 for _ in data["clips"])
-    print(f"audio: {short} short clips, long recording {data['long']['seconds']:.1f} s; threads {args.threads}; "
-          f"load average {os.getloadavg()[0]:.2f}", flush=True)
+    print(
+        f"audio: {short} short clips, long recording {data['long']['seconds']:.1f} s; threads {args.threads}; "
+        f"load average {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
     rows = []
     for system in args.systems.split(","):
         proc = subprocess.run(
-            [sys.executable, __file__, "--system", system, "--data", str(work / "data.json"), "--threads", str(args.threads)],
-            capture_output=True, text=True, check=False,
+            [
+                sys.executable,
+                __file__,
+                "--system",
+                system,
+                "--data",
+                str(work / "data.json"),
+                "--threads",
+                str(args.threads),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if proc.returncode != 0:
             print(f"{system} failed:\n{proc.stderr[-2000:]}", flush=True)
             continue
         row = json.loads(proc.stdout.strip().splitlines()[-1])
         rows.append(row)
-        print(f"{system}: short {row['short_s']:.1f} s, long {row['long_s']:.1f} s, finish {row['finish_reasons']}, "
-              f"sample {row['sample']!r}", flush=True)
+        print(
+            f"{system}: short {row['short_s']:.1f} s, long {row['long_s']:.1f} s, finish {row['finish_reasons']}, "
+            f"sample {row['sample']!r}",
+            flush=True,
+        )
     print(f"load average after: {os.getloadavg()[0]:.2f}")
     print(table(rows))
 

@@ -30,11 +30,22 @@ def main() -> None:
     parser.add_argument("--long-limit", type=int, default=None, help="first N long recordings")
     parser.add_argument("--output", type=Path, default=Path("eval-results/aero-mini-heldout"))
     parser.add_argument("--prompt", help="transcription prompt (default: the model's own)")
-    parser.add_argument("--beams", type=int, default=1, help="aero-mini with beam search (default 1: greedy)")
-    parser.add_argument("--fallback", action="store_true", help="aero-mini with the temperature fallback on loops "
-                        "(default: greedy only, like the Whisper baseline)")
-    parser.add_argument("--skip", nargs="*", default=[], help="parts to skip: aero (every aero-mini part: Whisper alone) whisper int8 espeak slt long "
-                        "instruct understanding")
+    parser.add_argument(
+        "--beams", type=int, default=1, help="aero-mini with beam search (default 1: greedy)"
+    )
+    parser.add_argument(
+        "--fallback",
+        action="store_true",
+        help="aero-mini with the temperature fallback on loops "
+        "(default: greedy only, like the Whisper baseline)",
+    )
+    parser.add_argument(
+        "--skip",
+        nargs="*",
+        default=[],
+        help="parts to skip: aero (every aero-mini part: Whisper alone) whisper int8 espeak slt long "
+        "instruct understanding",
+    )
     args = parser.parse_args()
 
     from aero.adapter import apply_adapter
@@ -56,20 +67,41 @@ def main() -> None:
         processor.transcribe_prompt = args.prompt
 
     def aero(max_new_tokens: int, label: str = "aero-mini") -> AeroTranscriber:
-        return AeroTranscriber(label, model, processor, max_new_tokens=max_new_tokens, num_beams=args.beams,
-                           fallback_temperatures=FALLBACK_TEMPERATURES if args.fallback else ())
+        return AeroTranscriber(
+            label,
+            model,
+            processor,
+            max_new_tokens=max_new_tokens,
+            num_beams=args.beams,
+            fallback_temperatures=FALLBACK_TEMPERATURES if args.fallback else (),
+        )
 
-    sets = {name: chat_manifest_items(args.heldout / f"heldout-{name}.jsonl") for name in
-            ["espeak", "slt", "long", "instruct", "understanding"]}
+    sets = {
+        name: chat_manifest_items(args.heldout / f"heldout-{name}.jsonl")
+        for name in ["espeak", "slt", "long", "instruct", "understanding"]
+    }
     table: dict[str, dict[str, str]] = {}
 
     def asr(transcriber, label: str, name: str) -> None:
         limit = args.long_limit if name == "long" else args.limit
-        r = run_asr_eval(transcriber, as_asr_items(sets[name]), batch_size=8 if name != "long" else 1, limit=limit,
-                         output_dir=args.output / label / name, task_name=f"heldout-{name}")
+        r = run_asr_eval(
+            transcriber,
+            as_asr_items(sets[name]),
+            batch_size=8 if name != "long" else 1,
+            limit=limit,
+            output_dir=args.output / label / name,
+            task_name=f"heldout-{name}",
+        )
         lo, hi = r["ci95_percent"] or (None, None)
         table.setdefault(label, {})[name] = f"{r['wer_percent']:.1f} [{lo:.1f}, {hi:.1f}]"
-        print(label, name, json.dumps({k: r[k] for k in ("wer_percent", "ci95_percent")}), r["counts"], r["speed"]["rtfx"], flush=True)
+        print(
+            label,
+            name,
+            json.dumps({k: r[k] for k in ("wer_percent", "ci95_percent")}),
+            r["counts"],
+            r["speed"]["rtfx"],
+            flush=True,
+        )
 
     asr_sets = [name for name in ASR_SETS if name not in args.skip and name != "long"]
     for name in asr_sets if "aero" not in args.skip else []:
@@ -78,20 +110,34 @@ def main() -> None:
         from aero.convert.whisper_ct2 import PACKAGE, package_file
         from aero.evaluation.baselines import FasterWhisperTranscriber
 
-        whisper = FasterWhisperTranscriber(str(package_file(PACKAGE, "model.bin").parent), device="cpu")
+        whisper = FasterWhisperTranscriber(
+            str(package_file(PACKAGE, "model.bin").parent), device="cpu"
+        )
         whisper.name = "faster-whisper:tiny.en (int8)"
         for name in asr_sets + ([] if "long" in args.skip else ["long"]):
             asr(whisper, "whisper-tiny.en", name)
     if "instruct" not in args.skip:
-        r = run_answer_eval(aero(128), sets["instruct"], judge="agreement", limit=args.limit,
-                            output_dir=args.output / "aero-mini" / "instruct", task_name="heldout-instruct")
+        r = run_answer_eval(
+            aero(128),
+            sets["instruct"],
+            judge="agreement",
+            limit=args.limit,
+            output_dir=args.output / "aero-mini" / "instruct",
+            task_name="heldout-instruct",
+        )
         table.setdefault("aero-mini", {})["instruct"] = (
             f"exact {r['exact_percent']:.1f} / first sentence {r['first_sentence_percent']:.1f} / token F1 {r['token_f1_percent']:.1f}"
         )
         print("instruct", r["counts"], table["aero-mini"]["instruct"], flush=True)
     if "understanding" not in args.skip:
-        r = run_answer_eval(aero(16), sets["understanding"], judge="exact", limit=args.limit,
-                            output_dir=args.output / "aero-mini" / "understanding", task_name="heldout-understanding")
+        r = run_answer_eval(
+            aero(16),
+            sets["understanding"],
+            judge="exact",
+            limit=args.limit,
+            output_dir=args.output / "aero-mini" / "understanding",
+            task_name="heldout-understanding",
+        )
         per = ", ".join(f"{k} {v['accuracy_percent']:.1f}" for k, v in r["per_category"].items())
         table.setdefault("aero-mini", {})["understanding"] = f"{r['accuracy_percent']:.1f} ({per})"
         print("understanding", r["counts"], table["aero-mini"]["understanding"], flush=True)
@@ -102,14 +148,22 @@ def main() -> None:
         for name in asr_sets:
             asr(aero(ASR_SETS[name], "aero-mini int8"), "aero-mini int8", name)
 
-    if "long" not in args.skip and "aero" not in args.skip:  # last: the slowest part (one generation per whole recording)
+    if (
+        "long" not in args.skip and "aero" not in args.skip
+    ):  # last: the slowest part (one generation per whole recording)
         if "int8" not in args.skip:
             model, processor = load_model()  # full precision again after the int8 part
         asr(aero(ASR_SETS["long"]), "aero-mini", "long")
 
-    columns = sorted({c for row in table.values() for c in row}, key=["espeak", "slt", "long", "instruct", "understanding"].index)
+    columns = sorted(
+        {c for row in table.values() for c in row},
+        key=["espeak", "slt", "long", "instruct", "understanding"].index,
+    )
     lines = ["| model | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
-    lines += [f"| {label} | " + " | ".join(row.get(c, "") for c in columns) + " |" for label, row in table.items()]
+    lines += [
+        f"| {label} | " + " | ".join(row.get(c, "") for c in columns) + " |"
+        for label, row in table.items()
+    ]
     (args.output / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -44,7 +44,9 @@ def features(samples: list[Sample], model, processor) -> np.ndarray:
     out = []
     for sample in samples:
         audio = load_audio(audio_of(sample))[: 30 * SAMPLE_RATE]
-        x = processor.feature_extractor(audio, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
+        x = processor.feature_extractor(
+            audio, sampling_rate=SAMPLE_RATE, return_tensors="pt"
+        ).input_features
         with torch.inference_mode():
             h = encoder(x).last_hidden_state[0]
         h = h[: max(1, int(len(audio) / SAMPLE_RATE * FRAMES_PER_SECOND))]
@@ -63,16 +65,25 @@ def fit_and_score(Xtr, ytr, Xte, yte, weight_decay: float) -> None:
 
     def closure():
         opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(linear(train), target) + weight_decay * linear.weight.pow(2).sum()
+        loss = (
+            torch.nn.functional.cross_entropy(linear(train), target)
+            + weight_decay * linear.weight.pow(2).sum()
+        )
         loss.backward()
         return loss
 
     opt.step(closure)
     pred = linear(test).argmax(1).numpy()
-    per_class = {c: round(float((pred[yte == i] == i).mean()), 2) for i, c in enumerate(CLASSES) if (yte == i).any()}
-    print(f"wd {weight_decay}: held-out accuracy {(pred == yte).mean():.3f} (always the commonest class: "
-          f"{np.bincount(yte).max() / len(yte):.3f}); per class {per_class}; "
-          f"train acc {(linear(train).argmax(1).numpy() == ytr).mean():.3f}")
+    per_class = {
+        c: round(float((pred[yte == i] == i).mean()), 2)
+        for i, c in enumerate(CLASSES)
+        if (yte == i).any()
+    }
+    print(
+        f"wd {weight_decay}: held-out accuracy {(pred == yte).mean():.3f} (always the commonest class: "
+        f"{np.bincount(yte).max() / len(yte):.3f}); per class {per_class}; "
+        f"train acc {(linear(train).argmax(1).numpy() == ytr).mean():.3f}"
+    )
 
 
 def main() -> None:
@@ -84,10 +95,16 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
 
-    train = [s for s in read_dataset(DatasetSpec(args.train_manifest))
-             if s.extra.get("task") in ("transcribe", "understand")][: args.train_clips]
-    test = [s for s in read_dataset(DatasetSpec(args.heldout_manifest))
-            if s.extra.get("meta", {}).get("question_kind") == "background"]
+    train = [
+        s
+        for s in read_dataset(DatasetSpec(args.train_manifest))
+        if s.extra.get("task") in ("transcribe", "understand")
+    ][: args.train_clips]
+    test = [
+        s
+        for s in read_dataset(DatasetSpec(args.heldout_manifest))
+        if s.extra.get("meta", {}).get("question_kind") == "background"
+    ]
     start = time.time()
     if args.cache and os.path.exists(args.cache):
         stored = np.load(args.cache)
@@ -98,8 +115,10 @@ def main() -> None:
         if args.cache:
             np.savez(args.cache, Xtr=Xtr, Xte=Xte)
     ytr, yte = np.array([label(s) for s in train]), np.array([label(s) for s in test])
-    print(f"features in {time.time() - start:.0f}s; train {len(ytr)} {np.bincount(ytr, minlength=len(CLASSES))}, "
-          f"test {len(yte)} {np.bincount(yte, minlength=len(CLASSES))}")
+    print(
+        f"features in {time.time() - start:.0f}s; train {len(ytr)} {np.bincount(ytr, minlength=len(CLASSES))}, "
+        f"test {len(yte)} {np.bincount(yte, minlength=len(CLASSES))}"
+    )
     for weight_decay in (1e-4, 1e-3, 1e-2):
         fit_and_score(Xtr, ytr, Xte, yte, weight_decay)
 

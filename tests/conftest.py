@@ -33,17 +33,34 @@ def tiny_config(**overrides) -> AeroConfig:
 
     tok = AutoTokenizer.from_pretrained(TINY_TOKENIZER)
     text = dict(
-        model_type="qwen2", vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32768, tie_word_embeddings=False,
-        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        model_type="qwen2",
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=32768,
+        tie_word_embeddings=False,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
     )
     audio = dict(
-        model_type="qwen2_audio_encoder", d_model=32, encoder_layers=2, encoder_attention_heads=2,
-        encoder_ffn_dim=64, num_mel_bins=N_MELS,
+        model_type="qwen2_audio_encoder",
+        d_model=32,
+        encoder_layers=2,
+        encoder_attention_heads=2,
+        encoder_ffn_dim=64,
+        num_mel_bins=N_MELS,
     )
     text.update(overrides.pop("text", {}))
     audio.update(overrides.pop("audio", {}))
-    return AeroConfig(text_config=text, audio_config=audio, audio_token_index=tok.convert_tokens_to_ids("<|AUDIO|>"), **overrides)
+    return AeroConfig(
+        text_config=text,
+        audio_config=audio,
+        audio_token_index=tok.convert_tokens_to_ids("<|AUDIO|>"),
+        **overrides,
+    )
 
 
 def make_tiny_model(seed: int = 0, **overrides) -> AeroForConditionalGeneration:
@@ -69,14 +86,20 @@ def make_tiny_processor(**kwargs):
 
     from aero.processing import AeroProcessor
 
-    return AeroProcessor(AutoTokenizer.from_pretrained(TINY_TOKENIZER), WhisperFeatureExtractor(feature_size=N_MELS), **kwargs)
+    return AeroProcessor(
+        AutoTokenizer.from_pretrained(TINY_TOKENIZER),
+        WhisperFeatureExtractor(feature_size=N_MELS),
+        **kwargs,
+    )
 
 
 def tone(seconds: float, freq: float = 440.0, sr: int = SAMPLE_RATE, seed: int = 0) -> np.ndarray:
     """A tone with a little noise: deterministic, non-silent test audio."""
     t = np.arange(int(seconds * sr)) / sr
     rng = np.random.default_rng(seed)
-    return (0.3 * np.sin(2 * np.pi * freq * t) + 0.01 * rng.standard_normal(t.shape)).astype(np.float32)
+    return (0.3 * np.sin(2 * np.pi * freq * t) + 0.01 * rng.standard_normal(t.shape)).astype(
+        np.float32
+    )
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +121,9 @@ def processor():
     return make_tiny_processor()
 
 
-def write_manifest(root: Path, durations: list[float], name: str = "train.jsonl", texts: list[str] | None = None) -> Path:
+def write_manifest(
+    root: Path, durations: list[float], name: str = "train.jsonl", texts: list[str] | None = None
+) -> Path:
     """A reference-format JSONL manifest with one generated wav per sample, paths relative to root."""
     import soundfile as sf
 
@@ -109,14 +134,25 @@ def write_manifest(root: Path, durations: list[float], name: str = "train.jsonl"
         audio = root / "audio" / f"clip{i}.wav"
         audio.parent.mkdir(exist_ok=True)
         sf.write(audio, tone(seconds, 200 + 40 * i, seed=i), SAMPLE_RATE)
-        text = texts[i] if texts else " ".join(words[(i + k) % len(words)] for k in range(3 + i % 4))
-        lines.append(json.dumps({"messages": [
-            {"role": "user", "content": [
-                {"type": "audio_url", "audio_url": {"url": f"audio/clip{i}.wav"}},
-                {"type": "text", "text": "Please transcribe the audio"},
-            ]},
-            {"role": "assistant", "content": [{"type": "text", "text": text}]},
-        ]}))
+        text = (
+            texts[i] if texts else " ".join(words[(i + k) % len(words)] for k in range(3 + i % 4))
+        )
+        lines.append(
+            json.dumps(
+                {
+                    "messages": [
+                        {
+                            "role": "user",
+                            "content": [
+                                {"type": "audio_url", "audio_url": {"url": f"audio/clip{i}.wav"}},
+                                {"type": "text", "text": "Please transcribe the audio"},
+                            ],
+                        },
+                        {"role": "assistant", "content": [{"type": "text", "text": text}]},
+                    ]
+                }
+            )
+        )
     path = root / name
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -150,28 +186,63 @@ def make_published_checkpoint(path: Path, seed: int = 0) -> Path:
 
     tok = AutoTokenizer.from_pretrained(TINY_QWEN2_TOKENIZER)
     text = dict(
-        model_type="qwen2", vocab_size=-(-len(tok) // 64) * 64, hidden_size=32, intermediate_size=64,
-        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32768,
-        tie_word_embeddings=True, eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"), pad_token_id=tok.pad_token_id,
+        model_type="qwen2",
+        vocab_size=-(-len(tok) // 64) * 64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=32768,
+        tie_word_embeddings=True,
+        eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
+        pad_token_id=tok.pad_token_id,
     )
-    audio = dict(model_type="qwen2_audio_encoder", d_model=32, encoder_layers=2, encoder_attention_heads=2,
-                 encoder_ffn_dim=64, num_mel_bins=N_MELS)
-    config = AeroConfig(text_config=text, audio_config=audio, audio_token_index=tok.convert_tokens_to_ids("<|AUDIO|>"),
-                        tie_word_embeddings=True)
+    audio = dict(
+        model_type="qwen2_audio_encoder",
+        d_model=32,
+        encoder_layers=2,
+        encoder_attention_heads=2,
+        encoder_ffn_dim=64,
+        num_mel_bins=N_MELS,
+    )
+    config = AeroConfig(
+        text_config=text,
+        audio_config=audio,
+        audio_token_index=tok.convert_tokens_to_ids("<|AUDIO|>"),
+        tie_word_embeddings=True,
+    )
     torch.manual_seed(seed)
     model = AeroForConditionalGeneration(config).eval()
     with torch.no_grad():  # a larger logit spread keeps greedy choices away from ties
         model.get_input_embeddings().weight.mul_(20)
     model.save_pretrained(path)
-    remote = {"AutoConfig": "configuration_aero.AeroConfig", "AutoModelForCausalLM": "modeling_aero.AeroForConditionalGeneration"}
-    _update_json(path / "config.json", auto_map=remote, architectures=["AeroForConditionalGeneration"])
+    remote = {
+        "AutoConfig": "configuration_aero.AeroConfig",
+        "AutoModelForCausalLM": "modeling_aero.AeroForConditionalGeneration",
+    }
+    _update_json(
+        path / "config.json", auto_map=remote, architectures=["AeroForConditionalGeneration"]
+    )
     tok.save_pretrained(path)
     processor_remote = {"AutoProcessor": "processing_aero.AeroProcessor"}
-    _update_json(path / "tokenizer_config.json", processor_class="AeroProcessor", auto_map=processor_remote)
+    _update_json(
+        path / "tokenizer_config.json", processor_class="AeroProcessor", auto_map=processor_remote
+    )
     WhisperFeatureExtractor(feature_size=N_MELS).save_pretrained(path)
-    (path / "processor_config.json").write_text(json.dumps(
-        {"audio_token": "<|AUDIO|>", "auto_map": processor_remote, "processor_class": "AeroProcessor"}, indent=2))
-    (path / "chat_template.json").write_text(json.dumps({"chat_template": PUBLISHED_CHAT_TEMPLATE}, indent=2))
+    (path / "processor_config.json").write_text(
+        json.dumps(
+            {
+                "audio_token": "<|AUDIO|>",
+                "auto_map": processor_remote,
+                "processor_class": "AeroProcessor",
+            },
+            indent=2,
+        )
+    )
+    (path / "chat_template.json").write_text(
+        json.dumps({"chat_template": PUBLISHED_CHAT_TEMPLATE}, indent=2)
+    )
     return path
 
 

@@ -14,9 +14,14 @@ def test_adapter_replaces_and_merges_and_converts(tmp_path):
     torch.manual_seed(0)
     a, b = torch.randn(4, 32), torch.randn(32, 4)
     projector = torch.randn_like(model.audio_modal_projector.linear.weight)
-    weights = {f"{q}.lora_A.default.weight": a, f"{q}.lora_B.default.weight": b,
-               "audio_modal_projector.linear.weight": projector}
-    path = save_adapter(tmp_path / "adapter.safetensors", weights, {"preset": "lora", "lora_r": 4, "lora_alpha": 8})
+    weights = {
+        f"{q}.lora_A.default.weight": a,
+        f"{q}.lora_B.default.weight": b,
+        "audio_modal_projector.linear.weight": projector,
+    }
+    path = save_adapter(
+        tmp_path / "adapter.safetensors", weights, {"preset": "lora", "lora_r": 4, "lora_alpha": 8}
+    )
     apply_adapter(model, path)
     torch.testing.assert_close(model.get_parameter(f"{q}.weight"), base_q + 2.0 * b @ a)
     torch.testing.assert_close(model.audio_modal_projector.linear.weight, projector)
@@ -26,7 +31,9 @@ def test_adapter_replaces_and_merges_and_converts(tmp_path):
     assert adapter_metadata(half)["lora_alpha"] == "8"
     again = make_tiny_model()
     apply_adapter(again, tmp_path)  # a directory holding adapter.safetensors works too
-    torch.testing.assert_close(again.get_parameter(f"{q}.weight"), model.get_parameter(f"{q}.weight"))
+    torch.testing.assert_close(
+        again.get_parameter(f"{q}.weight"), model.get_parameter(f"{q}.weight")
+    )
 
 
 def test_adapter_for_another_model_is_refused(tmp_path):

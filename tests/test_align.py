@@ -29,8 +29,19 @@ def manifest(tmp_path_factory):
 
 
 def config(base, manifest, out, **kw):
-    values = dict(model=str(base), output_dir=str(out), data=[{"path": str(manifest)}], objective="ctc",
-                  token_budget=120, max_steps=6, lr=2e-2, save_every=3, progress=False, seed=1, bf16=False)
+    values = dict(
+        model=str(base),
+        output_dir=str(out),
+        data=[{"path": str(manifest)}],
+        objective="ctc",
+        token_budget=120,
+        max_steps=6,
+        lr=2e-2,
+        save_every=3,
+        progress=False,
+        seed=1,
+        bf16=False,
+    )
     values.update(kw)
     return apply_overrides(TrainConfig(), values)
 
@@ -40,14 +51,24 @@ def test_gathered_columns_ctc_equals_full_vocabulary_ctc():
     model, processor = make_tiny_model(), make_tiny_processor()
     stage = _Stage(model, processor, TrainConfig())
     V = stage.head.blank_index + 1
-    projected = [torch.randn(9, model.config.text_config.hidden_size, requires_grad=True),
-                 torch.randn(6, model.config.text_config.hidden_size, requires_grad=True)]
+    projected = [
+        torch.randn(9, model.config.text_config.hidden_size, requires_grad=True),
+        torch.randn(6, model.config.text_config.hidden_size, requires_grad=True),
+    ]
     targets = [[5, 7, 7, 2], [11, 3]]
     _, ctc, _, _, _ = stage.loss(projected, targets, 0.0)
     full = torch.nn.utils.rnn.pad_sequence([stage.head(p).log_softmax(-1) for p in projected])
-    expected = torch.nn.functional.ctc_loss(
-        full, torch.tensor(sum(targets, [])), torch.tensor([9, 6]), torch.tensor([4, 2]),
-        blank=V - 1, reduction="sum") / 6
+    expected = (
+        torch.nn.functional.ctc_loss(
+            full,
+            torch.tensor(sum(targets, [])),
+            torch.tensor([9, 6]),
+            torch.tensor([4, 2]),
+            blank=V - 1,
+            reduction="sum",
+        )
+        / 6
+    )
     torch.testing.assert_close(ctc, expected)
     g1 = torch.autograd.grad(ctc, projected[0], retain_graph=True)[0]
     g2 = torch.autograd.grad(expected, projected[0])[0]
@@ -84,10 +105,16 @@ def test_transcription_pairs_follow_the_task_field(manifest):
 def test_ctc_stage_trains_the_projector_only_and_hands_off(base, manifest, tmp_path, monkeypatch):
     monkeypatch.setenv("AERO_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "align"
-    summary = train(config(base, manifest, out, eval_data=str(manifest), eval_every=3, eval_samples=4))
+    summary = train(
+        config(base, manifest, out, eval_data=str(manifest), eval_every=3, eval_samples=4)
+    )
     assert summary["step"] == 6 and summary["skipped"] == 1
     skipped = [json.loads(l) for l in (out / "skipped.jsonl").read_text().splitlines()]
-    assert len(skipped) == 1 and "broken.wav" in skipped[0]["error"] and skipped[0]["sample"].endswith(":9")
+    assert (
+        len(skipped) == 1
+        and "broken.wav" in skipped[0]["error"]
+        and skipped[0]["sample"].endswith(":9")
+    )
     rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, 7))
     assert rows[-1]["loss"] < rows[0]["loss"]
@@ -95,17 +122,34 @@ def test_ctc_stage_trains_the_projector_only_and_hands_off(base, manifest, tmp_p
     assert sum(r["samples"] for r in rows) == rows[-1]["samples_seen"]
 
     weights = load_file(out / "final" / "adapter.safetensors")
-    assert set(weights) == {f"audio_modal_projector.{n}" for n, _ in make_tiny_model().audio_modal_projector.named_parameters()}
+    assert set(weights) == {
+        f"audio_modal_projector.{n}"
+        for n, _ in make_tiny_model().audio_modal_projector.named_parameters()
+    }
     original = AeroForConditionalGeneration.from_pretrained(base)
-    assert not torch.equal(weights["audio_modal_projector.linear.weight"], original.audio_modal_projector.linear.weight)
+    assert not torch.equal(
+        weights["audio_modal_projector.linear.weight"], original.audio_modal_projector.linear.weight
+    )
 
     # Stage 2 starts from it: with projector_lr 0 its exported projector is the stage-1 projector
     # while the LoRA factors (lr > 0) move.
-    lm = apply_overrides(TrainConfig(), dict(
-        model=str(base), output_dir=str(tmp_path / "lm"), data=[{"path": str(manifest)}], preset="lora", lora_r=4,
-        batching="pack", pack_length=256, max_steps=2, lr=1e-2, projector_lr=0.0, progress=False,
-        init_adapter=str(out / "final"),
-    ))
+    lm = apply_overrides(
+        TrainConfig(),
+        dict(
+            model=str(base),
+            output_dir=str(tmp_path / "lm"),
+            data=[{"path": str(manifest)}],
+            preset="lora",
+            lora_r=4,
+            batching="pack",
+            pack_length=256,
+            max_steps=2,
+            lr=1e-2,
+            projector_lr=0.0,
+            progress=False,
+            init_adapter=str(out / "final"),
+        ),
+    )
     train(lm)
     exported = load_file(tmp_path / "lm" / "final" / "adapter.safetensors")
     for k, v in weights.items():
@@ -114,18 +158,30 @@ def test_ctc_stage_trains_the_projector_only_and_hands_off(base, manifest, tmp_p
 
     # The ctc stage exports a projector only: it goes on from a projector adapter, and refuses one
     # with LoRA factors instead of merging them into the LM and dropping them from its export.
-    train(config(base, manifest, tmp_path / "again", max_steps=1, lr=0.0, init_adapter=str(out / "final")))
+    train(
+        config(
+            base, manifest, tmp_path / "again", max_steps=1, lr=0.0, init_adapter=str(out / "final")
+        )
+    )
     again = load_file(tmp_path / "again" / "final" / "adapter.safetensors")
     for k, v in weights.items():
         torch.testing.assert_close(again[k], v)
-    with pytest.raises(ConfigError, match="holds LoRA factors, which a 'projector' run would not export"):
-        train(config(base, manifest, tmp_path / "from-lora", init_adapter=str(tmp_path / "lm" / "final")))
+    with pytest.raises(
+        ConfigError, match="holds LoRA factors, which a 'projector' run would not export"
+    ):
+        train(
+            config(
+                base, manifest, tmp_path / "from-lora", init_adapter=str(tmp_path / "lm" / "final")
+            )
+        )
 
 
 def test_ctc_stage_resumes_where_it_stopped(base, manifest, tmp_path, monkeypatch):
     monkeypatch.setenv("AERO_CACHE", str(tmp_path / "cache"))
     train(config(base, manifest, tmp_path / "a"))
-    full = [json.loads(l)["loss"] for l in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    full = [
+        json.loads(l)["loss"] for l in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert "adapter" not in train(config(base, manifest, tmp_path / "b"), stop_after=4)
     assert not (tmp_path / "b" / "final").exists()
     train(config(base, manifest, tmp_path / "b"))

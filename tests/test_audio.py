@@ -27,7 +27,9 @@ def dominant_freq(x: np.ndarray, sr: int = SAMPLE_RATE) -> float:
     return np.fft.rfftfreq(len(x), 1 / sr)[spectrum.argmax()]
 
 
-def encode_pyav(path, samples: np.ndarray, sr: int, container: str, codec: str, video: bool = False):
+def encode_pyav(
+    path, samples: np.ndarray, sr: int, container: str, codec: str, video: bool = False
+):
     """Write stereo `samples` with FFmpeg (through PyAV), optionally beside a video stream."""
     with av.open(str(path), "w", format=container) as out:
         # A muxer writes its header once: add every stream before encoding any.
@@ -36,11 +38,15 @@ def encode_pyav(path, samples: np.ndarray, sr: int, container: str, codec: str, 
         if vstream is not None:
             vstream.width, vstream.height, vstream.pix_fmt = 64, 48, "yuv420p"
             for i in range(5):
-                frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), i * 40, np.uint8), format="rgb24")
+                frame = av.VideoFrame.from_ndarray(
+                    np.full((48, 64, 3), i * 40, np.uint8), format="rgb24"
+                )
                 frame.pts = i
                 out.mux(vstream.encode(frame))
             out.mux(vstream.encode(None))
-        frame = av.AudioFrame.from_ndarray(np.stack([samples, samples]).astype(np.float32), format="fltp", layout="stereo")
+        frame = av.AudioFrame.from_ndarray(
+            np.stack([samples, samples]).astype(np.float32), format="fltp", layout="stereo"
+        )
         frame.sample_rate, frame.pts = sr, 0
         out.mux(astream.encode(frame))
         out.mux(astream.encode(None))
@@ -60,7 +66,11 @@ def test_soundfile_formats_resampled_to_16k_mono(tmp_path, fmt):
 
 @pytest.mark.parametrize(
     "name,container,codec,video",
-    [("a.mp3", "mp3", "mp3", False), ("a.m4a", "ipod", "aac", False), ("a.mp4", "mp4", "aac", True)],
+    [
+        ("a.mp3", "mp3", "mp3", False),
+        ("a.m4a", "ipod", "aac", False),
+        ("a.mp4", "mp4", "aac", True),
+    ],
 )
 def test_ffmpeg_formats_and_video_containers(tmp_path, name, container, codec, video):
     sr, seconds = 22050, 1.0
@@ -82,7 +92,9 @@ def test_bytes_file_object_and_arrays_agree(tmp_path):
     np.testing.assert_array_equal(load_audio(io.BytesIO(path.read_bytes())), from_path)
     np.testing.assert_allclose(load_audio(x, sampling_rate=8000), from_path, atol=1e-6)
     np.testing.assert_allclose(load_audio((torch.from_numpy(x), 8000)), from_path, atol=1e-6)
-    np.testing.assert_allclose(load_audio({"array": x, "sampling_rate": 8000}), from_path, atol=1e-6)
+    np.testing.assert_allclose(
+        load_audio({"array": x, "sampling_rate": 8000}), from_path, atol=1e-6
+    )
     # (channels, samples) and (samples, channels) both downmix.
     both = np.stack([x, x])
     np.testing.assert_allclose(load_audio(both, 8000), load_audio(both.T, 8000), atol=1e-6)
@@ -154,4 +166,13 @@ def test_windows_keep_their_real_length_and_a_tail_of_two_frames_gives_no_token(
     np.testing.assert_array_equal(windows[1], x[N_SAMPLES:])
     # The reference counts real frames only: ceil(n / 160) frames -> (f-1)//2+1 -> (p-2)//2+1 tokens.
     assert audio_tokens_for_samples(len(x)) == [750, 0]
-    assert [window_tokens(n) for n in (1, 160, 320, 321, 480, 481, 800, 1600)] == [0, 0, 0, 1, 1, 1, 1, 2]
+    assert [window_tokens(n) for n in (1, 160, 320, 321, 480, 481, 800, 1600)] == [
+        0,
+        0,
+        0,
+        1,
+        1,
+        1,
+        1,
+        2,
+    ]

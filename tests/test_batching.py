@@ -9,7 +9,9 @@ from aero.data.batching import BatchPlan, budget_batches, expand_mixture, pack_b
 
 def long_tailed(n=400, seed=0):
     rng = random.Random(seed)
-    return [rng.randint(60, 520) if rng.random() < 0.9 else rng.randint(800, 7600) for _ in range(n)]
+    return [
+        rng.randint(60, 520) if rng.random() < 0.9 else rng.randint(800, 7600) for _ in range(n)
+    ]
 
 
 def test_pack_bins_hold_every_sample_once_under_the_length():
@@ -33,7 +35,9 @@ def test_budget_batches_respect_padded_budget():
     assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
     for b in batches:
         assert len(b) == 1 or max(lengths[i] for i in b) * len(b) <= 4096
-    assert max(len(b) for b in batches) > 4 * min(len(b) for b in batches)  # the batch size really varies
+    assert max(len(b) for b in batches) > 4 * min(
+        len(b) for b in batches
+    )  # the batch size really varies
 
 
 def test_mixture_weights_are_repetition_factors():
@@ -68,4 +72,9 @@ def test_ranks_get_disjoint_equal_shares():
     a, b = (p.rank_batches(0) for p in plans)
     assert len(a) == len(b)
     assert not set(sum(a, [])) & set(sum(b, []))
-    assert len(sum(a, [])) + len(sum(b, [])) + sum(len(x) for x in plans[0].epoch_batches(0)[len(a) * 2:]) == 100
+    assert (
+        len(sum(a, []))
+        + len(sum(b, []))
+        + sum(len(x) for x in plans[0].epoch_batches(0)[len(a) * 2 :])
+        == 100
+    )

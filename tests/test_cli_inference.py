@@ -41,12 +41,17 @@ def audio_dir(tmp_path):
 
 
 def transcribe(model_dir, *args):
-    return runner.invoke(app, ["transcribe", *args, "--model", model_dir, "--threads", "1", "--max-new-tokens", "8"])
+    return runner.invoke(
+        app, ["transcribe", *args, "--model", model_dir, "--threads", "1", "--max-new-tokens", "8"]
+    )
 
 
 def times(text: str, sep: str) -> list[float]:
     pattern = rf"(\d\d):(\d\d):(\d\d){re.escape(sep)}(\d\d\d)"
-    return [int(h) * 3600 + int(m) * 60 + int(s) + int(ms) / 1000 for h, m, s, ms in re.findall(pattern, text)]
+    return [
+        int(h) * 3600 + int(m) * 60 + int(s) + int(ms) / 1000
+        for h, m, s, ms in re.findall(pattern, text)
+    ]
 
 
 @pytest.mark.parametrize("fmt", ["txt", "json", "srt", "vtt"])
@@ -79,8 +84,14 @@ def test_a_failing_file_does_not_stop_the_rest(model_dir, audio_dir, tmp_path):
     bad = tmp_path / "broken.wav"
     bad.write_bytes(b"RIFF....garbage")
     out = tmp_path / "out"
-    result = transcribe(model_dir, str(bad), str(audio_dir / "short.wav"), str(tmp_path / "missing.mp3"),
-                        "--output-dir", str(out))
+    result = transcribe(
+        model_dir,
+        str(bad),
+        str(audio_dir / "short.wav"),
+        str(tmp_path / "missing.mp3"),
+        "--output-dir",
+        str(out),
+    )
     assert result.exit_code == 1
     assert (out / "short.txt").read_text().strip()
     assert not (out / "broken.txt").exists() and not (out / "missing.txt").exists()
@@ -91,7 +102,9 @@ def test_a_failing_file_does_not_stop_the_rest(model_dir, audio_dir, tmp_path):
 
 def test_transcribe_refuses_unknown_format_and_model(model_dir, audio_dir, tmp_path):
     assert transcribe(model_dir, str(audio_dir), "--format", "doc").exit_code == 2
-    result = runner.invoke(app, ["transcribe", str(audio_dir), "--model", str(tmp_path / "nothing-here")])
+    result = runner.invoke(
+        app, ["transcribe", str(audio_dir), "--model", str(tmp_path / "nothing-here")]
+    )
     assert result.exit_code == 2 and "cannot load model" in result.output
 
 
@@ -103,7 +116,16 @@ def test_transcribe_help_states_timestamp_precision():
 
 
 def test_chat_ask_and_interactive(model_dir, audio_dir):
-    args = ["chat", str(audio_dir / "short.wav"), "--model", model_dir, "--threads", "1", "--max-new-tokens", "6"]
+    args = [
+        "chat",
+        str(audio_dir / "short.wav"),
+        "--model",
+        model_dir,
+        "--threads",
+        "1",
+        "--max-new-tokens",
+        "6",
+    ]
     once = runner.invoke(app, [*args, "--ask", "What is this?"])
     assert once.exit_code == 0, once.output
     assert once.output.strip()
@@ -117,7 +139,14 @@ def test_chat_ask_and_interactive(model_dir, audio_dir):
 def test_info(model_dir):
     result = runner.invoke(app, ["info", model_dir], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
-    for key in ("language model", "LM context", "32768 tokens", "audio tokens", "25.00 per second", "longest audio"):
+    for key in (
+        "language model",
+        "LM context",
+        "32768 tokens",
+        "audio tokens",
+        "25.00 per second",
+        "longest audio",
+    ):
         assert key in result.output
 
 
@@ -127,14 +156,27 @@ def test_transcribe_fallback_redecodes_a_looping_recording(tmp_path):
     model.save_pretrained(looping)
     make_tiny_processor().save_pretrained(looping)
     sf.write(tmp_path / "clip.wav", tone(2.0), SAMPLE_RATE)
-    base = ["transcribe", str(tmp_path / "clip.wav"), "--model", str(looping), "--threads", "1", "--max-new-tokens", "40",
-            "-o", str(tmp_path / "out")]
+    base = [
+        "transcribe",
+        str(tmp_path / "clip.wav"),
+        "--model",
+        str(looping),
+        "--threads",
+        "1",
+        "--max-new-tokens",
+        "40",
+        "-o",
+        str(tmp_path / "out"),
+    ]
     greedy = runner.invoke(app, base)
     assert greedy.exit_code == 0 and "(stopped a repetition loop)" in greedy.output
     cut = (tmp_path / "out" / "clip.txt").read_text()
     fallback = runner.invoke(app, [*base, "--fallback"])
     assert fallback.exit_code == 0, fallback.output
-    assert "(temperature fallback: 0.2)" in fallback.output and "repetition loop" not in fallback.output
+    assert (
+        "(temperature fallback: 0.2)" in fallback.output
+        and "repetition loop" not in fallback.output
+    )
     assert len((tmp_path / "out" / "clip.txt").read_text()) > len(cut)
     beams = runner.invoke(app, [*base, "--beam-size", "2"])
     assert beams.exit_code == 0, beams.output

@@ -25,7 +25,9 @@ def test_second_call_hits_the_cache(tmp_path):
     assert first == second and len(calls) == 1
     assert (first / "weights.txt").read_text() == "converted"
     record = json.loads((first / SOURCE_FILE).read_text())
-    assert record["source"] == str(source) and record["size"] == 3 and record["converter_version"] == 1
+    assert (
+        record["source"] == str(source) and record["size"] == 3 and record["converter_version"] == 1
+    )
 
 
 def test_changed_source_or_version_reconverts_and_drops_the_stale_entry(tmp_path):
@@ -49,7 +51,10 @@ def test_another_installations_entry_stays_until_its_source_is_gone(tmp_path):
     a = cached_conversion("thing", first_env, 1, writer(calls), tmp_path / "cache")
     b = cached_conversion("thing", second_env, 1, writer(calls), tmp_path / "cache")
     assert a != b and a.exists() and b.exists()
-    assert cached_conversion("thing", first_env, 1, writer(calls), tmp_path / "cache") == a and len(calls) == 2
+    assert (
+        cached_conversion("thing", first_env, 1, writer(calls), tmp_path / "cache") == a
+        and len(calls) == 2
+    )
     second_env.unlink()  # that environment was removed: its entry goes with the next conversion
     first_env.write_bytes(b"abcd")
     latest = cached_conversion("thing", first_env, 1, writer(calls), tmp_path / "cache")

@@ -26,13 +26,24 @@ def test_plain_copy_and_audio_row_on_a_tiny_llama(tmp_path):
     """The steps after GGUF loading, on a tiny random model: no quantizer marks, a padded
     vocabulary, mean-initialised new rows, and a checkpoint that saves and reloads."""
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=100, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True)
+    config = LlamaConfig(
+        vocab_size=100,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        tie_word_embeddings=True,
+    )
     source = LlamaForCausalLM(config).eval()
     source.config.quantization_config = {"quant_method": "gguf"}
     model = plain_copy(source)
-    assert not hasattr(model.config, "quantization_config") or model.config.quantization_config is None
-    torch.testing.assert_close(model.state_dict()["model.embed_tokens.weight"], source.model.embed_tokens.weight)
+    assert (
+        not hasattr(model.config, "quantization_config") or model.config.quantization_config is None
+    )
+    torch.testing.assert_close(
+        model.state_dict()["model.embed_tokens.weight"], source.model.embed_tokens.weight
+    )
 
     class Tok:  # a tokenizer of 100 ids that gains <|AUDIO|> as id 100
         def __init__(self):
@@ -86,7 +97,10 @@ def test_saved_model_matches_dequantised_gguf(converted):
     audio_id = tokenizer.convert_tokens_to_ids(AUDIO_TOKEN)
     assert audio_id == len(reference_tokenizer) and audio_ids.count(audio_id) == 2
     assert model.get_input_embeddings().weight.shape[0] % EMBEDDING_MULTIPLE == 0
-    assert tokenizer.eos_token == tokenizer.pad_token == "<|im_end|>" and tokenizer.bos_token == "<|im_start|>"
+    assert (
+        tokenizer.eos_token == tokenizer.pad_token == "<|im_end|>"
+        and tokenizer.bos_token == "<|im_start|>"
+    )
 
     ids = reference_tokenizer(PROMPT, return_tensors="pt").input_ids
     assert ids.tolist() == tokenizer(PROMPT, return_tensors="pt").input_ids.tolist()

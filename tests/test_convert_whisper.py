@@ -24,8 +24,16 @@ from aero.convert.whisper_ct2 import (
 
 SENTENCES = [
     ("en-us", 150, "The quick brown fox jumps over the lazy dog near the river bank."),
-    ("en-gb", 140, "Please remember to bring your umbrella tomorrow because it will rain all afternoon."),
-    ("en-us+f3", 170, "Seven scientists measured the temperature of the lake every morning for three weeks."),
+    (
+        "en-gb",
+        140,
+        "Please remember to bring your umbrella tomorrow because it will rain all afternoon.",
+    ),
+    (
+        "en-us+f3",
+        170,
+        "Seven scientists measured the temperature of the lake every morning for three weeks.",
+    ),
 ]
 
 
@@ -52,7 +60,9 @@ def speech(tmp_path_factory):
     clips = []
     for i, (voice, rate, text) in enumerate(SENTENCES):
         path = out / f"{i}.wav"
-        subprocess.run(["espeak-ng", "-v", voice, "-s", str(rate), "-w", str(path), text], check=True)
+        subprocess.run(
+            ["espeak-ng", "-v", voice, "-s", str(rate), "-w", str(path), text], check=True
+        )
         clips.append(load_audio(path))  # 16 kHz mono float32
     return clips
 
@@ -78,7 +88,11 @@ def test_same_greedy_transcript_as_faster_whisper(converted, speech):
     expected = []
     for clip in speech:
         segments, _ = reference.transcribe(
-            clip, beam_size=1, temperature=0.0, without_timestamps=True, condition_on_previous_text=False
+            clip,
+            beam_size=1,
+            temperature=0.0,
+            without_timestamps=True,
+            condition_on_previous_text=False,
         )
         expected.append("".join(s.text for s in segments).strip())
 
@@ -93,7 +107,9 @@ def test_same_greedy_transcript_as_faster_whisper(converted, speech):
     assert "umbrella tomorrow" in expected[1]  # the clips are real speech, not noise
 
     # transformers' front end: the same token ids from CTranslate2's greedy search.
-    features = processor.feature_extractor(speech, sampling_rate=16000, return_tensors="np").input_features
+    features = processor.feature_extractor(
+        speech, sampling_rate=16000, return_tensors="np"
+    ).input_features
     ct2 = reference.model.generate(
         ctranslate2.StorageView.from_array(np.ascontiguousarray(features, dtype=np.float32)),
         [[whisper_ct2.SOT, whisper_ct2.NO_TIMESTAMPS]] * len(speech),
@@ -118,7 +134,9 @@ def test_encoder_loads_into_qwen2_audio_encoder(converted):
 
     features = torch.randn(1, 80, 3000, generator=torch.Generator().manual_seed(0))
     captured = {}
-    hook = model.model.encoder.layer_norm.register_forward_pre_hook(lambda m, args: captured.setdefault("x", args[0]))
+    hook = model.model.encoder.layer_norm.register_forward_pre_hook(
+        lambda m, args: captured.setdefault("x", args[0])
+    )
     with torch.no_grad():
         model.model.encoder(features)
         hook.remove()
@@ -140,5 +158,7 @@ def test_second_load_hits_the_cache(converted, monkeypatch):
     monkeypatch.setattr(whisper_ct2, "convert_whisper_tiny_en", no_reconversion)
     assert whisper_tiny_en_dir(cache) == entry
     _, processor = load_whisper_tiny_en(cache)
-    assert processor.tokenizer.convert_tokens_to_ids("<|notimestamps|>") == whisper_ct2.NO_TIMESTAMPS
+    assert (
+        processor.tokenizer.convert_tokens_to_ids("<|notimestamps|>") == whisper_ct2.NO_TIMESTAMPS
+    )
     assert processor.tokenizer.pad_token_id == whisper_ct2.ENDOFTEXT_ID

@@ -46,8 +46,14 @@ def put_in_hub_cache(checkpoint, cache, repo_id: str = PUBLISHED_MODEL):
 
 def test_empty_cache_and_unreachable_hub_choose_aero_mini(tmp_path):
     code = "from aero.models import choose_model; c = choose_model(None); print(c.source); print(c.notice)"
-    out = subprocess.run([sys.executable, "-c", code], env=offline_env(tmp_path / "cache"), capture_output=True,
-                         text=True, timeout=120, check=True).stdout.splitlines()
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=offline_env(tmp_path / "cache"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout.splitlines()
     assert out[0] == AERO_MINI
     assert "aero: running aero-mini (a small demonstration model" in out[1]
     assert "not in the local Hugging Face cache" in out[1] and "Hub did not answer" in out[1]
@@ -66,10 +72,25 @@ def test_published_model_in_the_local_cache_runs_by_default(published, tmp_path,
     choice = choose_model(None)
     assert (choice.name, choice.source) == (PUBLISHED_MODEL, str(snapshot))
     sf.write(tmp_path / "clip.wav", tone(2.0), SAMPLE_RATE)
-    result = runner.invoke(app, ["transcribe", str(tmp_path / "clip.wav"), "-o", str(tmp_path / "out"), "--format",
-                                 "json", "--max-new-tokens", "4", "--threads", "1"])
+    result = runner.invoke(
+        app,
+        [
+            "transcribe",
+            str(tmp_path / "clip.wav"),
+            "-o",
+            str(tmp_path / "out"),
+            "--format",
+            "json",
+            "--max-new-tokens",
+            "4",
+            "--threads",
+            "1",
+        ],
+    )
     assert result.exit_code == 0, result.output
-    assert f"aero: running {PUBLISHED_MODEL} (found in the local Hugging Face cache" in result.stderr
+    assert (
+        f"aero: running {PUBLISHED_MODEL} (found in the local Hugging Face cache" in result.stderr
+    )
     assert json.loads((tmp_path / "out" / "clip.json").read_text())["completion_tokens"] >= 1
     # A partial download (no weights) is not a usable default.
     (snapshot / "model.safetensors").unlink()
@@ -80,8 +101,20 @@ def test_published_model_in_the_local_cache_runs_by_default(published, tmp_path,
 def test_eval_defaults_the_model_and_takes_task_asr(published, tmp_path, monkeypatch):
     manifest = write_manifest(tmp_path / "data", [1.5, 2.5])
     monkeypatch.setenv("AERO_MODEL", str(published))
-    result = runner.invoke(app, ["eval", "--task", "asr", "--data", str(manifest), "-o", str(tmp_path / "run"),
-                                 "--max-new-tokens", "4"])
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            "--task",
+            "asr",
+            "--data",
+            str(manifest),
+            "-o",
+            str(tmp_path / "run"),
+            "--max-new-tokens",
+            "4",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "set by AERO_MODEL" in result.stderr
     results = json.loads((tmp_path / "run" / "results.json").read_text())
@@ -91,8 +124,13 @@ def test_eval_defaults_the_model_and_takes_task_asr(published, tmp_path, monkeyp
 @pytest.mark.slow
 def test_cli_falls_back_to_aero_mini_offline(tmp_path):
     """The real aero-mini (its parts convert on first use): `aero info` with nothing cached, no Hub."""
-    out = subprocess.run([sys.executable, "-m", "aero.cli", "info"], env=offline_env(tmp_path / "cache"),
-                         capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-m", "aero.cli", "info"],
+        env=offline_env(tmp_path / "cache"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr
     assert "aero: running aero-mini (a small demonstration model" in out.stderr
     assert "aero-mini" in out.stdout

@@ -35,7 +35,9 @@ def engine():
 
 
 def clips():
-    return [tone(s, 200 + 60 * i, seed=i) for i, s in enumerate([1.0, 4.5, 0.3, 7.0, 2.0, 33.0, 1.5])]
+    return [
+        tone(s, 200 + 60 * i, seed=i) for i, s in enumerate([1.0, 4.5, 0.3, 7.0, 2.0, 33.0, 1.5])
+    ]
 
 
 def test_batches_equal_one_by_one(engine):
@@ -51,9 +53,14 @@ def test_batches_equal_one_by_one(engine):
 
 
 def test_transcribe_sends_the_processors_prompt_unless_given_one():
-    engine = Engine(make_tiny_model(), make_tiny_processor(transcribe_prompt="Write down the words."))
+    engine = Engine(
+        make_tiny_model(), make_tiny_processor(transcribe_prompt="Write down the words.")
+    )
     audio = tone(1.5)
-    default, given = engine.transcribe([audio], options=GREEDY)[0], engine.transcribe([audio], "Write down the words.", GREEDY)[0]
+    default, given = (
+        engine.transcribe([audio], options=GREEDY)[0],
+        engine.transcribe([audio], "Write down the words.", GREEDY)[0],
+    )
     other = engine.transcribe([audio], "Please transcribe the audio", GREEDY)[0]
     assert default.token_ids == given.token_ids and default.prompt_tokens == given.prompt_tokens
     assert other.prompt_tokens != default.prompt_tokens
@@ -61,7 +68,15 @@ def test_transcribe_sends_the_processors_prompt_unless_given_one():
 
 
 def test_stream_joins_to_text(engine):
-    messages = [{"role": "user", "content": [{"type": "audio", "audio": tone(2.0)}, {"type": "text", "text": "What is it?"}]}]
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "audio", "audio": tone(2.0)},
+                {"type": "text", "text": "What is it?"},
+            ],
+        }
+    ]
     stream = engine.stream(engine.prepare(messages, GREEDY), GREEDY)
     pieces = list(stream)
     assert len(pieces) > 1 and "".join(pieces) == stream.result.text
@@ -91,10 +106,18 @@ def test_repetition_guard_stops_a_forced_loop():
     assert cut.stopped_by_repetition and cut.finish_reason == "repetition"
     assert cut.token_ids == [0]  # the loop is cut back to its first copy
     # with every 3-gram allowed once, the same model cannot loop: it runs to its budget
-    banned = engine.transcribe([tone(1.0)], options=GenerationOptions(max_new_tokens=60, no_repeat_ngram_size=3))[0]
+    banned = engine.transcribe(
+        [tone(1.0)], options=GenerationOptions(max_new_tokens=60, no_repeat_ngram_size=3)
+    )[0]
     grams = [tuple(banned.token_ids[i : i + 3]) for i in range(58)]
-    assert banned.finish_reason == "length" and len(banned.token_ids) == 60 and len(set(grams)) == len(grams)
-    off = engine.transcribe([tone(1.0)], options=GenerationOptions(max_new_tokens=50, repetition_guard=False))[0]
+    assert (
+        banned.finish_reason == "length"
+        and len(banned.token_ids) == 60
+        and len(set(grams)) == len(grams)
+    )
+    off = engine.transcribe(
+        [tone(1.0)], options=GenerationOptions(max_new_tokens=50, repetition_guard=False)
+    )[0]
     assert off.finish_reason == "length" and off.token_ids == [0] * 50
 
 
@@ -103,22 +126,36 @@ def test_temperature_fallback_replaces_a_looping_reply_and_keeps_the_rest(engine
     looping = Engine(model, make_tiny_processor())
     options = GenerationOptions(max_new_tokens=60, fallback_temperatures=FALLBACK_TEMPERATURES)
     first, second = looping.transcribe([tone(1.0), tone(2.0, seed=1)], options=options)
-    assert first.temperature == 0.2 and first.finish_reason == "length" and len(first.token_ids) == 60
+    assert (
+        first.temperature == 0.2 and first.finish_reason == "length" and len(first.token_ids) == 60
+    )
     assert second.temperature == 0.2 and not second.stopped_by_repetition
     again = looping.transcribe([tone(1.0), tone(2.0, seed=1)], options=options)
-    assert [r.token_ids for r in again] == [first.token_ids, second.token_ids]  # seeded: the same request repeats
-    assert looping.chat([{"role": "user", "content": [{"type": "audio", "audio": tone(1.0)}]}], options).temperature == 0.2
+    assert [r.token_ids for r in again] == [
+        first.token_ids,
+        second.token_ids,
+    ]  # seeded: the same request repeats
+    assert (
+        looping.chat(
+            [{"role": "user", "content": [{"type": "audio", "audio": tone(1.0)}]}], options
+        ).temperature
+        == 0.2
+    )
 
     # a reply that loops at every temperature keeps the greedy decode, cut at its loop
     stuck = make_tiny_model()
-    stuck.language_model.lm_head.register_forward_hook(lambda module, args, logits: logits.index_fill_(-1, torch.tensor([0]), 1e4))
+    stuck.language_model.lm_head.register_forward_hook(
+        lambda module, args, logits: logits.index_fill_(-1, torch.tensor([0]), 1e4)
+    )
     kept = Engine(stuck, make_tiny_processor()).transcribe([tone(1.0)], options=options)[0]
     assert kept.stopped_by_repetition and kept.temperature == 0.0 and kept.token_ids == [0]
 
     # replies without a loop are untouched
     plain = GenerationOptions(max_new_tokens=12)
     with_fallback = GenerationOptions(max_new_tokens=12, fallback_temperatures=(0.5,))
-    assert [r.text for r in engine.transcribe(clips(), options=plain)] == [r.text for r in engine.transcribe(clips(), options=with_fallback)]
+    assert [r.text for r in engine.transcribe(clips(), options=plain)] == [
+        r.text for r in engine.transcribe(clips(), options=with_fallback)
+    ]
 
 
 class Scripted(torch.nn.Module):
@@ -153,9 +190,13 @@ def test_beam_search_finds_the_better_hypothesis_greedy_misses():
     engine = Engine(model, processor)
     greedy = engine.transcribe([tone(1.0)], options=GenerationOptions(max_new_tokens=8))[0]
     assert greedy.token_ids == [10, 20] and greedy.finish_reason == "stop"
-    beam = engine.transcribe([tone(1.0)], options=GenerationOptions(max_new_tokens=8, num_beams=2))[0]
+    beam = engine.transcribe([tone(1.0)], options=GenerationOptions(max_new_tokens=8, num_beams=2))[
+        0
+    ]
     assert beam.token_ids == [11] and beam.finish_reason == "stop"
-    one_token = engine.transcribe([tone(1.0)], options=GenerationOptions(max_new_tokens=1, num_beams=2))[0]
+    one_token = engine.transcribe(
+        [tone(1.0)], options=GenerationOptions(max_new_tokens=1, num_beams=2)
+    )[0]
     assert one_token.finish_reason == "length" and one_token.token_ids == [10]
     with pytest.raises(ValueError, match="num_beams"):
         GenerationOptions(num_beams=2, temperature=0.5)
@@ -165,9 +206,13 @@ def test_beam_search_runs_on_a_real_batch_and_cuts_loops(engine):
     options = GenerationOptions(max_new_tokens=12, num_beams=3)
     results = engine.transcribe(clips()[:3], options=options)
     assert all(r.token_ids and r.finish_reason in ("stop", "length", "repetition") for r in results)
-    assert [r.text for r in results] == [engine.transcribe([c], options=options)[0].text for c in clips()[:3]]
+    assert [r.text for r in results] == [
+        engine.transcribe([c], options=options)[0].text for c in clips()[:3]
+    ]
     model = make_looping_model()
-    looping = Engine(model, make_tiny_processor()).transcribe([tone(1.0)], options=GenerationOptions(max_new_tokens=200, num_beams=2))[0]
+    looping = Engine(model, make_tiny_processor()).transcribe(
+        [tone(1.0)], options=GenerationOptions(max_new_tokens=200, num_beams=2)
+    )[0]
     assert len(looping.token_ids) < 200  # ties everywhere: the guard ends the looping beams
 
 
@@ -190,12 +235,21 @@ def test_context_limit_is_an_error_not_truncation():
         engine.transcribe([tone(33.0)])
     with pytest.raises(ContextLengthError, match="lower max_new_tokens"):
         engine.transcribe([tone(5.0)], options=GenerationOptions(max_new_tokens=400))
-    assert engine.transcribe([tone(5.0)], options=GenerationOptions(max_new_tokens=4))[0].completion_tokens <= 4
+    assert (
+        engine.transcribe([tone(5.0)], options=GenerationOptions(max_new_tokens=4))[
+            0
+        ].completion_tokens
+        <= 4
+    )
 
 
 def test_timestamps_one_segment_per_window(engine):
     result = engine.transcribe([tone(65.0)], options=GREEDY, timestamps=True)[0]
-    assert [(s.start, s.end) for s in result.segments] == [(0, 30), (30, 60), (60, pytest.approx(65.0))]
+    assert [(s.start, s.end) for s in result.segments] == [
+        (0, 30),
+        (30, 60),
+        (60, pytest.approx(65.0)),
+    ]
     assert result.text == " ".join(s.text for s in result.segments if s.text)
     first = engine.transcribe([tone(65.0)[: 30 * SAMPLE_RATE]], options=GREEDY)[0]
     assert result.segments[0].text == first.text
@@ -205,24 +259,46 @@ def test_failed_file_does_not_stop_the_rest(engine, tmp_path):
     good = tmp_path / "good.wav"
     sf.write(good, tone(1.0), SAMPLE_RATE)
     (tmp_path / "bad.wav").write_text("not audio")
-    out = dict(engine.transcribe_iter([str(tmp_path / "bad.wav"), str(good), str(tmp_path / "missing.wav")], options=GREEDY))
-    assert isinstance(out[0], AudioError) and isinstance(out[2], AudioError) and "does not exist" in str(out[2])
+    out = dict(
+        engine.transcribe_iter(
+            [str(tmp_path / "bad.wav"), str(good), str(tmp_path / "missing.wav")], options=GREEDY
+        )
+    )
+    assert (
+        isinstance(out[0], AudioError)
+        and isinstance(out[2], AudioError)
+        and "does not exist" in str(out[2])
+    )
     assert out[1].text == engine.transcribe([tone(1.0)], options=GREEDY)[0].text
 
 
 def test_sampling_is_seeded_and_top_p_small_is_greedy(engine):
     audio = [tone(1.0)]
     sample = GenerationOptions(max_new_tokens=10, temperature=1.0, seed=3, repetition_guard=False)
-    assert engine.transcribe(audio, options=sample)[0].token_ids == engine.transcribe(audio, options=sample)[0].token_ids
-    nucleus = GenerationOptions(max_new_tokens=10, temperature=1.0, top_p=1e-6, seed=1, repetition_guard=False)
+    assert (
+        engine.transcribe(audio, options=sample)[0].token_ids
+        == engine.transcribe(audio, options=sample)[0].token_ids
+    )
+    nucleus = GenerationOptions(
+        max_new_tokens=10, temperature=1.0, top_p=1e-6, seed=1, repetition_guard=False
+    )
     greedy = GenerationOptions(max_new_tokens=10, repetition_guard=False)
-    assert engine.transcribe(audio, options=nucleus)[0].token_ids == engine.transcribe(audio, options=greedy)[0].token_ids
+    assert (
+        engine.transcribe(audio, options=nucleus)[0].token_ids
+        == engine.transcribe(audio, options=greedy)[0].token_ids
+    )
 
 
 def test_multi_turn_chat_with_two_audios(engine):
     messages = [
-        {"role": "user", "content": [{"type": "audio", "audio": tone(1.0)}, {"type": "audio", "audio": tone(31.0, 300)},
-                                     {"type": "text", "text": "Compare them."}]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "audio", "audio": tone(1.0)},
+                {"type": "audio", "audio": tone(31.0, 300)},
+                {"type": "text", "text": "Compare them."},
+            ],
+        },
         {"role": "assistant", "content": "The second is longer."},
         {"role": "user", "content": "By how much?"},
     ]
@@ -241,7 +317,10 @@ def test_ngram_ban_matches_transformers_no_repeat_ngram():
         for t in range(len(tokens) + 1):
             ids = torch.tensor([tokens[:t]], dtype=torch.long)
             scores = theirs(ids, torch.zeros(1, 5)) if t else torch.zeros(1, 5)
-            assert sorted(set(ban.banned(tokens[:t]))) == torch.isinf(scores[0]).nonzero().flatten().tolist(), (n, t)
+            assert (
+                sorted(set(ban.banned(tokens[:t])))
+                == torch.isinf(scores[0]).nonzero().flatten().tolist()
+            ), (n, t)
             if t < len(tokens):
                 ban.add(tokens[: t + 1])
 

@@ -21,7 +21,13 @@ ROWS = [
     (8000, "How fast is the speech?", "Fast.", "rate", "fast"),
     (9600, "Is the speaker male or female?", "Female.", "gender", "Male."),
     (11200, "How many speakers are there?", "Two.", "speakers", "2"),
-    (12800, "What is a volcano?", "A volcano is a mountain. It erupts.", "instruct", "A volcano is a mountain. Lava!"),
+    (
+        12800,
+        "What is a volcano?",
+        "A volcano is a mountain. It erupts.",
+        "instruct",
+        "A volcano is a mountain. Lava!",
+    ),
 ]
 
 
@@ -40,11 +46,26 @@ class Replier:
 def manifest(tmp_path):
     lines = []
     for k, (n, prompt, ref, kind, _) in enumerate(ROWS):
-        sf.write(tmp_path / f"a{k}.wav", np.full(n, 0.05, np.float32), SAMPLE_RATE, subtype="PCM_16")
-        lines.append({"id": f"q{k}", "task": "understand", "meta": {"question_kind": kind}, "messages": [
-            {"role": "user", "content": [{"type": "audio_url", "audio_url": {"url": f"a{k}.wav"}},
-                                         {"type": "text", "text": prompt}]},
-            {"role": "assistant", "content": [{"type": "text", "text": ref}]}]})
+        sf.write(
+            tmp_path / f"a{k}.wav", np.full(n, 0.05, np.float32), SAMPLE_RATE, subtype="PCM_16"
+        )
+        lines.append(
+            {
+                "id": f"q{k}",
+                "task": "understand",
+                "meta": {"question_kind": kind},
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "audio_url", "audio_url": {"url": f"a{k}.wav"}},
+                            {"type": "text", "text": prompt},
+                        ],
+                    },
+                    {"role": "assistant", "content": [{"type": "text", "text": ref}]},
+                ],
+            }
+        )
     (tmp_path / "broken.wav").write_bytes(b"not audio")
     broken = json.loads(json.dumps(lines[0]))
     broken["id"] = "broken"
@@ -73,14 +94,22 @@ def test_escaping_audio_path_is_refused(manifest):
 
 
 def test_exact_judge_scores_per_category_and_reports_failures(manifest, tmp_path):
-    r = run_answer_eval(Replier(), chat_manifest_items(manifest), judge="exact", batch_size=2, output_dir=tmp_path / "out")
+    r = run_answer_eval(
+        Replier(),
+        chat_manifest_items(manifest),
+        judge="exact",
+        batch_size=2,
+        output_dir=tmp_path / "out",
+    )
     # fast == Fast. ; Male. != Female. ; 2 == Two. (normalizer) ; the long answer differs ; broken fails
     assert r["counts"] == {"items": 5, "failed": 1, "answered": 4, "exact": 2}
     assert r["accuracy_percent"] == 50.0
     assert r["per_category"]["rate"] == {"n": 1, "correct": 1, "accuracy_percent": 100.0}
     assert r["per_category"]["gender"]["correct"] == 0
     samples = [json.loads(l) for l in (tmp_path / "out" / "samples.jsonl").read_text().splitlines()]
-    assert samples[-1]["id"] == "broken" and samples[-1]["response"] is None and samples[-1]["error"]
+    assert (
+        samples[-1]["id"] == "broken" and samples[-1]["response"] is None and samples[-1]["error"]
+    )
     assert json.loads((tmp_path / "out" / "results.json").read_text())["judge"] == "exact"
 
 
@@ -88,7 +117,9 @@ def test_agreement_judge(manifest, tmp_path):
     items = chat_manifest_items(manifest)[3:4]
     r = run_answer_eval(Replier(), items, judge="agreement", output_dir=tmp_path / "out")
     assert r["exact_percent"] == 0.0 and r["first_sentence_percent"] == 100.0
-    assert r["token_f1_percent"] == pytest.approx(100 * token_f1(items[0].reference, "A volcano is a mountain. Lava!"), abs=0.01)
+    assert r["token_f1_percent"] == pytest.approx(
+        100 * token_f1(items[0].reference, "A volcano is a mountain. Lava!"), abs=0.01
+    )
     with pytest.raises(ValueError, match="judge"):
         run_answer_eval(Replier(), items, judge="vibes", output_dir=tmp_path / "x")
 

@@ -31,16 +31,27 @@ def test_greedy_english_without_timestamps(monkeypatch):
 
         def transcribe(self, audio, **options):
             calls.append(("transcribe", len(audio), options))
-            segments = (types.SimpleNamespace(text=t) for t in [" Hello there.", " General Kenobi. "])
+            segments = (
+                types.SimpleNamespace(text=t) for t in [" Hello there.", " General Kenobi. "]
+            )
             return segments, None
 
-    monkeypatch.setitem(sys.modules, "faster_whisper", types.SimpleNamespace(WhisperModel=StubModel))
+    monkeypatch.setitem(
+        sys.modules, "faster_whisper", types.SimpleNamespace(WhisperModel=StubModel)
+    )
     model = FasterWhisperTranscriber("base.en")
     assert model.name == "faster-whisper:base.en" and model.parameters == 74_000_000
-    texts = model.transcribe([np.zeros(1600, np.float32), np.zeros(3200, np.float32)], prompt="ignored")
+    texts = model.transcribe(
+        [np.zeros(1600, np.float32), np.zeros(3200, np.float32)], prompt="ignored"
+    )
     assert texts == ["Hello there. General Kenobi."] * 2
     assert calls[0] == ("init", "base.en", "auto", "int8")
     options = calls[1][2]
-    assert options == {"language": "en", "beam_size": 1, "temperature": 0.0, "without_timestamps": True}
+    assert options == {
+        "language": "en",
+        "beam_size": 1,
+        "temperature": 0.0,
+        "without_timestamps": True,
+    }
     with pytest.raises(NotImplementedError, match="multiple-choice"):
         model.answer([np.zeros(1600, np.float32)], ["q"])

@@ -93,7 +93,12 @@ def test_load_mmau_and_airbench_styles(tmp_path):
     }
     (tmp_path / "air.jsonl").write_text(json.dumps(air) + "\n")
     (item,) = load_choice_items(tmp_path / "air.jsonl")
-    assert item.choices == ("p", "q", "r") and item.answer == 1 and item.id == "7" and item.category == "Speaker_Gender"
+    assert (
+        item.choices == ("p", "q", "r")
+        and item.answer == 1
+        and item.id == "7"
+        and item.category == "Speaker_Gender"
+    )
 
 
 def test_load_errors_name_the_item(tmp_path):

@@ -51,11 +51,15 @@ def test_hf_directory_with_configurable_columns(tmp_path):
     datasets = pytest.importorskip("datasets")
     clip = tmp_path / "clip.wav"
     sf.write(clip, np.zeros(SAMPLE_RATE // 2, np.float32), SAMPLE_RATE)
-    ds = datasets.Dataset.from_dict({"speech": [str(clip)] * 2, "sentence": ["hello", "world"], "key": ["k1", "k2"]})
+    ds = datasets.Dataset.from_dict(
+        {"speech": [str(clip)] * 2, "sentence": ["hello", "world"], "key": ["k1", "k2"]}
+    )
     ds = ds.cast_column("speech", datasets.Audio(decode=False))
     datasets.DatasetDict({"test": ds}).save_to_disk(str(tmp_path / "hf"))
 
-    items = list(hf_items(tmp_path / "hf", audio_column="speech", text_column="sentence", id_column="key"))
+    items = list(
+        hf_items(tmp_path / "hf", audio_column="speech", text_column="sentence", id_column="key")
+    )
     assert [(i.id, i.text) for i in items] == [("k1", "hello"), ("k2", "world")]
     from aero.audio import load_audio
 
@@ -67,13 +71,25 @@ def test_hf_directory_with_configurable_columns(tmp_path):
 
 
 def test_manifest_reads_training_format_lines(tmp_path):
-    user = {"role": "user", "content": [{"type": "audio_url", "audio_url": {"url": "a.wav"}},
-                                        {"type": "text", "text": "Please transcribe the audio"}]}
-    good = {"messages": [user, {"role": "assistant", "content": [{"type": "text", "text": "hello world"}]}]}
+    user = {
+        "role": "user",
+        "content": [
+            {"type": "audio_url", "audio_url": {"url": "a.wav"}},
+            {"type": "text", "text": "Please transcribe the audio"},
+        ],
+    }
+    good = {
+        "messages": [
+            user,
+            {"role": "assistant", "content": [{"type": "text", "text": "hello world"}]},
+        ]
+    }
     no_reply = {"messages": [user]}
     (tmp_path / "m.jsonl").write_text(json.dumps(good) + "\n")
     (item,) = manifest_items(tmp_path / "m.jsonl")
     assert (item.audio, item.text) == (str(tmp_path / "a.wav"), "hello world")
     (tmp_path / "bad.jsonl").write_text(json.dumps(good) + "\n" + json.dumps(no_reply) + "\n")
-    with pytest.raises(ManifestError, match=r"bad.jsonl:2: .*1 audio parts and 0 assistant text parts"):
+    with pytest.raises(
+        ManifestError, match=r"bad.jsonl:2: .*1 audio parts and 0 assistant text parts"
+    ):
         manifest_items(tmp_path / "bad.jsonl")

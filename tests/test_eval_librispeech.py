@@ -29,7 +29,9 @@ def make_librispeech(root):
             utt = f"{speaker}-{chapter}-{u:04d}"
             n_samples = SAMPLE_RATE // 4 + 800 * (3 * g + u)  # 0.25 s + 50 ms steps: all distinct
             t = np.arange(n_samples) / SAMPLE_RATE
-            audio = 0.3 * np.sin(2 * np.pi * (220 + 50 * u) * t) + 0.01 * rng.standard_normal(n_samples)
+            audio = 0.3 * np.sin(2 * np.pi * (220 + 50 * u) * t) + 0.01 * rng.standard_normal(
+                n_samples
+            )
             sf.write(folder / f"{utt}.flac", audio, SAMPLE_RATE, subtype="PCM_16")
             text = f"{WORDS[g]} {WORDS[u]} SAID {speaker}"
             truth[utt] = (text, n_samples)
@@ -91,7 +93,8 @@ def test_longform_groups_order_durations_and_text(libri, tmp_path, gap):
         pos = 0
         for k, u in enumerate(utts):
             part, _ = sf.read(
-                root / "test-tiny" / r["id"].split("-")[0] / r["id"].split("-")[1] / f"{u}.flac", dtype="float32"
+                root / "test-tiny" / r["id"].split("-")[0] / r["id"].split("-")[1] / f"{u}.flac",
+                dtype="float32",
             )
             np.testing.assert_array_equal(audio[pos : pos + len(part)], part)
             pos += len(part)
@@ -111,7 +114,9 @@ def test_manifest_longform_with_group_key(tmp_path):
         sf.write(clips / f"c{k}.wav", np.full(n, 0.1, np.float32), SAMPLE_RATE, subtype="PCM_16")
         lines.append(json.dumps({"audio": f"clips/c{k}.wav", "text": f" part {k} ", "talk": talk}))
     (tmp_path / "m.jsonl").write_text("\n".join(lines))
-    manifest = build_manifest_longform(tmp_path / "m.jsonl", "talk", tmp_path / "out", gap_seconds=0.5)
+    manifest = build_manifest_longform(
+        tmp_path / "m.jsonl", "talk", tmp_path / "out", gap_seconds=0.5
+    )
     records = [json.loads(line) for line in manifest.read_text().splitlines()]
     assert [(r["id"], r["text"]) for r in records] == [("t1", "part 0 part 2"), ("t2", "part 1")]
     assert records[0]["duration"] == pytest.approx((1600 + 4800) / SAMPLE_RATE + 0.5)
@@ -120,13 +125,17 @@ def test_manifest_longform_with_group_key(tmp_path):
 
 def test_cli_build_longform(libri, tmp_path):
     root, _ = libri
-    result = CliRunner().invoke(app, ["build-longform", str(root), str(tmp_path / "cli"), "--gap", "0.2"])
+    result = CliRunner().invoke(
+        app, ["build-longform", str(root), str(tmp_path / "cli"), "--gap", "0.2"]
+    )
     assert result.exit_code == 0, result.output
     assert "Wrote 4 recordings" in result.output
     assert len((tmp_path / "cli" / "manifest.jsonl").read_text().splitlines()) == 4
     assert len(list((tmp_path / "cli" / "audio").glob("*.flac"))) == 4
 
-    bad = CliRunner().invoke(app, ["build-longform", str(tmp_path / "nope.jsonl"), str(tmp_path / "x")])
+    bad = CliRunner().invoke(
+        app, ["build-longform", str(tmp_path / "nope.jsonl"), str(tmp_path / "x")]
+    )
     assert bad.exit_code == 1 and "--group-key" in bad.output
 
 
@@ -146,9 +155,13 @@ def test_cli_librispeech_tasks(libri, tmp_path, monkeypatch, task, items):
     root, _ = libri
     monkeypatch.setattr(cli, "resolve_model", lambda spec, max_new_tokens=None: SilentTranscriber())
     out = tmp_path / task
-    result = CliRunner().invoke(app, ["--model", "silent", "--task", task, "--data", str(root), "--output", str(out)])
+    result = CliRunner().invoke(
+        app, ["--model", "silent", "--task", task, "--data", str(root), "--output", str(out)]
+    )
     assert result.exit_code == 0, result.output
     results = json.loads((out / "results.json").read_text())
-    assert results["counts"]["items"] == items and results["counts"]["deletions"] == 48  # 12 utterances x 4 words
+    assert (
+        results["counts"]["items"] == items and results["counts"]["deletions"] == 48
+    )  # 12 utterances x 4 words
     assert results["wer_percent"] == 100.0
     assert (out / "longform" / "manifest.jsonl").is_file() == (task == "librispeech-long")

@@ -17,15 +17,33 @@ def test_eval_tiny_model_writes_results_samples_and_report(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
     rows = []
-    for i, (seconds, text) in enumerate([(1.0, "hello world"), (2.5, "the quick brown fox"), (0.7, "yes")]):
+    for i, (seconds, text) in enumerate(
+        [(1.0, "hello world"), (2.5, "the quick brown fox"), (0.7, "yes")]
+    ):
         sf.write(data / f"{i}.wav", tone(seconds, seed=i), SAMPLE_RATE)
         rows.append(json.dumps({"audio": f"{i}.wav", "text": text, "id": f"utt{i}"}))
     (data / "manifest.jsonl").write_text("\n".join(rows) + "\n")
 
     runner = CliRunner()
     out = tmp_path / "run"
-    result = runner.invoke(app, ["eval", "--model", str(model_dir), "--task", "manifest",
-                                 "--data", str(data / "manifest.jsonl"), "--output", str(out), "--batch-size", "2", "--max-new-tokens", "8"])
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            "--model",
+            str(model_dir),
+            "--task",
+            "manifest",
+            "--data",
+            str(data / "manifest.jsonl"),
+            "--output",
+            str(out),
+            "--batch-size",
+            "2",
+            "--max-new-tokens",
+            "8",
+        ],
+    )
     assert result.exit_code == 0, result.output
     results = json.loads((out / "results.json").read_text())
     assert results["counts"]["items"] == 3 and results["counts"]["failed"] == 0

@@ -10,7 +10,17 @@ from aero.evaluation.report import build_table, compare_runs, load_runs, to_mark
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def _run(root, model, task, metric, value, params=None, stamp="2026-01-01T00:00:00+00:00", rtfx=50.0, samples=()):
+def _run(
+    root,
+    model,
+    task,
+    metric,
+    value,
+    params=None,
+    stamp="2026-01-01T00:00:00+00:00",
+    rtfx=50.0,
+    samples=(),
+):
     d = root / f"{model}-{task}"
     d.mkdir(parents=True)
     results = {
@@ -41,7 +51,11 @@ def _two_models(tmp_path):
 def test_table_cells_average_and_markdown(tmp_path):
     a, b = _two_models(tmp_path)
     table = build_table(load_runs([a, b]))
-    assert table.models == ["aero-mini", "whisper-tiny"] and table.tasks == ["clean", "other", "mmau"]
+    assert table.models == ["aero-mini", "whisper-tiny"] and table.tasks == [
+        "clean",
+        "other",
+        "mmau",
+    ]
     assert table.cells[("whisper-tiny", "other")] == 15.45
     assert table.average_wer == {"aero-mini": 5.25, "whisper-tiny": 10.55}  # WER tasks only
     md = to_markdown(table)
@@ -78,20 +92,33 @@ def test_cli_report(tmp_path):
     assert result.exit_code == 0, result.output
     assert "aero-mini" in result.output and (tmp_path / "out" / "report.md").is_file()
     assert (tmp_path / "out" / "wer_by_task.png").read_bytes().startswith(PNG_MAGIC)
-    missing = CliRunner().invoke(app, ["report", str(tmp_path / "nothing"), "--output", str(tmp_path / "o2")])
+    missing = CliRunner().invoke(
+        app, ["report", str(tmp_path / "nothing"), "--output", str(tmp_path / "o2")]
+    )
     assert missing.exit_code == 1 and "No results.json" in missing.output
 
 
 def _sample(uid, ref_len, s, d, i):
-    return {"id": uid, "reference_length": ref_len, "substitutions": s, "deletions": d, "insertions": i, "error": None}
+    return {
+        "id": uid,
+        "reference_length": ref_len,
+        "substitutions": s,
+        "deletions": d,
+        "insertions": i,
+        "error": None,
+    }
 
 
 def test_compare_runs_pairs_by_id(tmp_path):
-    a = _run(tmp_path, "A", "t", "wer", 0, samples=[_sample(f"u{k}", 10, 1, 0, 0) for k in range(30)])
+    a = _run(
+        tmp_path, "A", "t", "wer", 0, samples=[_sample(f"u{k}", 10, 1, 0, 0) for k in range(30)]
+    )
     b_samples = [_sample(f"u{k}", 10, 2, 1, 0) for k in reversed(range(30))]  # other order
     b_samples.append({"id": "extra", "error": "AudioError: unreadable"})
     b = _run(tmp_path, "B", "t", "wer", 0, samples=b_samples)
     c = compare_runs(a, b, n_resamples=200)
-    assert c.n_utterances == 30 and c.rate_a == 0.1 and c.rate_b == 0.3 and c.a_better_fraction == 1.0
+    assert (
+        c.n_utterances == 30 and c.rate_a == 0.1 and c.rate_b == 0.3 and c.a_better_fraction == 1.0
+    )
     result = CliRunner().invoke(app, ["compare", str(a), str(b)])
     assert result.exit_code == 0 and "A 10.00 %, B 30.00 %" in result.output

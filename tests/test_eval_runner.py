@@ -50,7 +50,9 @@ class FakeTranscriber:
 def manifest(tmp_path):
     lines = []
     for k, (n, ref, _) in enumerate(CLIPS):
-        sf.write(tmp_path / f"c{k}.wav", np.full(n, 0.05, np.float32), SAMPLE_RATE, subtype="PCM_16")
+        sf.write(
+            tmp_path / f"c{k}.wav", np.full(n, 0.05, np.float32), SAMPLE_RATE, subtype="PCM_16"
+        )
         lines.append({"id": f"c{k}", "audio": f"c{k}.wav", "text": ref})
     sf.write(tmp_path / "poison.wav", np.zeros(POISON, np.float32), SAMPLE_RATE)
     (tmp_path / "broken.wav").write_bytes(b"this is not audio")
@@ -64,11 +66,17 @@ def manifest(tmp_path):
 def test_run_asr_eval_writes_results_and_samples(manifest, tmp_path):
     model = FakeTranscriber()
     out = tmp_path / "run"
-    results = run_asr_eval(model, manifest_items(manifest), batch_size=2, output_dir=out, task_name="tiny", prompt="P:")
+    results = run_asr_eval(
+        model, manifest_items(manifest), batch_size=2, output_dir=out, task_name="tiny", prompt="P:"
+    )
 
     on_disk = json.loads((out / "results.json").read_text())
     assert on_disk == json.loads(json.dumps(results))
-    assert results["model"] == "fake-asr" and results["task"] == "tiny" and results["parameters"] == 1_000_000
+    assert (
+        results["model"] == "fake-asr"
+        and results["task"] == "tiny"
+        and results["parameters"] == 1_000_000
+    )
     counts = results["counts"]
     assert counts["items"] == 6 and counts["failed"] == 2 and counts["scored"] == 4
     assert (counts["substitutions"], counts["deletions"], counts["insertions"]) == (1, 1, 1)
@@ -81,13 +89,23 @@ def test_run_asr_eval_writes_results_and_samples(manifest, tmp_path):
     speed = results["speed"]
     assert speed["audio_seconds"] == pytest.approx(sum(n for n, _, _ in CLIPS) / SAMPLE_RATE)
     assert speed["rtfx"] > 0
-    assert {"python", "packages", "platform", "cpu_count", "timestamp"} <= set(results["environment"])
+    assert {"python", "packages", "platform", "cpu_count", "timestamp"} <= set(
+        results["environment"]
+    )
 
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert [s["id"] for s in samples] == ["c0", "c1", "broken", "c2", "c3", "poison"]
     by_id = {s["id"]: s for s in samples}
-    assert by_id["c1"]["reference_normalized"] == by_id["c1"]["hypothesis_normalized"] == "mister smith went home"
-    assert (by_id["c2"]["substitutions"], by_id["c2"]["insertions"], by_id["c2"]["errors"]) == (1, 1, 2)
+    assert (
+        by_id["c1"]["reference_normalized"]
+        == by_id["c1"]["hypothesis_normalized"]
+        == "mister smith went home"
+    )
+    assert (by_id["c2"]["substitutions"], by_id["c2"]["insertions"], by_id["c2"]["errors"]) == (
+        1,
+        1,
+        2,
+    )
     assert by_id["c3"]["deletions"] == 1
     assert by_id["broken"]["hypothesis"] is None and "broken.wav" in by_id["broken"]["error"]
     assert "cannot decode this one" in by_id["poison"]["error"]
@@ -103,12 +121,18 @@ def test_run_asr_eval_writes_results_and_samples(manifest, tmp_path):
 
 def test_failing_batch_is_retried_item_by_item(manifest, tmp_path):
     items = manifest_items(manifest)
-    results = run_asr_eval(FakeTranscriber(), [items[-2], items[-1]], batch_size=2, output_dir=tmp_path / "r")
-    assert results["counts"]["failed"] == 1 and results["counts"]["scored"] == 1  # c3 survives poison's batch
+    results = run_asr_eval(
+        FakeTranscriber(), [items[-2], items[-1]], batch_size=2, output_dir=tmp_path / "r"
+    )
+    assert (
+        results["counts"]["failed"] == 1 and results["counts"]["scored"] == 1
+    )  # c3 survives poison's batch
 
 
 def test_limit_and_all_failed(manifest, tmp_path):
-    results = run_asr_eval(FakeTranscriber(), manifest_items(manifest), limit=2, output_dir=tmp_path / "l")
+    results = run_asr_eval(
+        FakeTranscriber(), manifest_items(manifest), limit=2, output_dir=tmp_path / "l"
+    )
     assert results["counts"]["items"] == 2 and results["wer"] == 0.0
     items = [i for i in manifest_items(manifest) if i.id in ("broken", "poison")]
     results = run_asr_eval(FakeTranscriber(), items, output_dir=tmp_path / "f")
@@ -125,12 +149,22 @@ def test_run_choice_eval(manifest, tmp_path):
         ChoiceItem("q3", wav, "Who speaks?", ("man", "woman", "child"), 2, "speech"),
         ChoiceItem("q4", str(manifest.parent / "broken.wav"), "Who?", ("a", "b"), 0, "speech"),
     ]
-    results = run_choice_eval(FakeTranscriber(), items, batch_size=3, output_dir=tmp_path / "c", task_name="mmau-mini")
-    assert results["counts"] == {"items": 4, "failed": 1, "answered": 3, "correct": 1, "unparsed": 1}
+    results = run_choice_eval(
+        FakeTranscriber(), items, batch_size=3, output_dir=tmp_path / "c", task_name="mmau-mini"
+    )
+    assert results["counts"] == {
+        "items": 4,
+        "failed": 1,
+        "answered": 3,
+        "correct": 1,
+        "unparsed": 1,
+    }
     assert results["accuracy_percent"] == 33.33
     assert results["per_category"]["music"] == {"n": 2, "correct": 1, "accuracy_percent": 50.0}
     assert results["per_category"]["speech"]["correct"] == 0
-    samples = [json.loads(line) for line in (tmp_path / "c" / "samples.jsonl").read_text().splitlines()]
+    samples = [
+        json.loads(line) for line in (tmp_path / "c" / "samples.jsonl").read_text().splitlines()
+    ]
     assert samples[0]["predicted_letter"] == "B" and samples[0]["correct"] is True
     assert samples[2]["predicted_letter"] is None and samples[3]["error"]
 
@@ -139,7 +173,18 @@ def test_cli_evaluate(manifest, tmp_path, monkeypatch):
     # The CLI's model lookup is replaced by the in-test model; the rest is the real path.
     monkeypatch.setattr(cli, "resolve_model", lambda spec, max_new_tokens=None: FakeTranscriber())
     out = tmp_path / "cli-run"
-    args = ["--model", "fake", "--task", "manifest", "--data", str(manifest), "--output", str(out), "--name", "tiny"]
+    args = [
+        "--model",
+        "fake",
+        "--task",
+        "manifest",
+        "--data",
+        str(manifest),
+        "--output",
+        str(out),
+        "--name",
+        "tiny",
+    ]
     result = CliRunner().invoke(cli.app, args)
     assert result.exit_code == 0, result.output
     assert "17.65" in result.output and "2 of 6 items failed" in result.output

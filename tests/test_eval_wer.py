@@ -29,8 +29,14 @@ def test_known_sub_del_ins_match_jiwer():
     u = align(ref, hyp)
     assert (u.ref_len, u.substitutions, u.deletions, u.insertions, u.hits) == (6, 1, 1, 1, 4)
     out = jiwer.process_words(ref, hyp)
-    assert (u.substitutions, u.deletions, u.insertions) == (out.substitutions, out.deletions, out.insertions)
-    assert corpus_score([u]).error_rate == pytest.approx(jiwer.wer(ref, hyp)) == pytest.approx(3 / 6)
+    assert (u.substitutions, u.deletions, u.insertions) == (
+        out.substitutions,
+        out.deletions,
+        out.insertions,
+    )
+    assert (
+        corpus_score([u]).error_rate == pytest.approx(jiwer.wer(ref, hyp)) == pytest.approx(3 / 6)
+    )
 
 
 def test_normalization_applies_before_alignment():
@@ -46,7 +52,12 @@ def test_corpus_rate_matches_jiwer_over_the_list_and_differs_from_mean():
     assert score.error_rate == pytest.approx(2 / 11)
     assert score.error_rate == pytest.approx(jiwer.wer(refs, hyps))
     assert mean_utterance_rate(utts) == pytest.approx((0.1 + 1.0) / 2)  # 0.55, not the metric
-    assert (score.substitutions, score.deletions, score.insertions, score.reference_units) == (2, 0, 0, 11)
+    assert (score.substitutions, score.deletions, score.insertions, score.reference_units) == (
+        2,
+        0,
+        0,
+        11,
+    )
 
 
 def test_cer_counts_characters():
@@ -58,7 +69,9 @@ def test_cer_counts_characters():
 
 
 def test_empty_references_are_counted_apart():
-    utts = score_texts(["hello world", "", "ignore time segment in scoring"], ["hello word", "um yes no", "ok"])
+    utts = score_texts(
+        ["hello world", "", "ignore time segment in scoring"], ["hello word", "um yes no", "ok"]
+    )
     score = corpus_score(utts)
     assert score.n_utterances == 3 and score.n_scored == 1 and score.n_empty_refs == 2
     assert score.empty_ref_insertions == 3  # "yes no" (the filler "um" is normalized away) + "ok"

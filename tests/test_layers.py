@@ -73,5 +73,7 @@ def test_the_walker_finds_a_cycle():
 
 def test_no_import_cycle_among_aero_modules():
     graph = import_graph()
-    assert len(graph) > 30 and "aero.engine" in graph["aero.cli"] | {m for g in graph.values() for m in g}
+    assert len(graph) > 30 and "aero.engine" in graph["aero.cli"] | {
+        m for g in graph.values() for m in g
+    }
     assert cycles(graph) == []

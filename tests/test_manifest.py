@@ -24,7 +24,10 @@ def test_jsonl_json_and_parquet_read_the_same(tmp_path):
     (tmp_path / "m.json").write_text(json.dumps(rows))
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "m.parquet")
     # Parquet and `datasets` often keep nested messages as JSON text.
-    pq.write_table(pa.Table.from_pylist([{"messages": json.dumps(r["messages"])} for r in rows]), tmp_path / "t.parquet")
+    pq.write_table(
+        pa.Table.from_pylist([{"messages": json.dumps(r["messages"])} for r in rows]),
+        tmp_path / "t.parquet",
+    )
     expected = [s.messages for s in read_dataset(DatasetSpec(str(manifest)))]
     for name in ("m.json", "m.parquet", "t.parquet"):
         got = read_dataset(DatasetSpec(str(tmp_path / name)))
@@ -51,7 +54,10 @@ def test_paths_escaping_the_root_are_refused(tmp_path):
     for bad in ("../secret.wav", str(tmp_path / "secret.wav"), "link.wav"):
         with pytest.raises(ManifestError, match="escapes the data root"):
             resolve_audio_path(bad, tmp_path / "root")
-    assert resolve_audio_path("a/b.wav", tmp_path / "root") == (tmp_path / "root" / "a" / "b.wav").resolve()
+    assert (
+        resolve_audio_path("a/b.wav", tmp_path / "root")
+        == (tmp_path / "root" / "a" / "b.wav").resolve()
+    )
 
 
 def test_length_estimate_is_exact_and_cached(tmp_path, monkeypatch):
@@ -61,7 +67,9 @@ def test_length_estimate_is_exact_and_cached(tmp_path, monkeypatch):
     samples = read_dataset(DatasetSpec(str(manifest)))
     for sample in samples:
         n, seconds = estimate_length(sample, processor)
-        encoded = processor.encode_conversation(__import__("aero.data.manifest", fromlist=["x"]).with_resolved_audio(sample))
+        encoded = processor.encode_conversation(
+            __import__("aero.data.manifest", fromlist=["x"]).with_resolved_audio(sample)
+        )
         assert n == len(encoded["input_ids"])  # the estimate is the real length
     lengths, seconds, errors = cached_lengths(manifest, samples, processor)
     assert seconds == pytest.approx([1.3, 37.0], abs=1e-3) and not errors

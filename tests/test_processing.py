@@ -21,7 +21,11 @@ REFERENCE_PROMPT = (
 
 
 def user_turn(*audios, text="Please transcribe the audio"):
-    return {"role": "user", "content": [{"type": "audio", "audio": a} for a in audios] + [{"type": "text", "text": text}]}
+    return {
+        "role": "user",
+        "content": [{"type": "audio", "audio": a} for a in audios]
+        + [{"type": "text", "text": text}],
+    }
 
 
 def test_prompt_matches_reference_format(processor):
@@ -29,7 +33,9 @@ def test_prompt_matches_reference_format(processor):
     assert processor.apply_chat_template(conversation) == REFERENCE_PROMPT
     # An explicit system turn replaces the default one.
     custom = [{"role": "system", "content": "Be brief."}, user_turn("a.wav")]
-    assert processor.apply_chat_template(custom).startswith("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user")
+    assert processor.apply_chat_template(custom).startswith(
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user"
+    )
 
 
 @pytest.mark.parametrize("system_prompt", ["You are a helpful assistant.", None])
@@ -38,13 +44,30 @@ def test_saved_jinja_template_renders_the_same(system_prompt):
     env = ImmutableSandboxedEnvironment()
     conversations = [
         [user_turn("a.wav", "b.wav")],
-        [{"role": "system", "content": "S"}, user_turn("a.wav"), {"role": "assistant", "content": "x"}, user_turn(text="more?")],
-        [{"role": "user", "content": [{"type": "audio_url", "audio_url": {"url": "a.wav"}}, {"type": "text", "text": "q"}]}],
+        [
+            {"role": "system", "content": "S"},
+            user_turn("a.wav"),
+            {"role": "assistant", "content": "x"},
+            user_turn(text="more?"),
+        ],
+        [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "audio_url", "audio_url": {"url": "a.wav"}},
+                    {"type": "text", "text": "q"},
+                ],
+            }
+        ],
     ]
     for conversation in conversations:
         for gen in (True, False):
-            rendered = env.from_string(processor.chat_template).render(messages=conversation, add_generation_prompt=gen)
-            assert rendered == processor.apply_chat_template(conversation, add_generation_prompt=gen)
+            rendered = env.from_string(processor.chat_template).render(
+                messages=conversation, add_generation_prompt=gen
+            )
+            assert rendered == processor.apply_chat_template(
+                conversation, add_generation_prompt=gen
+            )
 
 
 def test_75_seconds_gives_three_windows_with_reference_spans(processor):
@@ -137,9 +160,15 @@ def test_audio_part_kinds(processor, tmp_path):
     parts = [
         {"type": "audio", "audio": str(path)},
         {"type": "audio_url", "audio_url": {"url": "a.wav"}},
-        {"type": "input_audio", "input_audio": {"data": base64.b64encode(buf.getvalue()).decode(), "format": "wav"}},
+        {
+            "type": "input_audio",
+            "input_audio": {"data": base64.b64encode(buf.getvalue()).decode(), "format": "wav"},
+        },
     ]
-    values = [processor(messages=[{"role": "user", "content": [p]}], root=tmp_path)["audio_values"] for p in parts]
+    values = [
+        processor(messages=[{"role": "user", "content": [p]}], root=tmp_path)["audio_values"]
+        for p in parts
+    ]
     for v in values[1:]:
         torch.testing.assert_close(v, values[0])
     bad = {"type": "input_audio", "input_audio": {"data": "***", "format": "wav"}}
@@ -154,12 +183,26 @@ def test_save_and_load_round_trip(processor, tmp_path):
     assert loaded.feature_extractor.feature_size == processor.feature_extractor.feature_size
     # The published file set, each file holding what the reference's loaders read.
     saved = {f.name for f in (tmp_path / "p").iterdir()}
-    assert {"processor_config.json", "chat_template.json", "preprocessor_config.json", "tokenizer_config.json"} <= saved
-    assert json.loads((tmp_path / "p" / "chat_template.json").read_text())["chat_template"] == processor.chat_template
+    assert {
+        "processor_config.json",
+        "chat_template.json",
+        "preprocessor_config.json",
+        "tokenizer_config.json",
+    } <= saved
+    assert (
+        json.loads((tmp_path / "p" / "chat_template.json").read_text())["chat_template"]
+        == processor.chat_template
+    )
     settings = json.loads((tmp_path / "p" / "processor_config.json").read_text())
     assert settings["processor_class"] == "AeroProcessor" and settings["audio_token"] == "<|AUDIO|>"
-    assert json.loads((tmp_path / "p" / "tokenizer_config.json").read_text())["processor_class"] == "AeroProcessor"
-    assert loaded.chat_template == processor.chat_template and loaded.system_prompt == processor.system_prompt
+    assert (
+        json.loads((tmp_path / "p" / "tokenizer_config.json").read_text())["processor_class"]
+        == "AeroProcessor"
+    )
+    assert (
+        loaded.chat_template == processor.chat_template
+        and loaded.system_prompt == processor.system_prompt
+    )
     conversation = [user_turn(tone(2.0))]
     a, b = processor(messages=conversation), loaded(messages=conversation)
     for key in a:
@@ -169,9 +212,16 @@ def test_save_and_load_round_trip(processor, tmp_path):
 def test_transcription_prompt_is_the_processors_own_and_saved(tmp_path):
     asr = "Please recognize the speech and only output the recognized content:"
     processor = make_tiny_processor(transcribe_prompt=asr)
-    assert processor.transcription_messages(tone(1.0))[0]["content"][1] == {"type": "text", "text": asr}
-    assert processor.transcription_messages(tone(1.0), "Say it.")[0]["content"][1]["text"] == "Say it."
+    assert processor.transcription_messages(tone(1.0))[0]["content"][1] == {
+        "type": "text",
+        "text": asr,
+    }
+    assert (
+        processor.transcription_messages(tone(1.0), "Say it.")[0]["content"][1]["text"] == "Say it."
+    )
     processor.save_pretrained(tmp_path / "p")
     assert AeroProcessor.from_pretrained(tmp_path / "p").transcribe_prompt == asr
-    (tmp_path / "p" / "processor_config.json").write_text('{"audio_token": "<|AUDIO|>"}')  # saved before the setting
+    (tmp_path / "p" / "processor_config.json").write_text(
+        '{"audio_token": "<|AUDIO|>"}'
+    )  # saved before the setting
     assert AeroProcessor.from_pretrained(tmp_path / "p").transcribe_prompt == TRANSCRIBE_PROMPT

@@ -40,9 +40,28 @@ def start_server(directory, *extra: str):
     """`aero serve` on a free local port; yields its base URL, then stops it."""
     port = free_port()
     env = {**os.environ, "AERO_API_KEY": KEY}
-    cmd = [sys.executable, "-m", "aero.cli", "serve", "--model", str(directory), "--port", str(port), "--threads", "1",
-           "--max-upload-mb", "2", "--max-audio-seconds", "40", "--batch-size", "8", *extra]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "aero.cli",
+        "serve",
+        "--model",
+        str(directory),
+        "--port",
+        str(port),
+        "--threads",
+        "1",
+        "--max-upload-mb",
+        "2",
+        "--max-audio-seconds",
+        "40",
+        "--batch-size",
+        "8",
+        *extra,
+    ]
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while True:
@@ -94,7 +113,10 @@ def cue_times(text: str, sep: str) -> list[float]:
     times = []
     for m in re.finditer(pattern, text):
         g = [int(x) for x in m.groups()]
-        times += [g[0] * 3600 + g[1] * 60 + g[2] + g[3] / 1000, g[4] * 3600 + g[5] * 60 + g[6] + g[7] / 1000]
+        times += [
+            g[0] * 3600 + g[1] * 60 + g[2] + g[3] / 1000,
+            g[4] * 3600 + g[5] * 60 + g[6] + g[7] / 1000,
+        ]
     return times
 
 
@@ -102,13 +124,21 @@ def test_transcription_every_format(client):
     audio = wav_bytes(35.0)
     plain = client.audio.transcriptions.create(model=MODEL, file=("a.wav", audio))
     assert isinstance(plain.text, str) and plain.text
-    text = client.audio.transcriptions.create(model=MODEL, file=("a.wav", audio), response_format="text")
+    text = client.audio.transcriptions.create(
+        model=MODEL, file=("a.wav", audio), response_format="text"
+    )
     assert text.strip() == plain.text
-    verbose = client.audio.transcriptions.create(model=MODEL, file=("a.wav", audio), response_format="verbose_json")
+    verbose = client.audio.transcriptions.create(
+        model=MODEL, file=("a.wav", audio), response_format="verbose_json"
+    )
     assert verbose.duration == pytest.approx(35.0)
     assert [(s.start, s.end) for s in verbose.segments] == [(0, 30), (30, 35.0)]
-    srt = client.audio.transcriptions.create(model=MODEL, file=("a.wav", audio), response_format="srt")
-    vtt = client.audio.transcriptions.create(model=MODEL, file=("a.wav", audio), response_format="vtt")
+    srt = client.audio.transcriptions.create(
+        model=MODEL, file=("a.wav", audio), response_format="srt"
+    )
+    vtt = client.audio.transcriptions.create(
+        model=MODEL, file=("a.wav", audio), response_format="vtt"
+    )
     assert vtt.startswith("WEBVTT")
     cues = [s for s in verbose.segments if s.text.strip()]
     for times in (cue_times(srt, ","), cue_times(vtt, ".")):
@@ -119,7 +149,9 @@ def test_transcription_every_format(client):
 def test_transcription_stream_joins_to_text(client):
     audio = wav_bytes(3.0, 300)
     whole = client.audio.transcriptions.create(model=MODEL, file=("b.wav", audio)).text
-    events = list(client.audio.transcriptions.create(model=MODEL, file=("b.wav", audio), stream=True))
+    events = list(
+        client.audio.transcriptions.create(model=MODEL, file=("b.wav", audio), stream=True)
+    )
     deltas = [e.delta for e in events if e.type == "transcript.text.delta"]
     done = [e for e in events if e.type == "transcript.text.done"]
     assert len(deltas) > 1 and len(done) == 1
@@ -128,14 +160,21 @@ def test_transcription_stream_joins_to_text(client):
 
 def test_chat_with_input_audio(client):
     data = base64.b64encode(wav_bytes(2.0, 500)).decode()
-    messages = [{"role": "user", "content": [
-        {"type": "input_audio", "input_audio": {"data": data, "format": "wav"}},
-        {"type": "text", "text": "What do you hear?"},
-    ]}]
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "input_audio", "input_audio": {"data": data, "format": "wav"}},
+                {"type": "text", "text": "What do you hear?"},
+            ],
+        }
+    ]
     reply = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=10)
     assert reply.choices[0].finish_reason == "length" and reply.usage.completion_tokens == 10
     assert reply.object == "chat.completion"
-    chunks = list(client.chat.completions.create(model=MODEL, messages=messages, max_tokens=10, stream=True))
+    chunks = list(
+        client.chat.completions.create(model=MODEL, messages=messages, max_tokens=10, stream=True)
+    )
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert streamed == reply.choices[0].message.content
     assert chunks[-1].choices[0].finish_reason == "length"
@@ -159,24 +198,56 @@ def test_bad_requests_get_json_errors_and_the_server_keeps_serving(client, serve
         client.audio.transcriptions.create(model=MODEL, file=("long.wav", wav_bytes(45.0)))
     assert err.value.response.json()["error"]["code"] == "audio_too_long"
     with pytest.raises(openai.BadRequestError) as err:
-        client.audio.transcriptions.create(model=MODEL, file=("notes.wav", b"this is not audio at all"))
+        client.audio.transcriptions.create(
+            model=MODEL, file=("notes.wav", b"this is not audio at all")
+        )
     assert err.value.response.json()["error"]["code"] == "invalid_audio"
     with pytest.raises(openai.BadRequestError):
-        client.audio.transcriptions.create(model=MODEL, file=("a.wav", wav_bytes(1.0)), response_format="xml")
+        client.audio.transcriptions.create(
+            model=MODEL, file=("a.wav", wav_bytes(1.0)), response_format="xml"
+        )
     with pytest.raises(openai.BadRequestError) as err:  # audio by path: never read on the server
-        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": [
-            {"type": "audio_url", "audio_url": {"url": "/etc/passwd"}}]}])
+        client.chat.completions.create(
+            model=MODEL,
+            messages=[
+                {
+                    "role": "user",
+                    "content": [{"type": "audio_url", "audio_url": {"url": "/etc/passwd"}}],
+                }
+            ],
+        )
     assert "not accepted" in err.value.response.json()["error"]["message"]
     with pytest.raises(openai.BadRequestError):
-        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": [
-            {"type": "input_audio", "input_audio": {"data": "%%%not base64", "format": "wav"}}]}])
+        client.chat.completions.create(
+            model=MODEL,
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {
+                            "type": "input_audio",
+                            "input_audio": {"data": "%%%not base64", "format": "wav"},
+                        }
+                    ],
+                }
+            ],
+        )
     headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
-    for body in (b"{not json", b"[]", b'{"messages": "hi"}', b'{"messages": [{"role": "robot", "content": "x"}]}',
-                 json.dumps({"messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}).encode()):
+    for body in (
+        b"{not json",
+        b"[]",
+        b'{"messages": "hi"}',
+        b'{"messages": [{"role": "robot", "content": "x"}]}',
+        json.dumps(
+            {"messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}
+        ).encode(),
+    ):
         status, payload = post(f"{server}/v1/chat/completions", body, headers)
         assert status == 400, body
         assert_error_shape(payload)
-    status, payload = post(f"{server}/v1/audio/transcriptions", b"x=1", {**headers, "Content-Type": "text/plain"})
+    status, payload = post(
+        f"{server}/v1/audio/transcriptions", b"x=1", {**headers, "Content-Type": "text/plain"}
+    )
     assert status == 400 and payload["error"]["param"] in (None, "file")
     assert client.audio.transcriptions.create(model=MODEL, file=("a.wav", wav_bytes(1.0))).text
 
@@ -185,7 +256,10 @@ def test_api_key_is_required(server):
     wrong = openai.OpenAI(base_url=f"{server}/v1", api_key="wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError) as err:
         wrong.models.list()
-    assert err.value.status_code == 401 and err.value.response.json()["error"]["code"] == "invalid_api_key"
+    assert (
+        err.value.status_code == 401
+        and err.value.response.json()["error"]["code"] == "invalid_api_key"
+    )
     try:
         urllib.request.urlopen(f"{server}/v1/models")
         raise AssertionError("no key was accepted")
@@ -195,11 +269,18 @@ def test_api_key_is_required(server):
 
 def test_fifty_concurrent_requests(server, client):
     clips = [wav_bytes(1.0 + k, 200 + 100 * k, seed=k) for k in range(3)]
-    expected = [client.audio.transcriptions.create(model=MODEL, file=("c.wav", c)).text for c in clips]
+    expected = [
+        client.audio.transcriptions.create(model=MODEL, file=("c.wav", c)).text for c in clips
+    ]
 
     async def main():
-        aclient = openai.AsyncOpenAI(base_url=f"{server}/v1", api_key=KEY, max_retries=0, timeout=120)
-        calls = [aclient.audio.transcriptions.create(model=MODEL, file=(f"c{i}.wav", clips[i % 3])) for i in range(50)]
+        aclient = openai.AsyncOpenAI(
+            base_url=f"{server}/v1", api_key=KEY, max_retries=0, timeout=120
+        )
+        calls = [
+            aclient.audio.transcriptions.create(model=MODEL, file=(f"c{i}.wav", clips[i % 3]))
+            for i in range(50)
+        ]
         return await asyncio.gather(*calls)
 
     results = asyncio.run(main())
@@ -215,11 +296,21 @@ def test_fallback_server_redecodes_a_looping_transcription(tmp_path):
     base = next(servers)
     try:
         client = openai.OpenAI(base_url=f"{base}/v1", api_key=KEY, max_retries=0, timeout=60)
-        verbose = client.audio.transcriptions.create(model=MODEL, file=("a.wav", wav_bytes(2.0)), response_format="verbose_json")
+        verbose = client.audio.transcriptions.create(
+            model=MODEL, file=("a.wav", wav_bytes(2.0)), response_format="verbose_json"
+        )
         body = verbose.model_dump()
-        assert body["stopped_by_repetition"] is False and [s["temperature"] for s in body["segments"]] == [0.2]
-        sampled = client.audio.transcriptions.create(model=MODEL, file=("a.wav", wav_bytes(2.0)), temperature=0.5,
-                                                     response_format="verbose_json").model_dump()
-        assert sampled["segments"][0]["temperature"] == 0.5  # a client's own temperature gets no fallback
+        assert body["stopped_by_repetition"] is False and [
+            s["temperature"] for s in body["segments"]
+        ] == [0.2]
+        sampled = client.audio.transcriptions.create(
+            model=MODEL,
+            file=("a.wav", wav_bytes(2.0)),
+            temperature=0.5,
+            response_format="verbose_json",
+        ).model_dump()
+        assert (
+            sampled["segments"][0]["temperature"] == 0.5
+        )  # a client's own temperature gets no fallback
     finally:
         next(servers, None)

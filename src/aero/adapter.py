@@ -31,7 +31,9 @@ def save_adapter(path: str | os.PathLike, weights: dict[str, torch.Tensor], meta
     return path
 
 
-def convert_adapter(source: str | os.PathLike, target: str | os.PathLike, dtype: torch.dtype = torch.float16) -> Path:
+def convert_adapter(
+    source: str | os.PathLike, target: str | os.PathLike, dtype: torch.dtype = torch.float16
+) -> Path:
     """Copy an adapter file with its tensors cast (float16 halves a shipped adapter's size)."""
     weights = {k: v.to(dtype) for k, v in load_file(str(source)).items()}
     return save_adapter(target, weights, adapter_metadata(source))
@@ -72,18 +74,26 @@ def apply_adapter(model, path: str | os.PathLike) -> None:
             lora.setdefault(match[1], {})[match[2]] = tensor
         else:
             plain[name] = tensor
-    unknown = sorted(set(plain) - set(params)) + sorted(f"{m}.weight" for m in lora if f"{m}.weight" not in params)
+    unknown = sorted(set(plain) - set(params)) + sorted(
+        f"{m}.weight" for m in lora if f"{m}.weight" not in params
+    )
     if unknown:
-        raise ValueError(f"The adapter {path} has weights this model does not have: {unknown[:5]}; it was made for another model.")
+        raise ValueError(
+            f"The adapter {path} has weights this model does not have: {unknown[:5]}; it was made for another model."
+        )
     model.load_state_dict(plain, strict=False)
     if not lora:
         return
     if "lora_alpha" not in metadata or "lora_r" not in metadata:
-        raise ValueError(f"The adapter {path} has LoRA factors but no lora_alpha / lora_r in its metadata.")
+        raise ValueError(
+            f"The adapter {path} has LoRA factors but no lora_alpha / lora_r in its metadata."
+        )
     scale = float(metadata["lora_alpha"]) / float(metadata["lora_r"])
     with torch.no_grad():
         for module, factors in lora.items():
             if set(factors) != {"A", "B"}:
-                raise ValueError(f"The adapter {path} has only lora_{''.join(factors)} for {module}; it needs both A and B.")
+                raise ValueError(
+                    f"The adapter {path} has only lora_{''.join(factors)} for {module}; it needs both A and B."
+                )
             weight = model.get_parameter(f"{module}.weight")
             weight += scale * (factors["B"].float() @ factors["A"].float()).to(weight.dtype)

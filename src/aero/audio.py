@@ -32,9 +32,13 @@ N_FFT = 400  # samples per STFT window: 25 ms
 CHUNK_LENGTH = 30  # seconds per encoder window
 N_SAMPLES = CHUNK_LENGTH * SAMPLE_RATE  # 480000 samples per window
 N_FRAMES = N_SAMPLES // HOP_LENGTH  # 3000 mel frames per window
-MIN_TOKEN_SAMPLES = 2 * HOP_LENGTH + 1  # 321 samples (20 ms): a window needs 3 mel frames for one token
+MIN_TOKEN_SAMPLES = (
+    2 * HOP_LENGTH + 1
+)  # 321 samples (20 ms): a window needs 3 mel frames for one token
 
-AudioSource = Union[str, os.PathLike, bytes, bytearray, io.IOBase, np.ndarray, "torch.Tensor", tuple, dict]
+AudioSource = Union[
+    str, os.PathLike, bytes, bytearray, io.IOBase, np.ndarray, "torch.Tensor", tuple, dict
+]
 
 
 class AudioError(ValueError):
@@ -74,7 +78,11 @@ def _decode_pyav(data: Any) -> tuple[np.ndarray, int]:
                 chunks.append(out.to_ndarray())
         for out in resampler.resample(None):
             chunks.append(out.to_ndarray())
-        channels = stream.layout.nb_channels if hasattr(stream.layout, "nb_channels") else len(stream.layout.channels)
+        channels = (
+            stream.layout.nb_channels
+            if hasattr(stream.layout, "nb_channels")
+            else len(stream.layout.channels)
+        )
         samples = np.concatenate(chunks, axis=1) if chunks else np.zeros((channels, 0), np.float32)
         return samples.astype(np.float32, copy=False), stream.rate
 
@@ -104,7 +112,9 @@ def _decode(source: Any, name: str) -> tuple[np.ndarray, int]:
     except AudioError as err:
         raise AudioError(f"Audio source {name} {err}.") from None
     except Exception as err:
-        raise AudioError(f"Audio source {name} could not be decoded as audio ({type(err).__name__}: {err}).") from None
+        raise AudioError(
+            f"Audio source {name} could not be decoded as audio ({type(err).__name__}: {err})."
+        ) from None
 
 
 def decode_base64_audio(data: str | bytes | None) -> bytes:
@@ -153,7 +163,9 @@ def load_audio(source: AudioSource, sampling_rate: int | None = None) -> np.ndar
             return load_audio(source["bytes"])
         if source.get("path") is not None:
             return load_audio(source["path"])
-        raise AudioError("Audio dict needs an 'array' (with 'sampling_rate'), 'bytes' or 'path' entry.")
+        raise AudioError(
+            "Audio dict needs an 'array' (with 'sampling_rate'), 'bytes' or 'path' entry."
+        )
     if isinstance(source, tuple):
         if len(source) != 2:
             raise AudioError("Audio tuple must be (samples, sampling_rate).")
@@ -167,9 +179,13 @@ def load_audio(source: AudioSource, sampling_rate: int | None = None) -> np.ndar
         sr = sampling_rate or SAMPLE_RATE
     elif isinstance(source, (str, os.PathLike, bytes, bytearray, io.IOBase)):
         decoded, sr = _decode(source, name)
-        samples = decoded.mean(axis=0) if decoded.shape[1] else decoded.reshape(-1)  # channels, n -> n
+        samples = (
+            decoded.mean(axis=0) if decoded.shape[1] else decoded.reshape(-1)
+        )  # channels, n -> n
     else:
-        raise AudioError(f"Unsupported audio source type {type(source).__name__}: pass a path, bytes, file object or array.")
+        raise AudioError(
+            f"Unsupported audio source type {type(source).__name__}: pass a path, bytes, file object or array."
+        )
     if samples.size == 0:
         raise AudioError(f"Audio source {name} contains no samples (zero-length audio).")
     if not np.isfinite(samples).all():
@@ -186,7 +202,9 @@ def duration_seconds(samples: np.ndarray) -> float:
 
 def split_windows(samples: np.ndarray) -> list[np.ndarray]:
     """Cut audio into consecutive 30 s windows, each at its real length (the last may be short)."""
-    return [samples[start : start + N_SAMPLES] for start in range(0, max(len(samples), 1), N_SAMPLES)]
+    return [
+        samples[start : start + N_SAMPLES] for start in range(0, max(len(samples), 1), N_SAMPLES)
+    ]
 
 
 def mel_frames(n_samples: int) -> int:
@@ -222,4 +240,7 @@ def audio_tokens_per_second(stack: int = 1) -> float:
 def audio_tokens_for_samples(n_samples: int, stack: int = 1) -> list[int]:
     """Audio tokens of each 30 s window of a recording of `n_samples` samples (a last 0 is dropped
     by the processor)."""
-    return [window_tokens(min(N_SAMPLES, n_samples - start), stack) for start in range(0, max(n_samples, 1), N_SAMPLES)]
+    return [
+        window_tokens(min(N_SAMPLES, n_samples - start), stack)
+        for start in range(0, max(n_samples, 1), N_SAMPLES)
+    ]

@@ -8,14 +8,21 @@ import typer
 
 from aero.server_settings import ServerSettings
 
-app = typer.Typer(help="Aero-1-Audio: transcribe, chat about audio, train and evaluate compact audio LLMs.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="Aero-1-Audio: transcribe, chat about audio, train and evaluate compact audio LLMs.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 
 
 @app.command(context_settings={"allow_extra_args": False})
 def train(
-    config: Optional[str] = typer.Argument(None, help="YAML file of settings that differ from the defaults."),
-    overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides, e.g. max_steps=100 lr=3e-4"),
+    config: Optional[str] = typer.Argument(
+        None, help="YAML file of settings that differ from the defaults."
+    ),
+    overrides: Optional[List[str]] = typer.Argument(
+        None, help="key=value overrides, e.g. max_steps=100 lr=3e-4"
+    ),
 ) -> None:
     """Train or fine-tune (resumes from the newest checkpoint in output_dir). Use torchrun for FSDP2."""
     from aero.train.config import ConfigError, load_config
@@ -48,7 +55,9 @@ TIMESTAMP_HELP = (
 )
 
 
-def _load_engine(model: str | None, batch_size: int = 8, int8: bool = False, threads: int | None = None):
+def _load_engine(
+    model: str | None, batch_size: int = 8, int8: bool = False, threads: int | None = None
+):
     """The engine for `model`, or for the default model (named on stderr with its reason)."""
     import torch
 
@@ -69,13 +78,23 @@ def _load_engine(model: str | None, batch_size: int = 8, int8: bool = False, thr
     return engine
 
 
-def _options(max_new_tokens: int | None, temperature: float = 0.0, repetition_guard: bool = True, fallback: bool = False,
-             beam_size: int = 1):
+def _options(
+    max_new_tokens: int | None,
+    temperature: float = 0.0,
+    repetition_guard: bool = True,
+    fallback: bool = False,
+    beam_size: int = 1,
+):
     from aero.decoding import FALLBACK_TEMPERATURES, GenerationOptions
 
     try:
-        return GenerationOptions(max_new_tokens=max_new_tokens, temperature=temperature, repetition_guard=repetition_guard,
-                                 fallback_temperatures=FALLBACK_TEMPERATURES if fallback else (), num_beams=beam_size)
+        return GenerationOptions(
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            repetition_guard=repetition_guard,
+            fallback_temperatures=FALLBACK_TEMPERATURES if fallback else (),
+            num_beams=beam_size,
+        )
     except ValueError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2)
@@ -83,19 +102,33 @@ def _options(max_new_tokens: int | None, temperature: float = 0.0, repetition_gu
 
 @app.command()
 def transcribe(
-    files: list[str] = typer.Argument(..., help="Audio files and/or directories (searched recursively for audio)."),
+    files: list[str] = typer.Argument(
+        ..., help="Audio files and/or directories (searched recursively for audio)."
+    ),
     model: str | None = typer.Option(None, help=MODEL_HELP),
     format: str = typer.Option("txt", "--format", "-f", help=TIMESTAMP_HELP),
-    output_dir: str = typer.Option(".", "--output-dir", "-o", help="Where <name>.<format> files are written."),
+    output_dir: str = typer.Option(
+        ".", "--output-dir", "-o", help="Where <name>.<format> files are written."
+    ),
     batch_size: int = typer.Option(8, help="Recordings decoded together (grouped by length)."),
-    prompt: str | None = typer.Option(None, help="Instruction instead of the model's transcription prompt (aero info shows it)."),
-    max_new_tokens: int | None = typer.Option(None, help="Token budget per recording (default: 32 + 8 per second)."),
-    int8: bool = typer.Option(False, "--int8", help="Dynamic int8 quantization of the LM's Linear layers (CPU)."),
-    threads: int | None = typer.Option(None, help="CPU threads for torch (default: torch's choice)."),
+    prompt: str | None = typer.Option(
+        None, help="Instruction instead of the model's transcription prompt (aero info shows it)."
+    ),
+    max_new_tokens: int | None = typer.Option(
+        None, help="Token budget per recording (default: 32 + 8 per second)."
+    ),
+    int8: bool = typer.Option(
+        False, "--int8", help="Dynamic int8 quantization of the LM's Linear layers (CPU)."
+    ),
+    threads: int | None = typer.Option(
+        None, help="CPU threads for torch (default: torch's choice)."
+    ),
     fallback: bool = typer.Option(
-        False, "--fallback/--no-fallback",
+        False,
+        "--fallback/--no-fallback",
         help="When greedy decoding loops, decode that recording again at temperatures 0.2, 0.4 ... 1.0 (seeded) "
-             "and keep the first reply without a loop (Whisper's temperature fallback)."),
+        "and keep the first reply without a loop (Whisper's temperature fallback).",
+    ),
     beam_size: int = typer.Option(1, help="Beam search with this many beams (1: greedy)."),
 ) -> None:
     """Transcribe recordings; each result is written as soon as it is done. Exit code 1 if any failed."""
@@ -114,7 +147,9 @@ def transcribe(
     from aero.formats import FORMATS, collect_audio_files, output_paths, write_result
 
     if format not in FORMATS:
-        typer.echo(f"error: --format must be one of {', '.join(FORMATS)}, not {format!r}.", err=True)
+        typer.echo(
+            f"error: --format must be one of {', '.join(FORMATS)}, not {format!r}.", err=True
+        )
         raise typer.Exit(2)
     paths = collect_audio_files(files)
     if not paths:
@@ -125,20 +160,42 @@ def transcribe(
     targets = output_paths(paths, Path(output_dir), format)
     console = Console(stderr=True)
     failed = 0
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=False) as progress:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
         task = progress.add_task("transcribing", total=len(paths))
-        results = engine.transcribe_iter([str(p) for p in paths], prompt, options, timestamps=format in ("srt", "vtt"))
+        results = engine.transcribe_iter(
+            [str(p) for p in paths], prompt, options, timestamps=format in ("srt", "vtt")
+        )
         for i, result in results:
             if isinstance(result, Exception):
                 failed += 1
-                progress.console.print(f"[red]failed[/red] {escape(str(paths[i]))}: {escape(str(result))}", markup=True, highlight=False, soft_wrap=True)
+                progress.console.print(
+                    f"[red]failed[/red] {escape(str(paths[i]))}: {escape(str(result))}",
+                    markup=True,
+                    highlight=False,
+                    soft_wrap=True,
+                )
             else:
                 write_result(result, targets[i], format)
                 note = " (stopped a repetition loop)" if result.stopped_by_repetition else ""
-                note += f" (temperature fallback: {result.temperature:g})" if result.temperature > options.temperature else ""
+                note += (
+                    f" (temperature fallback: {result.temperature:g})"
+                    if result.temperature > options.temperature
+                    else ""
+                )
                 note += "".join(f" (warning: {w})" for w in result.warnings)
-                progress.console.print(f"{paths[i]} -> {targets[i]}{note}", markup=False, highlight=False, soft_wrap=True)
+                progress.console.print(
+                    f"{paths[i]} -> {targets[i]}{note}",
+                    markup=False,
+                    highlight=False,
+                    soft_wrap=True,
+                )
             progress.advance(task)
     console.print(f"{len(paths) - failed} transcribed, {failed} failed", highlight=False)
     if failed:
@@ -148,11 +205,15 @@ def transcribe(
 @app.command()
 def chat(
     audio: list[str] = typer.Argument(..., help="Audio files the conversation is about."),
-    ask: str | None = typer.Option(None, "--ask", "-a", help="One question; without it, an interactive chat."),
+    ask: str | None = typer.Option(
+        None, "--ask", "-a", help="One question; without it, an interactive chat."
+    ),
     model: str | None = typer.Option(None, help=MODEL_HELP),
     max_new_tokens: int | None = typer.Option(None, help="Reply budget (default 512)."),
     temperature: float = typer.Option(0.0, help="0 is greedy."),
-    int8: bool = typer.Option(False, "--int8", help="Dynamic int8 quantization of the LM's Linear layers (CPU)."),
+    int8: bool = typer.Option(
+        False, "--int8", help="Dynamic int8 quantization of the LM's Linear layers (CPU)."
+    ),
     threads: int | None = typer.Option(None, help="CPU threads for torch."),
 ) -> None:
     """Ask about audio; the reply streams as it is generated. Interactive (multi-turn) without --ask."""
@@ -198,30 +259,40 @@ def chat(
 @app.command()
 def serve(
     model: str | None = typer.Option(None, help=MODEL_HELP),
-    host: str = typer.Option("127.0.0.1",
-                             help="Interface to bind (0.0.0.0 exposes it to the network)."),
+    host: str = typer.Option(
+        "127.0.0.1", help="Interface to bind (0.0.0.0 exposes it to the network)."
+    ),
     port: int = typer.Option(8000),
     api_key: str | None = typer.Option(
-        None, envvar="AERO_API_KEY",
-        help="Require 'Authorization: Bearer KEY' (all routes but /health)."),
+        None,
+        envvar="AERO_API_KEY",
+        help="Require 'Authorization: Bearer KEY' (all routes but /health).",
+    ),
     max_upload_mb: float = typer.Option(
         ServerSettings.max_upload_bytes / 2**20,
-        help="Largest upload or request body, MB (413 above)."),
+        help="Largest upload or request body, MB (413 above).",
+    ),
     max_audio_seconds: float = typer.Option(
-        ServerSettings.max_audio_seconds,
-        help="Longest audio per request, seconds (400 above)."),
-    max_queue: int = typer.Option(ServerSettings.max_queue,
-                                  help="Requests waiting or running at once; more get 503."),
-    timeout: float = typer.Option(ServerSettings.timeout_s,
-                                  help="Seconds a request may wait and run before a 504."),
-    batch_size: int = typer.Option(ServerSettings.batch_size,
-                                   help="Queued requests decoded together."),
-    int8: bool = typer.Option(False, "--int8",
-                              help="Dynamic int8 quantization of the LM's Linear layers (CPU)."),
+        ServerSettings.max_audio_seconds, help="Longest audio per request, seconds (400 above)."
+    ),
+    max_queue: int = typer.Option(
+        ServerSettings.max_queue, help="Requests waiting or running at once; more get 503."
+    ),
+    timeout: float = typer.Option(
+        ServerSettings.timeout_s, help="Seconds a request may wait and run before a 504."
+    ),
+    batch_size: int = typer.Option(
+        ServerSettings.batch_size, help="Queued requests decoded together."
+    ),
+    int8: bool = typer.Option(
+        False, "--int8", help="Dynamic int8 quantization of the LM's Linear layers (CPU)."
+    ),
     threads: int | None = typer.Option(None, help="CPU threads for torch."),
     fallback: bool = typer.Option(
-        ServerSettings.fallback, "--fallback/--no-fallback",
-        help="Transcriptions at temperature 0 that loop are decoded again at 0.2 ... 1.0."),
+        ServerSettings.fallback,
+        "--fallback/--no-fallback",
+        help="Transcriptions at temperature 0 that loop are decoded again at 0.2 ... 1.0.",
+    ),
 ) -> None:
     """OpenAI-compatible HTTP server: /v1/audio/transcriptions, /v1/chat/completions, /v1/models, /health."""
     import uvicorn
@@ -230,9 +301,14 @@ def serve(
 
     engine = _load_engine(model, batch_size, int8, threads)
     settings = ServerSettings(
-        model_name=engine.name, api_key=api_key or None,
-        max_upload_bytes=int(max_upload_mb * 2**20), max_audio_seconds=max_audio_seconds,
-        max_queue=max_queue, timeout_s=timeout, batch_size=batch_size, fallback=fallback,
+        model_name=engine.name,
+        api_key=api_key or None,
+        max_upload_bytes=int(max_upload_mb * 2**20),
+        max_audio_seconds=max_audio_seconds,
+        max_queue=max_queue,
+        timeout_s=timeout,
+        batch_size=batch_size,
+        fallback=fallback,
     )
     uvicorn.run(create_app(engine, settings), host=host, port=port, log_level="info")
 

@@ -64,24 +64,33 @@ class GenerationOptions:
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], not {self.top_p}.")
         if self.repetition_max_ngram < 1 or self.repetition_min_repeats < 2:
-            raise ValueError("The repetition guard needs repetition_max_ngram >= 1 and "
-                             "repetition_min_repeats >= 2.")
+            raise ValueError(
+                "The repetition guard needs repetition_max_ngram >= 1 and "
+                "repetition_min_repeats >= 2."
+            )
         if self.no_repeat_ngram_size < 0:
-            raise ValueError("no_repeat_ngram_size must be 0 (off) or a positive n-gram size, "
-                             f"not {self.no_repeat_ngram_size}.")
+            raise ValueError(
+                "no_repeat_ngram_size must be 0 (off) or a positive n-gram size, "
+                f"not {self.no_repeat_ngram_size}."
+            )
         # frozen: lists come in from YAML/JSON
         object.__setattr__(self, "fallback_temperatures", tuple(self.fallback_temperatures))
         if any(not 0.0 < t <= 2.0 for t in self.fallback_temperatures):
-            raise ValueError("fallback temperatures must be in (0, 2], "
-                             f"not {self.fallback_temperatures}.")
+            raise ValueError(
+                f"fallback temperatures must be in (0, 2], not {self.fallback_temperatures}."
+            )
         if self.num_beams < 1 or (
             self.num_beams > 1 and (self.temperature > 0 or self.no_repeat_ngram_size)
         ):
-            raise ValueError("num_beams must be 1, or > 1 with temperature 0 and no "
-                             f"no_repeat_ngram_size, not {self.num_beams}.")
+            raise ValueError(
+                "num_beams must be 1, or > 1 with temperature 0 and no "
+                f"no_repeat_ngram_size, not {self.num_beams}."
+            )
         if self.fallback_temperatures and not self.repetition_guard:
-            raise ValueError("fallback_temperatures needs the repetition guard on: the guard is "
-                             "what triggers a fallback.")
+            raise ValueError(
+                "fallback_temperatures needs the repetition guard on: the guard is "
+                "what triggers a fallback."
+            )
 
 
 # ----- the repetition guard ------------------------------------------------------------------
@@ -161,8 +170,9 @@ def _stop_reason(ids: Sequence[int], limit: int, options: GenerationOptions) -> 
     return None
 
 
-def _pick(logits: torch.Tensor, options: GenerationOptions,
-          generator: torch.Generator | None) -> torch.Tensor:
+def _pick(
+    logits: torch.Tensor, options: GenerationOptions, generator: torch.Generator | None
+) -> torch.Tensor:
     """(B, V) logits -> (B,) next tokens: argmax, or a temperature/top-p sample."""
     if options.temperature == 0:
         return logits.argmax(-1)
@@ -185,8 +195,14 @@ class Decoder:
     > 1 each row is a beam search of its own, and all rows' tokens come as one step.
     """
 
-    def __init__(self, lm, prefill: Callable[[list[int]], Prefill], max_new_tokens: Sequence[int],
-                 eos_ids: Collection[int], options: GenerationOptions):
+    def __init__(
+        self,
+        lm,
+        prefill: Callable[[list[int]], Prefill],
+        max_new_tokens: Sequence[int],
+        eos_ids: Collection[int],
+        options: GenerationOptions,
+    ):
         self.lm, self.prefill, self.limits = lm, prefill, list(max_new_tokens)
         self.eos_ids, self.options = eos_ids, options
         self.results: list[Decoded] | None = None
@@ -252,18 +268,24 @@ class Decoder:
                 active = [active[s] for s in keep]
                 chosen = [chosen[s] for s in keep]
             attention_mask = torch.cat(
-                [attention_mask, attention_mask.new_ones((len(active), 1))], dim=1)
+                [attention_mask, attention_mask.new_ones((len(active), 1))], dim=1
+            )
             last_position = last_position + 1
-            out = self.lm(input_ids=torch.tensor(chosen, device=device)[:, None],
-                          attention_mask=attention_mask, position_ids=last_position[:, None],
-                          cache=cache, use_cache=True)
+            out = self.lm(
+                input_ids=torch.tensor(chosen, device=device)[:, None],
+                attention_mask=attention_mask,
+                position_ids=last_position[:, None],
+                cache=cache,
+                use_cache=True,
+            )
         self.results = [
             _decoded(tokens[row], reasons[row] or "length", options) for row in range(B)
         ]
 
 
-def beam_search(lm, prefill: Prefill, max_new_tokens: int, eos_ids: Collection[int],
-                options: GenerationOptions) -> Decoded:
+def beam_search(
+    lm, prefill: Prefill, max_new_tokens: int, eos_ids: Collection[int], options: GenerationOptions
+) -> Decoded:
     """One prompt, `num_beams` hypotheses kept per step by summed log-probability.
 
     As Whisper's decoder: the search ends once `num_beams` hypotheses have finished, and the
@@ -305,11 +327,16 @@ def beam_search(lm, prefill: Prefill, max_new_tokens: int, eos_ids: Collection[i
         cache.batch_select_indices(index)
         beams, scores = new_beams, torch.tensor(new_scores, device=device)
         attention_mask = torch.cat(
-            [attention_mask[index], attention_mask.new_ones((len(beams), 1))], dim=1)
+            [attention_mask[index], attention_mask.new_ones((len(beams), 1))], dim=1
+        )
         last_position = last_position[index] + 1
-        out = lm(input_ids=torch.tensor([b[-1] for b in beams], device=device)[:, None],
-                 attention_mask=attention_mask, position_ids=last_position[:, None], cache=cache,
-                 use_cache=True)
+        out = lm(
+            input_ids=torch.tensor([b[-1] for b in beams], device=device)[:, None],
+            attention_mask=attention_mask,
+            position_ids=last_position[:, None],
+            cache=cache,
+            use_cache=True,
+        )
     # The loop ends only with a finished hypothesis: K of them, or every candidate finished.
     _, _, ids, reason = max(finished, key=lambda f: (not f[0], f[1]))
     return _decoded(ids, reason, options)

@@ -138,8 +138,14 @@ class Engine:
     >>> for piece in engine.stream(engine.prepare(messages)): print(piece, end="")
     """
 
-    def __init__(self, model, processor: AeroProcessor, name: str = "model", batch_size: int = 8,
-                 max_batch_tokens: int = 16384):
+    def __init__(
+        self,
+        model,
+        processor: AeroProcessor,
+        name: str = "model",
+        batch_size: int = 8,
+        max_batch_tokens: int = 16384,
+    ):
         self.model = model.eval()
         self.processor = processor
         self.name = name
@@ -153,8 +159,9 @@ class Engine:
         self.pad_id = tok.pad_token_id
 
     @classmethod
-    def load(cls, name_or_path: str | os.PathLike = "aero-mini", quantize: bool = False,
-             **kwargs) -> Engine:
+    def load(
+        cls, name_or_path: str | os.PathLike = "aero-mini", quantize: bool = False, **kwargs
+    ) -> Engine:
         from aero.models import load
 
         model, processor = load(name_or_path)
@@ -178,8 +185,9 @@ class Engine:
         Raises AudioError for unusable audio and ContextLengthError when it does not fit.
         """
         options = options or GenerationOptions()
-        encoded = self.processor.encode_conversation(messages, add_generation_prompt=True,
-                                                     root=root)
+        encoded = self.processor.encode_conversation(
+            messages, add_generation_prompt=True, root=root
+        )
         ids, audio = encoded["input_ids"], encoded["audio"]
         audios = [audio_info(d) for d in audio.durations]
         seconds = sum(a.duration for a in audios)
@@ -211,15 +219,19 @@ class Engine:
         out: list[list[int]] = []
         for i in order:
             L = len(prepared[i].input_ids)
-            if (out and len(out[-1]) < self.batch_size
-                    and L * (len(out[-1]) + 1) <= self.max_batch_tokens):
+            if (
+                out
+                and len(out[-1]) < self.batch_size
+                and L * (len(out[-1]) + 1) <= self.max_batch_tokens
+            ):
                 out[-1].append(i)
             else:
                 out.append([i])
         return out
 
-    def generate(self, prepared: Sequence[Prepared],
-                 options: GenerationOptions | None = None) -> Iterator[tuple[int, Result]]:
+    def generate(
+        self, prepared: Sequence[Prepared], options: GenerationOptions | None = None
+    ) -> Iterator[tuple[int, Result]]:
         """(index, Result) for every request, batch by batch (shortest prompts first)."""
         options = options or GenerationOptions()
         for batch in self.batches(prepared):
@@ -227,8 +239,9 @@ class Engine:
             results = self._fall_back(requests, self._decode(requests, options), options)
             yield from zip(batch, results)
 
-    def _fall_back(self, prepared: Sequence[Prepared], results: list[Result],
-                   options: GenerationOptions) -> list[Result]:
+    def _fall_back(
+        self, prepared: Sequence[Prepared], results: list[Result], options: GenerationOptions
+    ) -> list[Result]:
         """Decode the rows the repetition guard stopped again at each fallback temperature."""
         seed = 0 if options.seed is None else options.seed
         for temperature in options.fallback_temperatures:
@@ -241,8 +254,9 @@ class Engine:
                     results[k] = result
         return results
 
-    def generate_all(self, prepared: Sequence[Prepared],
-                     options: GenerationOptions | None = None) -> list[Result]:
+    def generate_all(
+        self, prepared: Sequence[Prepared], options: GenerationOptions | None = None
+    ) -> list[Result]:
         out: list[Result | None] = [None] * len(prepared)
         for i, result in self.generate(prepared, options):
             out[i] = result
@@ -280,9 +294,13 @@ class Engine:
 
     def _decoder(self, prepared: Sequence[Prepared], options: GenerationOptions) -> Decoder:
         """A Decoder over the requests; their prompts go through the LM on its first step."""
-        return Decoder(self.model.language_model,
-                       lambda rows: self._prefill([prepared[row] for row in rows]),
-                       [p.max_new_tokens for p in prepared], self.eos_ids, options)
+        return Decoder(
+            self.model.language_model,
+            lambda rows: self._prefill([prepared[row] for row in rows]),
+            [p.max_new_tokens for p in prepared],
+            self.eos_ids,
+            options,
+        )
 
     def _decode(self, prepared: Sequence[Prepared], options: GenerationOptions) -> list[Result]:
         """The requests decoded together, one Result each."""
@@ -304,22 +322,38 @@ class Engine:
             embeds = model.merge_audio(input_ids, embeds, features)
         positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache(config=lm.config)
-        out = lm(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=positions,
-                 cache=cache, use_cache=True, logits_to_keep=1)
+        out = lm(
+            inputs_embeds=embeds,
+            attention_mask=attention_mask,
+            position_ids=positions,
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
         return Prefill(out, cache, attention_mask, positions)
 
     def _result(self, p: Prepared, decoded: Decoded, options: GenerationOptions) -> Result:
         """A finished row (a loop already cut to its first copy) as a Result with its text."""
         ids = decoded.token_ids
         text = self.processor.decode(ids, skip_special_tokens=True).strip()
-        return Result(text, ids, decoded.finish_reason, len(p.input_ids), p.audios,
-                      temperature=options.temperature, warnings=list(p.warnings))
+        return Result(
+            text,
+            ids,
+            decoded.finish_reason,
+            len(p.input_ids),
+            p.audios,
+            temperature=options.temperature,
+            warnings=list(p.warnings),
+        )
 
     # ----- transcription and chat -------------------------------------------------------------
 
     def transcribe(
-        self, audios: Sequence[Any], prompt: str | None = None,
-        options: GenerationOptions | None = None, timestamps: bool = False,
+        self,
+        audios: Sequence[Any],
+        prompt: str | None = None,
+        options: GenerationOptions | None = None,
+        timestamps: bool = False,
     ) -> list[Result]:
         """Audio sources (paths, bytes, 16 kHz arrays, ...) -> one Result each; errors raise."""
         out: list[Result | None] = [None] * len(audios)
@@ -330,8 +364,12 @@ class Engine:
         return out  # type: ignore[return-value]
 
     def transcribe_iter(
-        self, audios: Sequence[Any], prompt: str | None = None,
-        options: GenerationOptions | None = None, timestamps: bool = False, lookahead: int = 4,
+        self,
+        audios: Sequence[Any],
+        prompt: str | None = None,
+        options: GenerationOptions | None = None,
+        timestamps: bool = False,
+        lookahead: int = 4,
     ) -> Iterator[tuple[int, Result | Exception]]:
         """(index, Result) as each recording finishes; an unusable one gives (index, error).
 
@@ -363,8 +401,9 @@ class Engine:
                     finished = [res for _, res in sorted(done.pop(i), key=lambda p: p[0])]
                     yield i, _combine(finished, timestamps)
 
-    def _transcription_requests(self, source: Any, prompt: str | None,
-                                options: GenerationOptions, timestamps: bool) -> list[Prepared]:
+    def _transcription_requests(
+        self, source: Any, prompt: str | None, options: GenerationOptions, timestamps: bool
+    ) -> list[Prepared]:
         samples = load_audio(source)
         if not timestamps:
             messages = self.processor.transcription_messages(samples, prompt)
@@ -386,8 +425,9 @@ class Engine:
             requests.append(p)
         return requests
 
-    def chat(self, messages: Sequence[dict], options: GenerationOptions | None = None,
-             root=None) -> Result:
+    def chat(
+        self, messages: Sequence[dict], options: GenerationOptions | None = None, root=None
+    ) -> Result:
         """One conversation (audio content parts and text, several turns) -> the reply."""
         options = options or GenerationOptions()
         return self.generate_all([self.prepare(messages, options, root=root)], options)[0]
@@ -432,14 +472,14 @@ def model_facts(engine: Engine) -> dict[str, Any]:
     eos = processor.tokenizer.convert_ids_to_tokens(sorted(engine.eos_ids))
     return {
         "audio encoder": f"{millions(model.audio_tower)} ({audio.encoder_layers} layers, "
-                         f"d={audio.d_model})",
+        f"d={audio.d_model})",
         "projector": millions(model.audio_modal_projector),
         "language model": f"{millions(model.language_model)} ({text.model_type}, "
-                          f"{text.num_hidden_layers} layers, d={text.hidden_size})",
+        f"{text.num_hidden_layers} layers, d={text.hidden_size})",
         "LM context": f"{engine.context} tokens",
         "audio tokens": f"{rate:.2f} per second",
         "transcription prompt": f"{processor.transcribe_prompt!r} ({text_tokens} text tokens "
-                                "+ audio)",
+        "+ audio)",
         "longest audio (default budget)": f"~{longest / 60:.1f} min per request",
         "end of turn": ", ".join(eos),
         "system prompt": repr(processor.system_prompt),

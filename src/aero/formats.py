@@ -41,13 +41,17 @@ def to_txt(result: Result) -> str:
 
 def to_srt(result: Result) -> str:
     blocks = [
-        f"{i}\n{timestamp(c.start)} --> {timestamp(c.end)}\n{c.text.strip()}\n" for i, c in enumerate(cues(result), 1)
+        f"{i}\n{timestamp(c.start)} --> {timestamp(c.end)}\n{c.text.strip()}\n"
+        for i, c in enumerate(cues(result), 1)
     ]
     return "\n".join(blocks)
 
 
 def to_vtt(result: Result) -> str:
-    blocks = [f"{timestamp(c.start, '.')} --> {timestamp(c.end, '.')}\n{c.text.strip()}\n" for c in cues(result)]
+    blocks = [
+        f"{timestamp(c.start, '.')} --> {timestamp(c.end, '.')}\n{c.text.strip()}\n"
+        for c in cues(result)
+    ]
     return "WEBVTT\n\n" + "\n".join(blocks)
 
 
@@ -60,8 +64,13 @@ def to_dict(result: Result) -> dict:
         "stopped_by_repetition": result.stopped_by_repetition,
         "prompt_tokens": result.prompt_tokens,
         "completion_tokens": result.completion_tokens,
-        "audios": [{"duration": ms(a.duration), "windows": [[ms(s), ms(e)] for s, e in a.windows]} for a in result.audios],
-        "segments": [{**asdict(s), "start": ms(s.start), "end": ms(s.end)} for s in result.segments],
+        "audios": [
+            {"duration": ms(a.duration), "windows": [[ms(s), ms(e)] for s, e in a.windows]}
+            for a in result.audios
+        ],
+        "segments": [
+            {**asdict(s), "start": ms(s.start), "end": ms(s.end)} for s in result.segments
+        ],
         "warnings": result.warnings,
     }
 
@@ -79,7 +88,23 @@ def render(result: Result, fmt: str) -> str:
     return WRITERS[fmt](result)
 
 
-AUDIO_EXTENSIONS = {".wav", ".flac", ".mp3", ".m4a", ".aac", ".ogg", ".oga", ".opus", ".webm", ".mp4", ".mkv", ".mov", ".wma", ".aiff", ".aif"}
+AUDIO_EXTENSIONS = {
+    ".wav",
+    ".flac",
+    ".mp3",
+    ".m4a",
+    ".aac",
+    ".ogg",
+    ".oga",
+    ".opus",
+    ".webm",
+    ".mp4",
+    ".mkv",
+    ".mov",
+    ".wma",
+    ".aiff",
+    ".aif",
+}
 
 
 def collect_audio_files(paths: list[str | os.PathLike]) -> list[Path]:
@@ -87,9 +112,13 @@ def collect_audio_files(paths: list[str | os.PathLike]) -> list[Path]:
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS)
+            out += sorted(
+                f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS
+            )
         else:
-            out.append(p)  # a missing file is reported by the decoder, with the rest still transcribed
+            out.append(
+                p
+            )  # a missing file is reported by the decoder, with the rest still transcribed
     return out
 
 

@@ -55,7 +55,9 @@ class AeroConfig(PreTrainedConfig):
     sub_configs_defaults = {
         "text_config": SubConfigSpec(config_class=AutoConfig, model_type="qwen2"),
         "audio_config": SubConfigSpec(
-            config_class=AutoConfig, model_type="qwen2_audio_encoder", init_kwargs=WHISPER_LARGE_V3_ENCODER
+            config_class=AutoConfig,
+            model_type="qwen2_audio_encoder",
+            init_kwargs=WHISPER_LARGE_V3_ENCODER,
         ),
     }
 
@@ -81,10 +83,16 @@ class AeroAudioProjector(nn.Module):
     def __init__(self, config: AeroConfig):
         super().__init__()
         if config.projector_type not in ("linear", "mlp"):
-            raise ValueError(f"projector_type must be 'linear' or 'mlp', not {config.projector_type!r}.")
+            raise ValueError(
+                f"projector_type must be 'linear' or 'mlp', not {config.projector_type!r}."
+            )
         hidden = config.text_config.hidden_size
-        self.linear = nn.Linear(config.audio_config.d_model * config.projector_stack, hidden, bias=True)
-        self.linear2 = nn.Linear(hidden, hidden, bias=True) if config.projector_type == "mlp" else None
+        self.linear = nn.Linear(
+            config.audio_config.d_model * config.projector_stack, hidden, bias=True
+        )
+        self.linear2 = (
+            nn.Linear(hidden, hidden, bias=True) if config.projector_type == "mlp" else None
+        )
 
     def forward(self, audio_features: torch.Tensor) -> torch.Tensor:
         x = self.linear(audio_features)
@@ -147,7 +155,9 @@ class AeroForConditionalGeneration(AeroPreTrainedModel, GenerationMixin):
         tower = self.audio_tower
         W, _, T = audio_values.shape
         if T > N_FRAMES:
-            raise ValueError(f"An audio window has {T} mel frames; at most {N_FRAMES} (30 s) fit one window.")
+            raise ValueError(
+                f"An audio window has {T} mel frames; at most {N_FRAMES} (30 s) fit one window."
+            )
         if audio_attention_mask is None:
             frames = torch.full((W,), T, dtype=torch.long, device=audio_values.device)
         else:
@@ -221,7 +231,9 @@ class AeroForConditionalGeneration(AeroPreTrainedModel, GenerationMixin):
             windows = stacked
         return self.audio_modal_projector(torch.cat(windows))
 
-    def merge_audio(self, input_ids: torch.Tensor, inputs_embeds: torch.Tensor, audio_features: torch.Tensor):
+    def merge_audio(
+        self, input_ids: torch.Tensor, inputs_embeds: torch.Tensor, audio_features: torch.Tensor
+    ):
         """Put the (N, H) audio features at the N `<|AUDIO|>` positions of the prompt."""
         placeholders = input_ids == self.config.audio_token_index
         n_placeholders, n_features = int(placeholders.sum()), audio_features.shape[0]
@@ -253,12 +265,16 @@ class AeroForConditionalGeneration(AeroPreTrainedModel, GenerationMixin):
             inputs_embeds = self.get_input_embeddings()(input_ids)
         if audio_values is not None:
             if input_ids is None:
-                raise ValueError("audio_values need input_ids to find the audio placeholder positions.")
+                raise ValueError(
+                    "audio_values need input_ids to find the audio placeholder positions."
+                )
             features = self.get_audio_features(audio_values, audio_attention_mask)
             inputs_embeds = self.merge_audio(input_ids, inputs_embeds, features)
         elif input_ids is not None and cache is None:
             if (input_ids == self.config.audio_token_index).any():
-                raise ValueError(f"The prompt has {AUDIO_TOKEN} placeholders but no audio_values were given.")
+                raise ValueError(
+                    f"The prompt has {AUDIO_TOKEN} placeholders but no audio_values were given."
+                )
         return self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
@@ -271,9 +287,16 @@ class AeroForConditionalGeneration(AeroPreTrainedModel, GenerationMixin):
         )
 
     def prepare_inputs_for_generation(
-        self, *args, audio_values=None, audio_attention_mask=None, is_first_iteration=False, **kwargs
+        self,
+        *args,
+        audio_values=None,
+        audio_attention_mask=None,
+        is_first_iteration=False,
+        **kwargs,
     ):
-        inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
+        inputs = super().prepare_inputs_for_generation(
+            *args, is_first_iteration=is_first_iteration, **kwargs
+        )
         # Audio is merged once, in the prefill; later steps read it from the KV cache.
         if is_first_iteration or not kwargs.get("use_cache", True):
             inputs["audio_values"] = audio_values
@@ -316,4 +339,3 @@ def register_auto_classes() -> None:
 
 
 register_auto_classes()
-

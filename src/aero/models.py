@@ -50,15 +50,21 @@ MINI_PROJECTOR_STACK = 4
 MINI_PROJECTOR_TYPE = "mlp"
 ADAPTER_FILE = Path(__file__).parent / "assets" / AERO_MINI / "adapter.safetensors"
 PROJECTOR_SEED = 0  # the untrained projector is reproducible
-PUBLISHED_MODEL = "lmms-lab/Aero-1-Audio"  # the released 1.5B checkpoint, the default when it can be had
+PUBLISHED_MODEL = (
+    "lmms-lab/Aero-1-Audio"  # the released 1.5B checkpoint, the default when it can be had
+)
 MODEL_ENV = "AERO_MODEL"  # environment variable naming the model to use when a command names none
-HUB_TIMEOUT_S = 3.0  # how long the default-model check waits for the Hub before settling on aero-mini
+HUB_TIMEOUT_S = (
+    3.0  # how long the default-model check waits for the Hub before settling on aero-mini
+)
 
 # Config entries that describe where a sub-model came from, not what it is.
 SOURCE_ONLY_KEYS = ("_name_or_path", "architectures", "transformers_version", "dtype")
 
 
-def build_aero_mini_base(cache_dir: str | os.PathLike | None = None) -> tuple[AeroForConditionalGeneration, AeroProcessor]:
+def build_aero_mini_base(
+    cache_dir: str | os.PathLike | None = None,
+) -> tuple[AeroForConditionalGeneration, AeroProcessor]:
     """The untrained aero-mini: Whisper tiny.en encoder -> fresh projector -> SmolLM2-135M-Instruct.
 
     The first call converts both parts from their PyPI packages (~30 s); later calls load the
@@ -107,7 +113,9 @@ def build_aero_mini_base(cache_dir: str | os.PathLike | None = None) -> tuple[Ae
 
 
 def _looks_like_path(name: str) -> bool:
-    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or os.sep in name and os.sep != "/"
+    return (
+        name.startswith(("/", ".", "~")) or name.count("/") > 1 or os.sep in name and os.sep != "/"
+    )
 
 
 def load(
@@ -117,7 +125,9 @@ def load(
     name = str(name_or_path)
     if Path(name).expanduser().is_dir():
         directory = Path(name).expanduser()
-        return AeroForConditionalGeneration.from_pretrained(directory).eval(), AeroProcessor.from_pretrained(directory)
+        return AeroForConditionalGeneration.from_pretrained(
+            directory
+        ).eval(), AeroProcessor.from_pretrained(directory)
     if name == AERO_MINI_BASE:
         return build_aero_mini_base(cache_dir)
     if name == AERO_MINI:
@@ -132,8 +142,12 @@ def load(
             )
         return model, processor
     if _looks_like_path(name):
-        raise FileNotFoundError(f"No model directory at {name}; pass a saved checkpoint directory, 'aero-mini' or a hub id.")
-    return AeroForConditionalGeneration.from_pretrained(name).eval(), AeroProcessor.from_pretrained(name)
+        raise FileNotFoundError(
+            f"No model directory at {name}; pass a saved checkpoint directory, 'aero-mini' or a hub id."
+        )
+    return AeroForConditionalGeneration.from_pretrained(name).eval(), AeroProcessor.from_pretrained(
+        name
+    )
 
 
 @dataclass(frozen=True)
@@ -157,12 +171,19 @@ def choose_model(model: str | os.PathLike | None = None) -> ModelChoice:
         return ModelChoice(os.environ[MODEL_ENV], os.environ[MODEL_ENV], f"set by {MODEL_ENV}")
     cached = cached_snapshot(PUBLISHED_MODEL)
     if cached is not None:
-        return ModelChoice(PUBLISHED_MODEL, str(cached), f"found in the local Hugging Face cache at {cached}")
+        return ModelChoice(
+            PUBLISHED_MODEL, str(cached), f"found in the local Hugging Face cache at {cached}"
+        )
     unreachable = hub_unreachable(PUBLISHED_MODEL)
     if unreachable is None:
-        return ModelChoice(PUBLISHED_MODEL, PUBLISHED_MODEL, "not cached yet: downloading it from the Hugging Face Hub")
+        return ModelChoice(
+            PUBLISHED_MODEL,
+            PUBLISHED_MODEL,
+            "not cached yet: downloading it from the Hugging Face Hub",
+        )
     return ModelChoice(
-        AERO_MINI, AERO_MINI,
+        AERO_MINI,
+        AERO_MINI,
         f"a small demonstration model: {PUBLISHED_MODEL} is not in the local Hugging Face cache and {unreachable}",
     )
 

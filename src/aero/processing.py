@@ -86,7 +86,9 @@ def content_text(content: Any) -> str:
     """The text of a message's content: a string as is, or its text parts joined."""
     if isinstance(content, str):
         return content
-    return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return "".join(
+        p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"
+    )
 
 
 def is_audio_part(part: dict) -> bool:
@@ -102,7 +104,9 @@ def audio_source(part: dict, root: str | os.PathLike | None = None) -> Any:
         return Path(root) / url if root is not None and not os.path.isabs(url) else url
     if "input_audio" in part:
         spec = part["input_audio"]
-        return decode_base64_audio(spec.get("data") if isinstance(spec, dict) else None)  # None: an error
+        return decode_base64_audio(
+            spec.get("data") if isinstance(spec, dict) else None
+        )  # None: an error
     if "audio" in part:
         src = part["audio"]
         if root is not None and isinstance(src, str) and not os.path.isabs(src):
@@ -132,13 +136,23 @@ def render_segments(
             body = content
         elif isinstance(content, list):
             body = "".join(
-                f"{AUDIO_TOKEN}\n" if is_audio_part(p) else p.get("text", "") if p.get("type") == "text" else ""
+                f"{AUDIO_TOKEN}\n"
+                if is_audio_part(p)
+                else p.get("text", "")
+                if p.get("type") == "text"
+                else ""
                 for p in content
             )
         else:
-            raise ValueError(f"Message content must be a string or a list of parts, not {type(content).__name__}.")
+            raise ValueError(
+                f"Message content must be a string or a list of parts, not {type(content).__name__}."
+            )
         if role == "assistant":
-            pieces += [("<|im_start|>assistant\n", False), (body + "<|im_end|>", True), ("\n", False)]
+            pieces += [
+                ("<|im_start|>assistant\n", False),
+                (body + "<|im_end|>", True),
+                ("\n", False),
+            ]
         else:
             pieces.append((f"<|im_start|>{role}\n{body}<|im_end|>\n", False))
     if add_generation_prompt:
@@ -171,7 +185,9 @@ class AudioWindows:
     """
 
     windows: list[np.ndarray] = field(default_factory=list)  # windows that give >= 1 token
-    tokens: list[int] = field(default_factory=list)  # audio tokens of every placeholder, 0 = dropped
+    tokens: list[int] = field(
+        default_factory=list
+    )  # audio tokens of every placeholder, 0 = dropped
     per_audio: list[int] = field(default_factory=list)  # placeholders (windows) of each audio
     durations: list[float] = field(default_factory=list)  # seconds of each audio
     warnings: list[str] = field(default_factory=list)  # what was dropped, one sentence each
@@ -204,24 +220,37 @@ class AeroProcessor(ProcessorMixin):
         # A chat template read from a checkpoint is kept (and saved again) for other tools; aero
         # itself renders with `render_segments`, which a test holds equal to the published template.
         super().__init__(tokenizer, feature_extractor, chat_template=chat_template)
-        self.transcribe_prompt = transcribe_prompt  # the text sent with audio when a caller gives none
-        self.audio_stack = audio_stack  # encoder frames per audio token (the model's projector_stack)
+        self.transcribe_prompt = (
+            transcribe_prompt  # the text sent with audio when a caller gives none
+        )
+        self.audio_stack = (
+            audio_stack  # encoder frames per audio token (the model's projector_stack)
+        )
         self.system_prompt = system_prompt
         self.audio_token = audio_token
         if self.chat_template is None:
             self.chat_template = self.default_chat_template
         self.audio_token_id = tokenizer.convert_tokens_to_ids(audio_token)
         if self.audio_token_id is None or self.audio_token_id == tokenizer.unk_token_id:
-            raise ValueError(f"The tokenizer has no {audio_token} token; add it with add_audio_token().")
-        if feature_extractor.sampling_rate != SAMPLE_RATE or feature_extractor.hop_length != HOP_LENGTH:
-            raise ValueError("The feature extractor must use 16 kHz audio and a 160-sample hop (Whisper's).")
+            raise ValueError(
+                f"The tokenizer has no {audio_token} token; add it with add_audio_token()."
+            )
+        if (
+            feature_extractor.sampling_rate != SAMPLE_RATE
+            or feature_extractor.hop_length != HOP_LENGTH
+        ):
+            raise ValueError(
+                "The feature extractor must use 16 kHz audio and a 160-sample hop (Whisper's)."
+            )
         if tokenizer.pad_token_id is None:
             raise ValueError("The tokenizer needs a pad token for batching.")
 
     # ----- loading and saving -------------------------------------------------------------
 
     @classmethod
-    def from_pretrained(cls, path_or_id: str | os.PathLike, num_mel_bins: int | None = None, **kwargs):
+    def from_pretrained(
+        cls, path_or_id: str | os.PathLike, num_mel_bins: int | None = None, **kwargs
+    ):
         """Load from a checkpoint directory or a hub id (files as published, or as aero saves them).
 
         A directory without `preprocessor_config.json` gets Whisper's feature extractor with the
@@ -253,7 +282,9 @@ class AeroProcessor(ProcessorMixin):
         self.tokenizer._set_processor_class(type(self).__name__)  # as transformers' own save does
         self.tokenizer.save_pretrained(directory)
         self.feature_extractor.save_pretrained(directory)
-        (directory / "chat_template.json").write_text(json.dumps({"chat_template": self.chat_template}, indent=2) + "\n")
+        (directory / "chat_template.json").write_text(
+            json.dumps({"chat_template": self.chat_template}, indent=2) + "\n"
+        )
         settings = {
             "processor_class": type(self).__name__,
             "audio_token": self.audio_token,
@@ -279,9 +310,16 @@ class AeroProcessor(ProcessorMixin):
     def transcription_messages(self, audio: Any, prompt: str | None = None) -> list[dict]:
         """One user turn: the audio, then `prompt` (default: this processor's transcription prompt)."""
         text = prompt or self.transcribe_prompt
-        return [{"role": "user", "content": [{"type": "audio", "audio": audio}, {"type": "text", "text": text}]}]
+        return [
+            {
+                "role": "user",
+                "content": [{"type": "audio", "audio": audio}, {"type": "text", "text": text}],
+            }
+        ]
 
-    def load_windows(self, sources: Sequence[Any], sampling_rate: int | None = None) -> AudioWindows:
+    def load_windows(
+        self, sources: Sequence[Any], sampling_rate: int | None = None
+    ) -> AudioWindows:
         """Decode every source and cut it into 30 s windows; a tail that gives no token is dropped
         with a warning, and a source too short for any token is an AudioError."""
         out = AudioWindows()
@@ -315,14 +353,20 @@ class AeroProcessor(ProcessorMixin):
         `pad_to_30s` gives the reference's T = 3000 for every batch (for comparisons).
         """
         if any(len(w) > N_SAMPLES for w in windows):
-            raise AudioError("An audio window is longer than 30 s; split audio with aero.audio.split_windows.")
+            raise AudioError(
+                "An audio window is longer than 30 s; split audio with aero.audio.split_windows."
+            )
         frames = [mel_frames(len(w)) for w in windows]
         T = N_FRAMES if pad_to_30s else min(max(frames) + ENCODER_LOOKAHEAD_FRAMES, N_FRAMES)
         # Zero-pad far enough that every kept frame's FFT sees the same samples as in the
         # reference's 30 s zero-padded input; a full window gets exactly that input.
         padded = min(T * HOP_LENGTH + N_FFT, N_SAMPLES)
         out = self.feature_extractor(
-            list(windows), sampling_rate=SAMPLE_RATE, padding="max_length", max_length=padded, return_tensors="pt"
+            list(windows),
+            sampling_rate=SAMPLE_RATE,
+            padding="max_length",
+            max_length=padded,
+            return_tensors="pt",
         )
         values = out["input_features"][:, :, :T]
         mask = (torch.arange(T)[None, :] < torch.tensor(frames)[:, None]).long()
@@ -362,7 +406,10 @@ class AeroProcessor(ProcessorMixin):
         return [window_tokens(len(w), self.audio_stack) for w in windows]
 
     def expand_audio_parts(
-        self, messages: Sequence[dict], root: str | os.PathLike | None = None, sampling_rate: int | None = None
+        self,
+        messages: Sequence[dict],
+        root: str | os.PathLike | None = None,
+        sampling_rate: int | None = None,
     ) -> tuple[list[dict], AudioWindows]:
         """Load every audio part; a recording of k windows becomes k consecutive audio parts."""
         sources = []
@@ -371,7 +418,9 @@ class AeroProcessor(ProcessorMixin):
             if isinstance(content, list):
                 for part in content:
                     if not isinstance(part, dict):
-                        raise ValueError(f"Message content parts must be dicts, not {type(part).__name__}.")
+                        raise ValueError(
+                            f"Message content parts must be dicts, not {type(part).__name__}."
+                        )
                     if is_audio_part(part):
                         sources.append(audio_source(part, root))
         audio = self.load_windows(sources, sampling_rate)
@@ -388,25 +437,39 @@ class AeroProcessor(ProcessorMixin):
         messages, audio = self.expand_audio_parts(messages, root, sampling_rate)
         tokens = iter(audio.tokens)
         ids, labels = [], []
-        for text, supervised in render_segments(messages, add_generation_prompt, self.system_prompt):
+        for text, supervised in render_segments(
+            messages, add_generation_prompt, self.system_prompt
+        ):
             piece = self.encode_with_audio(text, tokens)
             ids += piece
-            labels += [IGNORE_INDEX if not supervised or i == self.audio_token_id else i for i in piece]
+            labels += [
+                IGNORE_INDEX if not supervised or i == self.audio_token_id else i for i in piece
+            ]
         if next(tokens, None) is not None:
-            raise ValueError(f"The conversation has fewer {self.audio_token} placeholders than audio windows.")
+            raise ValueError(
+                f"The conversation has fewer {self.audio_token} placeholders than audio windows."
+            )
         return {"input_ids": ids, "labels": labels, "audio": audio}
 
-    def apply_chat_template(self, messages: Sequence[dict], add_generation_prompt: bool = True, **kwargs) -> str:
+    def apply_chat_template(
+        self, messages: Sequence[dict], add_generation_prompt: bool = True, **kwargs
+    ) -> str:
         """The prompt string of one conversation, one placeholder per audio part.
 
         `tokenize=True` is not supported here: call the processor with `messages=` for ids.
         """
         if kwargs.pop("tokenize", False):
-            raise ValueError("AeroProcessor.apply_chat_template returns the prompt text; for ids call processor(messages=...).")
+            raise ValueError(
+                "AeroProcessor.apply_chat_template returns the prompt text; for ids call processor(messages=...)."
+            )
         kwargs.pop("return_dict", None)
         if kwargs:
-            raise TypeError(f"apply_chat_template got unexpected arguments: {', '.join(sorted(kwargs))}.")
-        return "".join(t for t, _ in render_segments(messages, add_generation_prompt, self.system_prompt))
+            raise TypeError(
+                f"apply_chat_template got unexpected arguments: {', '.join(sorted(kwargs))}."
+            )
+        return "".join(
+            t for t, _ in render_segments(messages, add_generation_prompt, self.system_prompt)
+        )
 
     def __call__(
         self,
@@ -435,7 +498,9 @@ class AeroProcessor(ProcessorMixin):
         """
         max_length = kwargs.pop("max_length", None)
         if kwargs.pop("truncation", False):
-            raise ValueError("AeroProcessor never truncates prompts: audio tokens would be cut; pass shorter audio.")
+            raise ValueError(
+                "AeroProcessor never truncates prompts: audio tokens would be cut; pass shorter audio."
+            )
         kwargs.pop("return_attention_mask", None)
         if kwargs:
             raise TypeError(f"AeroProcessor got unexpected arguments: {', '.join(sorted(kwargs))}.")
@@ -446,25 +511,38 @@ class AeroProcessor(ProcessorMixin):
             raise ValueError("Pass either text (with audio) or messages.")
         if messages is not None:
             if audio is not None:
-                raise ValueError("With messages, put the audio in the messages' audio content parts, not in audio=.")
-            samples, windows, warnings = self._encode_messages(messages, add_generation_prompt, root, sampling_rate)
+                raise ValueError(
+                    "With messages, put the audio in the messages' audio content parts, not in audio=."
+                )
+            samples, windows, warnings = self._encode_messages(
+                messages, add_generation_prompt, root, sampling_rate
+            )
         else:
             samples, windows, warnings = self._encode_texts(text, audio, sampling_rate)
         for warning in warnings:
             log.warning(warning)
-        out = self.pad(samples, padding_side=padding_side, padding=padding, max_length=max_length,
-                       as_tensors=return_tensors is not None)
+        out = self.pad(
+            samples,
+            padding_side=padding_side,
+            padding=padding,
+            max_length=max_length,
+            as_tensors=return_tensors is not None,
+        )
         if windows:
             out["audio_values"], out["audio_attention_mask"] = self.audio_features(windows)
         return BatchFeature(out, tensor_type=return_tensors)
 
     def _encode_messages(self, messages, add_generation_prompt, root, sampling_rate):
         if not isinstance(messages, (list, tuple)) or not messages:
-            raise ValueError("messages must be a conversation (a list of message dicts) or a list of conversations.")
+            raise ValueError(
+                "messages must be a conversation (a list of message dicts) or a list of conversations."
+            )
         batch = [messages] if isinstance(messages[0], dict) else list(messages)
         samples, windows, warnings = [], [], []
         for conversation in batch:
-            encoded = self.encode_conversation(conversation, add_generation_prompt, root, sampling_rate)
+            encoded = self.encode_conversation(
+                conversation, add_generation_prompt, root, sampling_rate
+            )
             samples.append(encoded["input_ids"])
             windows += encoded["audio"].windows
             warnings += encoded["audio"].warnings
@@ -479,7 +557,9 @@ class AeroProcessor(ProcessorMixin):
             raise ValueError("text must be a string or a non-empty list of strings.")
         if audio is None:
             sources = []
-        elif isinstance(audio, (list, tuple)) and not (isinstance(audio, tuple) and len(audio) == 2 and isinstance(audio[1], int)):
+        elif isinstance(audio, (list, tuple)) and not (
+            isinstance(audio, tuple) and len(audio) == 2 and isinstance(audio[1], int)
+        ):
             sources = list(audio)
         else:
             sources = [audio]  # one array, path, bytes or (array, rate)
@@ -493,7 +573,9 @@ class AeroProcessor(ProcessorMixin):
         samples = []
         for t in texts:
             pieces = t.split(self.audio_token)
-            joined = pieces[0] + "".join("\n".join([self.audio_token] * next(per_audio)) + p for p in pieces[1:])
+            joined = pieces[0] + "".join(
+                "\n".join([self.audio_token] * next(per_audio)) + p for p in pieces[1:]
+            )
             samples.append(self.encode_with_audio(joined, tokens))
         return samples, loaded.windows, loaded.warnings
 
@@ -515,19 +597,28 @@ class AeroProcessor(ProcessorMixin):
             raise ValueError(f"padding_side must be 'left' or 'right', not {padding_side!r}.")
         mode = {True: "longest", False: "do_not_pad"}.get(padding, padding)
         if mode not in ("longest", "do_not_pad", "max_length"):
-            raise ValueError(f"padding must be True, False, 'longest', 'do_not_pad' or 'max_length', not {padding!r}.")
+            raise ValueError(
+                f"padding must be True, False, 'longest', 'do_not_pad' or 'max_length', not {padding!r}."
+            )
         longest = max(len(s) for s in samples)
         if mode == "max_length":
             if max_length is None:
                 raise ValueError("padding='max_length' needs max_length.")
             if max_length < longest:
-                raise ValueError(f"A prompt has {longest} tokens, more than max_length={max_length}; aero never truncates.")
+                raise ValueError(
+                    f"A prompt has {longest} tokens, more than max_length={max_length}; aero never truncates."
+                )
             L = max_length
         elif mode == "do_not_pad":
             if as_tensors and len({len(s) for s in samples}) > 1:
-                raise ValueError("Prompts of different lengths need padding=True to become one tensor (or return_tensors=None).")
+                raise ValueError(
+                    "Prompts of different lengths need padding=True to become one tensor (or return_tensors=None)."
+                )
             if not as_tensors:
-                out = {"input_ids": [list(s) for s in samples], "attention_mask": [[1] * len(s) for s in samples]}
+                out = {
+                    "input_ids": [list(s) for s in samples],
+                    "attention_mask": [[1] * len(s) for s in samples],
+                }
                 if labels is not None:
                     out["labels"] = [list(lab) for lab in labels]
                 return out
@@ -537,7 +628,11 @@ class AeroProcessor(ProcessorMixin):
         pad_id = self.tokenizer.pad_token_id
         ids = torch.full((len(samples), L), pad_id, dtype=torch.long)
         mask = torch.zeros((len(samples), L), dtype=torch.long)
-        lab = torch.full((len(samples), L), IGNORE_INDEX, dtype=torch.long) if labels is not None else None
+        lab = (
+            torch.full((len(samples), L), IGNORE_INDEX, dtype=torch.long)
+            if labels is not None
+            else None
+        )
         for row, s in enumerate(samples):
             span = slice(L - len(s), L) if padding_side == "left" else slice(0, len(s))
             ids[row, span] = torch.tensor(s, dtype=torch.long)
@@ -559,7 +654,9 @@ class AeroProcessor(ProcessorMixin):
 def add_audio_token(tokenizer) -> int:
     """Add `<|AUDIO|>` as a special token if missing; returns its id."""
     if AUDIO_TOKEN not in tokenizer.get_vocab():
-        tokenizer.add_special_tokens({"additional_special_tokens": [AUDIO_TOKEN]}, replace_extra_special_tokens=False)
+        tokenizer.add_special_tokens(
+            {"additional_special_tokens": [AUDIO_TOKEN]}, replace_extra_special_tokens=False
+        )
     return tokenizer.convert_tokens_to_ids(AUDIO_TOKEN)
 
 

@@ -23,5 +23,7 @@ def quantize_dynamic_int8(model):
     """The model with its language model's nn.Linear layers replaced by int8 dynamic ones (in place)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao announces its move to torchao
-        torch.ao.quantization.quantize_dynamic(model.language_model, {nn.Linear}, dtype=torch.qint8, inplace=True)
+        torch.ao.quantization.quantize_dynamic(
+            model.language_model, {nn.Linear}, dtype=torch.qint8, inplace=True
+        )
     return model

@@ -59,15 +59,26 @@ FORM_OVERHEAD_BYTES = 64 * 1024  # multipart boundaries and text fields beside t
 
 
 class APIError(Exception):
-    def __init__(self, status: int, message: str, type: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.type = status, message, type
         self.param, self.code = param, code
 
 
-def error_response(status: int, message: str, type: str = "invalid_request_error",
-                   param: str | None = None, code: str | None = None) -> JSONResponse:
+def error_response(
+    status: int,
+    message: str,
+    type: str = "invalid_request_error",
+    param: str | None = None,
+    code: str | None = None,
+) -> JSONResponse:
     body = {"error": {"message": message, "type": type, "param": param, "code": code}}
     return JSONResponse(body, status_code=status)
 
@@ -110,8 +121,12 @@ class Worker:
     def submit(self, job: Job) -> None:
         with self.lock:
             if self.pending >= self.settings.max_queue:
-                raise APIError(503, f"The server is busy ({self.pending} requests queued); "
-                               "retry shortly.", "server_error", code="server_busy")
+                raise APIError(
+                    503,
+                    f"The server is busy ({self.pending} requests queued); retry shortly.",
+                    "server_error",
+                    code="server_busy",
+                )
             self.pending += 1
         self.jobs.put(job)
 
@@ -145,22 +160,28 @@ class Worker:
             if job.stream:
                 self.run_stream(job)
             elif job.audio is not None:
-                self.run_guarded([job], lambda j=job: [
-                    self.engine.transcribe([j.audio], j.prompt, j.options, timestamps=True)[0]])
+                self.run_guarded(
+                    [job],
+                    lambda j=job: [
+                        self.engine.transcribe([j.audio], j.prompt, j.options, timestamps=True)[0]
+                    ],
+                )
             else:
                 groups.setdefault(job.options, []).append(job)
         for options, group in groups.items():
             ready, prepared = [], []
             for job in group:
                 try:
-                    prepared.append(self.engine.prepare(job.messages, options,
-                                                        transcription=job.transcription))
+                    prepared.append(
+                        self.engine.prepare(job.messages, options, transcription=job.transcription)
+                    )
                     ready.append(job)
                 except Exception as err:  # noqa: BLE001 - answered to that request only
                     self.answer(job, err)
             if ready:
-                self.run_guarded(ready,
-                                 lambda p=prepared, o=options: self.engine.generate_all(p, o))
+                self.run_guarded(
+                    ready, lambda p=prepared, o=options: self.engine.generate_all(p, o)
+                )
 
     def run_guarded(self, jobs: list[Job], fn) -> None:
         try:
@@ -175,8 +196,9 @@ class Worker:
     def run_stream(self, job: Job) -> None:
         put = lambda item: job.loop.call_soon_threadsafe(job.pieces.put_nowait, item)
         try:
-            prepared = self.engine.prepare(job.messages, job.options,
-                                           transcription=job.transcription)
+            prepared = self.engine.prepare(
+                job.messages, job.options, transcription=job.transcription
+            )
             stream = self.engine.stream(prepared, job.options)
             put("start")
             for piece in stream:
@@ -272,8 +294,12 @@ def _as_api_error(err: BaseException, param: str | None = None) -> APIError:
     if isinstance(err, AudioError):
         return APIError(400, str(err), param=param, code="invalid_audio")
     if isinstance(err, (asyncio.TimeoutError, TimeoutError)):
-        return APIError(504, "The request timed out; send shorter audio or retry when the server "
-                        "is less busy.", "server_error", code="timeout")
+        return APIError(
+            504,
+            "The request timed out; send shorter audio or retry when the server is less busy.",
+            "server_error",
+            code="timeout",
+        )
     if isinstance(err, ValueError):
         return APIError(400, str(err), param=param)
     return APIError(500, f"Internal error: {type(err).__name__}: {err}", "server_error")
@@ -283,15 +309,20 @@ async def _decode_audio(data: bytes, param: str) -> np.ndarray:
     try:
         return await run_in_threadpool(load_audio, data)
     except AudioError as err:
-        raise APIError(400, f"The {param} is not usable audio: {err}", param=param,
-                       code="invalid_audio") from None
+        raise APIError(
+            400, f"The {param} is not usable audio: {err}", param=param, code="invalid_audio"
+        ) from None
 
 
 def _check_duration(seconds: float, settings: ServerSettings, param: str) -> None:
     if seconds > settings.max_audio_seconds:
-        raise APIError(400, f"The audio is {seconds:.1f} s long; this server accepts at most "
-                       f"{settings.max_audio_seconds:g} s per request.", param=param,
-                       code="audio_too_long")
+        raise APIError(
+            400,
+            f"The audio is {seconds:.1f} s long; this server accepts at most "
+            f"{settings.max_audio_seconds:g} s per request.",
+            param=param,
+            code="audio_too_long",
+        )
 
 
 def _number(value: Any, name: str, kind: type) -> Any:
@@ -305,18 +336,22 @@ def _number(value: Any, name: str, kind: type) -> Any:
         raise APIError(400, f"'{name}' must be a number, not {value!r}.", param=name) from None
 
 
-def _options(temperature: Any = None, top_p: Any = None, max_tokens: Any = None,
-             seed: Any = None) -> GenerationOptions:
-    values = {"temperature": _number(temperature, "temperature", float),
-              "top_p": _number(top_p, "top_p", float),
-              "max_new_tokens": _number(max_tokens, "max_tokens", int),
-              "seed": _number(seed, "seed", int)}
+def _options(
+    temperature: Any = None, top_p: Any = None, max_tokens: Any = None, seed: Any = None
+) -> GenerationOptions:
+    values = {
+        "temperature": _number(temperature, "temperature", float),
+        "top_p": _number(top_p, "top_p", float),
+        "max_new_tokens": _number(max_tokens, "max_tokens", int),
+        "seed": _number(seed, "seed", int),
+    }
     try:
         return GenerationOptions(**{k: v for k, v in values.items() if v is not None})
     except ValueError as err:
         param = next((k for k in ("temperature", "top_p", "max_new_tokens") if k in str(err)), None)
-        raise APIError(400, str(err),
-                       param="max_tokens" if param == "max_new_tokens" else param) from None
+        raise APIError(
+            400, str(err), param="max_tokens" if param == "max_new_tokens" else param
+        ) from None
 
 
 async def _input_audio(part: dict, where: str, settings: ServerSettings) -> np.ndarray:
@@ -326,8 +361,12 @@ async def _input_audio(part: dict, where: str, settings: ServerSettings) -> np.n
     except AudioError:
         raise APIError(400, f"{where}.input_audio.data is not valid base64.", param=where) from None
     if len(data) > settings.max_upload_bytes:
-        raise APIError(413, f"{where} holds {len(data)} bytes of audio; the limit is "
-                       f"{settings.max_upload_bytes}.", param=where, code="audio_too_large")
+        raise APIError(
+            413,
+            f"{where} holds {len(data)} bytes of audio; the limit is {settings.max_upload_bytes}.",
+            param=where,
+            code="audio_too_large",
+        )
     return await _decode_audio(data, where)
 
 
@@ -340,15 +379,21 @@ async def _chat_messages(raw: Any, settings: ServerSettings) -> list[dict]:
     for i, message in enumerate(raw):
         role = message.get("role") if isinstance(message, dict) else None
         if role not in ("system", "user", "assistant"):
-            raise APIError(400, f"messages[{i}] must be an object with role system, user or "
-                           "assistant.", param=f"messages[{i}]")
+            raise APIError(
+                400,
+                f"messages[{i}] must be an object with role system, user or assistant.",
+                param=f"messages[{i}]",
+            )
         content = message.get("content")
         if isinstance(content, str):
             out.append({"role": message["role"], "content": content})
             continue
         if not isinstance(content, list):
-            raise APIError(400, f"messages[{i}].content must be a string or a list of parts.",
-                           param=f"messages[{i}].content")
+            raise APIError(
+                400,
+                f"messages[{i}].content must be a string or a list of parts.",
+                param=f"messages[{i}].content",
+            )
         parts = []
         for j, part in enumerate(content):
             where = f"messages[{i}].content[{j}]"
@@ -360,8 +405,12 @@ async def _chat_messages(raw: Any, settings: ServerSettings) -> list[dict]:
                 seconds += duration_seconds(samples)
                 parts.append({"type": "audio", "audio": samples})
             else:
-                raise APIError(400, f"{where} must be a 'text' part or an 'input_audio' part with "
-                               "base64 data (audio by URL or path is not accepted).", param=where)
+                raise APIError(
+                    400,
+                    f"{where} must be a 'text' part or an 'input_audio' part with "
+                    "base64 data (audio by URL or path is not accepted).",
+                    param=where,
+                )
         out.append({"role": message["role"], "content": parts})
     _check_duration(seconds, settings, "messages")
     return out
@@ -381,24 +430,34 @@ async def _transcription_form(request: Request, settings: ServerSettings) -> Tra
     try:
         form = await request.form(max_files=1, max_fields=32)
     except Exception as err:  # noqa: BLE001 - a body that is not multipart form data
-        raise APIError(400, "Send multipart/form-data with a 'file' field "
-                       f"({type(err).__name__}: {err}).") from None
+        raise APIError(
+            400, f"Send multipart/form-data with a 'file' field ({type(err).__name__}: {err})."
+        ) from None
     upload = form.get("file")
     if not isinstance(upload, UploadFile):
-        raise APIError(400, "The 'file' field (the audio) is missing or is not a file.",
-                       param="file")
+        raise APIError(
+            400, "The 'file' field (the audio) is missing or is not a file.", param="file"
+        )
     data = await upload.read(settings.max_upload_bytes + 1)
     if len(data) > settings.max_upload_bytes:
-        raise APIError(413, f"The file is over the {settings.max_upload_bytes}-byte limit.",
-                       param="file", code="audio_too_large")
+        raise APIError(
+            413,
+            f"The file is over the {settings.max_upload_bytes}-byte limit.",
+            param="file",
+            code="audio_too_large",
+        )
     fmt = str(form.get("response_format") or "json")
     if fmt not in RESPONSE_FORMATS:
-        raise APIError(400, f"response_format must be one of {', '.join(RESPONSE_FORMATS)}, "
-                       f"not {fmt!r}.", param="response_format")
+        raise APIError(
+            400,
+            f"response_format must be one of {', '.join(RESPONSE_FORMATS)}, not {fmt!r}.",
+            param="response_format",
+        )
     stream = str(form.get("stream") or "false").lower() == "true"
     if stream and fmt not in ("json", "text"):
-        raise APIError(400, "Streaming is available for response_format json or text only.",
-                       param="stream")
+        raise APIError(
+            400, "Streaming is available for response_format json or text only.", param="stream"
+        )
     options = _options(temperature=form.get("temperature"))
     if settings.fallback and not stream and options.temperature == 0:
         options = replace(options, fallback_temperatures=FALLBACK_TEMPERATURES)
@@ -426,10 +485,17 @@ def _finish(result: Result) -> str:
 def _usage(result: Result, kind: str) -> dict:
     total = result.prompt_tokens + result.completion_tokens
     if kind == "chat":
-        return {"prompt_tokens": result.prompt_tokens,
-                "completion_tokens": result.completion_tokens, "total_tokens": total}
-    return {"type": "tokens", "input_tokens": result.prompt_tokens,
-            "output_tokens": result.completion_tokens, "total_tokens": total}
+        return {
+            "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": result.completion_tokens,
+            "total_tokens": total,
+        }
+    return {
+        "type": "tokens",
+        "input_tokens": result.prompt_tokens,
+        "output_tokens": result.completion_tokens,
+        "total_tokens": total,
+    }
 
 
 def _transcription_response(result: Result, fmt: str) -> Any:
@@ -441,30 +507,48 @@ def _transcription_response(result: Result, fmt: str) -> Any:
         return PlainTextResponse(to_vtt(result), media_type="text/vtt")
     if fmt == "verbose_json":
         segments = [
-            {"id": i, "seek": 0, "start": round(s.start, 3), "end": round(s.end, 3),
-             "text": s.text, "tokens": [], "temperature": s.temperature}
+            {
+                "id": i,
+                "seek": 0,
+                "start": round(s.start, 3),
+                "end": round(s.end, 3),
+                "text": s.text,
+                "tokens": [],
+                "temperature": s.temperature,
+            }
             for i, s in enumerate(result.segments)
         ]
-        return {"task": "transcribe", "language": "english", "duration": round(result.duration, 3),
-                "text": result.text, "segments": segments,
-                "stopped_by_repetition": result.stopped_by_repetition,
-                "warnings": result.warnings}
+        return {
+            "task": "transcribe",
+            "language": "english",
+            "duration": round(result.duration, 3),
+            "text": result.text,
+            "segments": segments,
+            "stopped_by_repetition": result.stopped_by_repetition,
+            "warnings": result.warnings,
+        }
     return {"text": result.text, "usage": _usage(result, "transcription")}
 
 
 async def _transcription_events(job: Job) -> AsyncIterator[str]:
     async for item in _stream_items(job):
         if isinstance(item, Result):
-            yield _sse({"type": "transcript.text.done", "text": item.text,
-                        "usage": _usage(item, "transcription")})
+            yield _sse(
+                {
+                    "type": "transcript.text.done",
+                    "text": item.text,
+                    "usage": _usage(item, "transcription"),
+                }
+            )
         else:
             yield _sse({"type": "transcript.text.delta", "delta": item})
 
 
 def _chat_chunk(head: dict, delta: dict, finish: str | None = None, **extra) -> str:
     """One chat.completion.chunk event; `head` holds its id, object, created and model."""
-    return _sse({**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-                 **extra})
+    return _sse(
+        {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
+    )
 
 
 async def _chat_events(job: Job, head: dict) -> AsyncIterator[str]:
@@ -510,8 +594,12 @@ async def models(settings: SettingsDep):
 @router.get("/v1/models/{model_id:path}")
 async def model(model_id: str, settings: SettingsDep):
     if model_id != settings.model_name:
-        raise APIError(404, f"The model {model_id!r} does not exist; this server serves "
-                       f"{settings.model_name!r}.", param="model", code="model_not_found")
+        raise APIError(
+            404,
+            f"The model {model_id!r} does not exist; this server serves {settings.model_name!r}.",
+            param="model",
+            code="model_not_found",
+        )
     return _model_card(settings)
 
 
@@ -538,22 +626,38 @@ async def chat_completions(request: Request, settings: SettingsDep, worker: Work
     body = await _json_body(request)
     if body.get("n", 1) != 1:
         raise APIError(400, "Only n=1 is supported.", param="n")
-    options = _options(body.get("temperature"), body.get("top_p"),
-                       body.get("max_completion_tokens", body.get("max_tokens")), body.get("seed"))
+    options = _options(
+        body.get("temperature"),
+        body.get("top_p"),
+        body.get("max_completion_tokens", body.get("max_tokens")),
+        body.get("seed"),
+    )
     messages = await _chat_messages(body.get("messages"), settings)
     stream = bool(body.get("stream", False))
     job = Job(options, asyncio.get_running_loop(), messages=messages, stream=stream)
     ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(start)
     if stream:
         await _open_stream(worker, job)
-        head = {"id": ident, "object": "chat.completion.chunk", "created": created,
-                "model": settings.model_name}
+        head = {
+            "id": ident,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": settings.model_name,
+        }
         return StreamingResponse(_chat_events(job, head), media_type="text/event-stream")
     result = await _run_job(worker, job)
     return {
-        "id": ident, "object": "chat.completion", "created": created, "model": settings.model_name,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
-                     "finish_reason": _finish(result)}],
+        "id": ident,
+        "object": "chat.completion",
+        "created": created,
+        "model": settings.model_name,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": result.text},
+                "finish_reason": _finish(result),
+            }
+        ],
         "usage": _usage(result, "chat"),
         "stopped_by_repetition": result.stopped_by_repetition,
         "warnings": result.warnings,
@@ -572,8 +676,9 @@ async def _on_invalid_request(request: Request, err: RequestValidationError) -> 
 
 
 async def _on_http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
-    return error_response(err.status_code, str(err.detail), "invalid_request_error",
-                          code=str(err.status_code))
+    return error_response(
+        err.status_code, str(err.detail), "invalid_request_error", code=str(err.status_code)
+    )
 
 
 async def _guard(request: Request, call_next):
@@ -583,16 +688,22 @@ async def _guard(request: Request, call_next):
     if request.url.path != "/health" and settings.api_key is not None:
         given = request.headers.get("authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {settings.api_key}".encode()):
-            return error_response(401, "Missing or incorrect API key: send 'Authorization: "
-                                  "Bearer <key>'.", code="invalid_api_key")
+            return error_response(
+                401,
+                "Missing or incorrect API key: send 'Authorization: Bearer <key>'.",
+                code="invalid_api_key",
+            )
     if request.method == "POST":
         length = request.headers.get("content-length")
         if length is None or not length.isdigit():
             return error_response(411, "POST requests need a Content-Length header.")
         if int(length) > settings.max_upload_bytes + FORM_OVERHEAD_BYTES:
-            return error_response(413, f"The request body is {int(length)} bytes; the limit is "
-                                  f"{settings.max_upload_bytes} bytes of audio.",
-                                  code="request_too_large")
+            return error_response(
+                413,
+                f"The request body is {int(length)} bytes; the limit is "
+                f"{settings.max_upload_bytes} bytes of audio.",
+                code="request_too_large",
+            )
     try:
         return await call_next(request)
     except Exception as err:  # noqa: BLE001 - never a bare 500 page

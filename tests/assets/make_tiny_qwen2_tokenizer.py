@@ -30,15 +30,27 @@ ADDED_BY_AERO = ["<image>", "<video>", "<|AUDIO|>"]  # the conversion adds these
 def main() -> None:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"), pre_tokenizers.ByteLevel(use_regex=False)]
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"),
+            pre_tokenizers.ByteLevel(use_regex=False),
+        ]
     )
-    trainer = trainers.BpeTrainer(vocab_size=440, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=440, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     tok.train_from_iterator(CORPUS, trainer)
     trained = json.loads(tok.to_str())["model"]
     vocab, merges = trained["vocab"], [tuple(pair) for pair in trained["merges"]]
-    fast = Qwen2Tokenizer(vocab=vocab, merges=merges, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                          extra_special_tokens=CHAT_SPECIALS[1:])
-    fast.add_special_tokens({"additional_special_tokens": ADDED_BY_AERO}, replace_extra_special_tokens=False)
+    fast = Qwen2Tokenizer(
+        vocab=vocab,
+        merges=merges,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        extra_special_tokens=CHAT_SPECIALS[1:],
+    )
+    fast.add_special_tokens(
+        {"additional_special_tokens": ADDED_BY_AERO}, replace_extra_special_tokens=False
+    )
     out = Path(__file__).parent / "tiny-qwen2-tokenizer"
     fast.save_pretrained(out)
     print(out, len(fast), fast.tokenize("a\n\nb"), fast.convert_tokens_to_ids(ADDED_BY_AERO))

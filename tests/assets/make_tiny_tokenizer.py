@@ -25,7 +25,9 @@ def main() -> None:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=512 - len(SPECIAL), special_tokens=[], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        vocab_size=512 - len(SPECIAL),
+        special_tokens=[],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(CORPUS, trainer)
     tok.add_special_tokens(SPECIAL)

@@ -39,7 +39,13 @@ CONVERTER_VERSION = 1  # bump when the conversion's output changes
 EMBEDDING_MULTIPLE = 64  # the vocabulary is padded to a multiple of this (tensor-core friendly)
 
 # Config entries that describe the GGUF source rather than the model.
-SOURCE_ONLY_KEYS = ("quantization_config", "_name_or_path", "transformers_version", "architectures", "dtype")
+SOURCE_ONLY_KEYS = (
+    "quantization_config",
+    "_name_or_path",
+    "transformers_version",
+    "architectures",
+    "dtype",
+)
 
 
 def smollm2_gguf() -> Path:
@@ -52,9 +58,13 @@ def load_gguf(path: str | os.PathLike) -> tuple[LlamaForCausalLM, object]:
     try:
         import gguf  # noqa: F401  (transformers needs it to read the file)
     except ImportError:
-        raise ConversionError("Reading GGUF files needs the `gguf` package: `pip install gguf`.") from None
+        raise ConversionError(
+            "Reading GGUF files needs the `gguf` package: `pip install gguf`."
+        ) from None
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(
+        path.parent, gguf_file=path.name, dtype=torch.float32
+    )
     return model.eval(), tokenizer
 
 
@@ -70,7 +80,9 @@ def add_audio_embedding(model: LlamaForCausalLM, tokenizer) -> int:
     """Add `<|AUDIO|>` to the tokenizer and a mean-initialised row to the embeddings; its id."""
     audio_id = add_audio_token(tokenizer)
     old = model.get_input_embeddings().weight.shape[0]
-    model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=EMBEDDING_MULTIPLE, mean_resizing=False)
+    model.resize_token_embeddings(
+        len(tokenizer), pad_to_multiple_of=EMBEDDING_MULTIPLE, mean_resizing=False
+    )
     with torch.no_grad():
         embeddings = model.get_input_embeddings().weight
         embeddings[old:] = embeddings[:old].mean(0)

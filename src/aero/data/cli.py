@@ -6,7 +6,9 @@ import time
 
 import typer
 
-app = typer.Typer(help="Make training and held-out data.", no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="Make training and held-out data.", no_args_is_help=True, pretty_exceptions_enable=False
+)
 
 
 @app.callback()
@@ -16,12 +18,18 @@ def _group() -> None:
 
 @app.command()
 def synth(
-    out: str = typer.Argument(..., help="Output folder: audio/*.flac and one <split>.jsonl per split."),
-    recipe: str = typer.Option("train", help="train, heldout, tiny, or a .yaml file (see configs/data/)."),
+    out: str = typer.Argument(
+        ..., help="Output folder: audio/*.flac and one <split>.jsonl per split."
+    ),
+    recipe: str = typer.Option(
+        "train", help="train, heldout, tiny, or a .yaml file (see configs/data/)."
+    ),
     samples: int | None = typer.Option(None, help="Samples per split (default: the recipe's)."),
     seed: int = typer.Option(0, help="Same seed, same manifests and audio."),
     workers: int = typer.Option(2, help="Synthesis processes."),
-    answers_cache: str | None = typer.Option(None, help="JSON cache of the LLM's answers (default OUT/llm_answers.json)."),
+    answers_cache: str | None = typer.Option(
+        None, help="JSON cache of the LLM's answers (default OUT/llm_answers.json)."
+    ),
 ) -> None:
     """Synthesize speech data (espeak-ng, festival, sox) for aero-mini; instruction answers come from SmolLM2."""
     from aero.data.synth import RecipeError, ToolMissing, load_recipe, synthesize
@@ -29,20 +37,34 @@ def synth(
     try:
         plan = load_recipe(recipe)
         start = time.perf_counter()
-        summary = synthesize(out, plan, seed=seed, samples=samples, workers=workers,
-                             answers_cache=answers_cache, progress=True)
+        summary = synthesize(
+            out,
+            plan,
+            seed=seed,
+            samples=samples,
+            workers=workers,
+            answers_cache=answers_cache,
+            progress=True,
+        )
     except (RecipeError, ToolMissing) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2)
     elapsed = time.perf_counter() - start
     failed = 0
     for name, s in summary["splits"].items():
-        typer.echo(f"{name}: {s['samples']} samples, {s['seconds'] / 3600:.2f} h -> {s['manifest']}")
+        typer.echo(
+            f"{name}: {s['samples']} samples, {s['seconds'] / 3600:.2f} h -> {s['manifest']}"
+        )
         if s["failed"]:
             failed += s["failed"]
-            typer.echo(f"{name}: {s['failed']} clips failed and were left out; see {name}.failed.jsonl", err=True)
+            typer.echo(
+                f"{name}: {s['failed']} clips failed and were left out; see {name}.failed.jsonl",
+                err=True,
+            )
     clips, render = summary["clips"], summary["render_seconds"]
-    typer.echo(f"{clips} clips in {elapsed:.1f} s (planning + LLM answers {summary['plan_llm_seconds']:.1f} s; "
-               f"audio {clips / max(render, 1e-9):.2f} clips/s)")
+    typer.echo(
+        f"{clips} clips in {elapsed:.1f} s (planning + LLM answers {summary['plan_llm_seconds']:.1f} s; "
+        f"audio {clips / max(render, 1e-9):.2f} clips/s)"
+    )
     if failed:
         raise typer.Exit(1)

@@ -46,7 +46,9 @@ def audio_samples(path: Path) -> int:
                 seconds = container.duration / 1_000_000
             return round(seconds * SAMPLE_RATE)
     except Exception as err:
-        raise ManifestError(f"Cannot read the duration of {path} ({type(err).__name__}: {err}).") from None
+        raise ManifestError(
+            f"Cannot read the duration of {path} ({type(err).__name__}: {err})."
+        ) from None
 
 
 def estimate_length(sample: Sample, processor) -> tuple[int, float]:
@@ -63,7 +65,9 @@ def estimate_length(sample: Sample, processor) -> tuple[int, float]:
         window_tokens += tokens
         per_audio.append(len(tokens))
     # Render with one placeholder per window; each placeholder then stands for its tokens.
-    text = processor.apply_chat_template(repeat_audio_parts(sample.messages, per_audio), add_generation_prompt=False)
+    text = processor.apply_chat_template(
+        repeat_audio_parts(sample.messages, per_audio), add_generation_prompt=False
+    )
     n_ids = len(processor.tokenizer(text, add_special_tokens=False)["input_ids"])
     return n_ids - len(window_tokens) + sum(window_tokens), seconds
 

@@ -54,7 +54,9 @@ def _rows(path: Path) -> Iterator[tuple[str, dict]]:
         try:
             from datasets import load_from_disk
         except ImportError:
-            raise ManifestError(f"{path} is a directory: reading a `datasets` directory needs `pip install datasets`.")
+            raise ManifestError(
+                f"{path} is a directory: reading a `datasets` directory needs `pip install datasets`."
+            )
         ds = load_from_disk(str(path))
         for i, row in enumerate(ds):
             yield f"{path}[{i}]", row
@@ -95,7 +97,8 @@ def _messages(row: dict, where: str) -> list[dict]:
     # as None; drop those so a text part does not look like an audio part.
     return [
         {**m, "content": [{k: v for k, v in p.items() if v is not None} for p in m["content"]]}
-        if isinstance(m["content"], list) else m
+        if isinstance(m["content"], list)
+        else m
         for m in messages
     ]
 
@@ -121,7 +124,9 @@ def resolve_audio_path(url: str, root: Path) -> Path:
     real_root = Path(os.path.realpath(root))
     target = Path(os.path.realpath(real_root / url))
     if target != real_root and real_root not in target.parents:
-        raise ManifestError(f"Audio path {url!r} escapes the data root {real_root}; refusing to read it.")
+        raise ManifestError(
+            f"Audio path {url!r} escapes the data root {real_root}; refusing to read it."
+        )
     return target
 
 
@@ -136,7 +141,11 @@ def audio_paths(sample: Sample) -> list[Path]:
             if not is_audio_part(part):
                 continue
             if "audio_url" in part:
-                url = part["audio_url"]["url"] if isinstance(part["audio_url"], dict) else part["audio_url"]
+                url = (
+                    part["audio_url"]["url"]
+                    if isinstance(part["audio_url"], dict)
+                    else part["audio_url"]
+                )
             else:
                 url = part.get("audio")
             if not isinstance(url, str):
@@ -152,6 +161,9 @@ def with_resolved_audio(sample: Sample) -> list[dict]:
     for message in sample.messages:
         content = message["content"]
         if isinstance(content, list):
-            content = [{"type": "audio", "audio": str(next(paths))} if is_audio_part(p) else p for p in content]
+            content = [
+                {"type": "audio", "audio": str(next(paths))} if is_audio_part(p) else p
+                for p in content
+            ]
         out.append({**message, "content": content})
     return out

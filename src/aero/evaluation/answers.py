@@ -42,14 +42,26 @@ def chat_manifest_items(path: str | Path, limit: int | None = None) -> list[Answ
     for sample in read_dataset(DatasetSpec(str(path)))[:limit]:
         messages = with_resolved_audio(sample)
         user = next(m for m in messages if m["role"] == "user")
-        audio = [p["audio"] for p in user["content"] if isinstance(user["content"], list) and is_audio_part(p)]
+        audio = [
+            p["audio"]
+            for p in user["content"]
+            if isinstance(user["content"], list) and is_audio_part(p)
+        ]
         if len(audio) != 1:
-            raise ValueError(f"{sample.source}: expected one audio in the user turn, found {len(audio)}.")
+            raise ValueError(
+                f"{sample.source}: expected one audio in the user turn, found {len(audio)}."
+            )
         reference = content_text(next(m for m in messages if m["role"] == "assistant")["content"])
-        items.append(AnswerItem(
-            id=sample.extra.get("id", sample.source), audio=audio[0], prompt=content_text(user["content"]).strip(),
-            reference=reference.strip(), category=sample.extra.get("meta", {}).get("question_kind") or sample.extra.get("task"),
-        ))
+        items.append(
+            AnswerItem(
+                id=sample.extra.get("id", sample.source),
+                audio=audio[0],
+                prompt=content_text(user["content"]).strip(),
+                reference=reference.strip(),
+                category=sample.extra.get("meta", {}).get("question_kind")
+                or sample.extra.get("task"),
+            )
+        )
     return items
 
 
@@ -87,14 +99,24 @@ def run_answer_eval(
     if judge not in ("exact", "agreement"):
         raise ValueError(f"judge must be exact or agreement, not {judge!r}.")
     items = _take(items, limit)
-    outcomes, timing = _run(items, lambda audios, batch: transcriber.answer(audios, [i.prompt for i in batch]),
-                            batch_size, progress)
+    outcomes, timing = _run(
+        items,
+        lambda audios, batch: transcriber.answer(audios, [i.prompt for i in batch]),
+        batch_size,
+        progress,
+    )
     samples, per_category = [], defaultdict(lambda: [0, 0])
     exact = first = 0
     f1s = []
     for item, outcome in zip(items, outcomes):
-        sample = {"id": item.id, "category": item.category, "prompt": item.prompt, "reference": item.reference,
-                  "response": outcome.output, "error": outcome.error}
+        sample = {
+            "id": item.id,
+            "category": item.category,
+            "prompt": item.prompt,
+            "reference": item.reference,
+            "response": outcome.output,
+            "error": outcome.error,
+        }
         if outcome.output is not None:
             hit = normalize(outcome.output) == normalize(item.reference)
             exact += hit
@@ -102,7 +124,9 @@ def run_answer_eval(
             per_category[item.category][1] += hit
             sample["exact"] = hit
             if judge == "agreement":
-                sample["first_sentence"] = normalize(first_sentence(outcome.output)) == normalize(first_sentence(item.reference))
+                sample["first_sentence"] = normalize(first_sentence(outcome.output)) == normalize(
+                    first_sentence(item.reference)
+                )
                 sample["token_f1"] = token_f1(item.reference, outcome.output)
                 first += sample["first_sentence"]
                 f1s.append(sample["token_f1"])
@@ -115,9 +139,15 @@ def run_answer_eval(
         "judge": judge,
         "metric": "accuracy" if judge == "exact" else "agreement",
         "exact_percent": _percent(exact / answered) if answered else None,
-        "counts": {"items": len(items), "failed": len(items) - answered, "answered": answered, "exact": exact},
+        "counts": {
+            "items": len(items),
+            "failed": len(items) - answered,
+            "answered": answered,
+            "exact": exact,
+        },
         "per_category": {
-            str(k): {"n": n, "correct": c, "accuracy_percent": _percent(c / n)} for k, (n, c) in sorted(per_category.items(), key=str)
+            str(k): {"n": n, "correct": c, "accuracy_percent": _percent(c / n)}
+            for k, (n, c) in sorted(per_category.items(), key=str)
         },
         "speed": _speed(timing, batch_size),
         "environment": environment(),

@@ -29,7 +29,12 @@ WHISPER_PARAMETERS = {
 
 
 def _known_parameters(model: str) -> int | None:
-    name = os.path.basename(model.rstrip("/")).lower().removeprefix("whisper-").removeprefix("faster-whisper-")
+    name = (
+        os.path.basename(model.rstrip("/"))
+        .lower()
+        .removeprefix("whisper-")
+        .removeprefix("faster-whisper-")
+    )
     size = name.split(".")[0].split("-")[0]  # "small.en" -> small, "large-v3" -> large
     return WHISPER_PARAMETERS.get(size)
 
@@ -64,4 +69,6 @@ class FasterWhisperTranscriber:
         return texts
 
     def answer(self, audios: list[np.ndarray], prompts: list[str]) -> list[str]:
-        raise NotImplementedError("Whisper cannot answer multiple-choice questions; use it for ASR tasks only.")
+        raise NotImplementedError(
+            "Whisper cannot answer multiple-choice questions; use it for ASR tasks only."
+        )

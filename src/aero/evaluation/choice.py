@@ -56,7 +56,9 @@ class ChoiceScore:
 
 def build_prompt(question: str, choices: Sequence[str]) -> str:
     if not 2 <= len(choices) <= len(LETTERS):
-        raise ValueError(f"A multiple-choice question needs 2 to {len(LETTERS)} options, got {len(choices)}.")
+        raise ValueError(
+            f"A multiple-choice question needs 2 to {len(LETTERS)} options, got {len(choices)}."
+        )
     options = [f"{LETTERS[k]}. {str(c).strip()}" for k, c in enumerate(choices)]
     return "\n".join([question.strip(), *options, INSTRUCTION])
 
@@ -74,7 +76,8 @@ def _index(letter: str, n: int) -> int | None:
 _BARE = re.compile(r"[(\[]?([A-Za-z])[)\]]?[.:)]?")
 _LEADING = re.compile(r"(?:[(\[]([A-Za-z])[)\]]|([A-Z])(?:[.:)](?=\s|$)|$))")
 _PHRASE = re.compile(
-    r"\b(answer|option|choice)\b(?:\s+is)?\s*[:\-]?\s*([(\[])?([A-Za-z])(?![A-Za-z])([)\]])?(.?)", re.IGNORECASE
+    r"\b(answer|option|choice)\b(?:\s+is)?\s*[:\-]?\s*([(\[])?([A-Za-z])(?![A-Za-z])([)\]])?(.?)",
+    re.IGNORECASE,
 )
 _BRACKETED = re.compile(r"(?<![A-Za-z])[(\[]([A-Z])[)\]]")
 
@@ -101,11 +104,15 @@ def parse_choice(response: str, choices: Sequence[str]) -> int | None:
         if (letter.isupper() or standalone) and (k := _index(letter, n)) is not None:
             return k
     mentioned = [
-        k for k, c in enumerate(choices) if _fold(str(c)) and re.search(rf"\b{re.escape(_fold(str(c)))}\b", folded)
+        k
+        for k, c in enumerate(choices)
+        if _fold(str(c)) and re.search(rf"\b{re.escape(_fold(str(c)))}\b", folded)
     ]
     # "hot dog" also contains "dog": keep only options not contained in another mentioned one.
     mentioned = [
-        k for k in mentioned if not any(k != j and _fold(str(choices[k])) in _fold(str(choices[j])) for j in mentioned)
+        k
+        for k in mentioned
+        if not any(k != j and _fold(str(choices[k])) in _fold(str(choices[j])) for j in mentioned)
     ]
     if len(mentioned) == 1:
         return mentioned[0]
@@ -117,14 +124,18 @@ def parse_choice(response: str, choices: Sequence[str]) -> int | None:
 
 def _answer_index(answer: Any, choices: Sequence[str], where: str) -> int:
     if not isinstance(answer, str) or not answer.strip():
-        raise ValueError(f"{where}: 'answer' must be an option's letter or its text (it is {answer!r}).")
+        raise ValueError(
+            f"{where}: 'answer' must be an option's letter or its text (it is {answer!r})."
+        )
     for k, choice in enumerate(choices):
         if str(choice).strip().lower() == answer.strip().lower():
             return k
     m = _BARE.fullmatch(answer.strip())
     if m and (k := _index(m[1], len(choices))) is not None:
         return k
-    raise ValueError(f"{where}: answer {answer!r} is neither an option letter nor one of the options {list(choices)}.")
+    raise ValueError(
+        f"{where}: answer {answer!r} is neither an option letter nor one of the options {list(choices)}."
+    )
 
 
 def _first(record: dict, *names: str) -> Any:
@@ -136,13 +147,19 @@ def _choice_item(record: Any, base: Path, where: str, index: int) -> ChoiceItem:
         raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}.")
     choices = record.get("choices")
     if choices is None:  # AIR-Bench spells options as choice_a, choice_b, ...
-        choices = [record[f"choice_{c}"] for c in "abcdefghijklmnopqrstuvwxyz" if record.get(f"choice_{c}") is not None]
+        choices = [
+            record[f"choice_{c}"]
+            for c in "abcdefghijklmnopqrstuvwxyz"
+            if record.get(f"choice_{c}") is not None
+        ]
     if not isinstance(choices, list) or len(choices) < 2:
         raise ValueError(f"{where}: needs a 'choices' list with at least two options.")
     question = _first(record, "question")
     audio = _first(record, "audio", "audio_path", "audio_id", "path")
     if not isinstance(question, str) or not isinstance(audio, str):
-        raise ValueError(f"{where}: needs a string 'question' and an audio path ('audio', 'audio_id' or 'path').")
+        raise ValueError(
+            f"{where}: needs a string 'question' and an audio path ('audio', 'audio_id' or 'path')."
+        )
     audio_path = Path(audio)
     category = _first(record, "category", "task_name", "task")
     return ChoiceItem(
@@ -194,5 +211,7 @@ def score_choices(predicted: Sequence[int | None], items: Sequence[ChoiceItem]) 
         correct=sum(hits),
         accuracy=sum(hits) / len(items) if items else None,
         n_unparsed=sum(p is None for p in predicted),
-        per_category={c: CategoryScore(len(h), sum(h), sum(h) / len(h)) for c, h in sorted(by_cat.items())},
+        per_category={
+            c: CategoryScore(len(h), sum(h), sum(h) / len(h)) for c, h in sorted(by_cat.items())
+        },
     )

@@ -25,9 +25,18 @@ from rich.progress import Progress
 from rich.table import Table
 
 console = Console()
-app = typer.Typer(help="Evaluate a model: WER on ASR sets, accuracy on multiple-choice audio tasks, RTFx.")
+app = typer.Typer(
+    help="Evaluate a model: WER on ASR sets, accuracy on multiple-choice audio tasks, RTFx."
+)
 
-TASKS = ("librispeech", "librispeech-long", "manifest", "asr", "hf", "choice")  # asr: a manifest, by its task
+TASKS = (
+    "librispeech",
+    "librispeech-long",
+    "manifest",
+    "asr",
+    "hf",
+    "choice",
+)  # asr: a manifest, by its task
 _USER_ERRORS = (FileNotFoundError, ValueError, ImportError, NotImplementedError)
 
 
@@ -43,7 +52,11 @@ def resolve_model(spec: str, max_new_tokens: int | None = None) -> Any:
         raise ImportError(
             f"Cannot load model {spec!r}: aero.evaluation.transcriber is not available ({err})."
         ) from None
-    return load_transcriber(spec) if max_new_tokens is None else load_transcriber(spec, max_new_tokens=max_new_tokens)
+    return (
+        load_transcriber(spec)
+        if max_new_tokens is None
+        else load_transcriber(spec, max_new_tokens=max_new_tokens)
+    )
 
 
 def load_task_items(
@@ -64,13 +77,17 @@ def load_task_items(
         return librispeech_items(data)
     if task == "librispeech-long":
         if Path(data).is_dir():
-            console.print(f"Building long-form recordings from {data} into {output / 'longform'} ...")
+            console.print(
+                f"Building long-form recordings from {data} into {output / 'longform'} ..."
+            )
             return manifest_items(build_librispeech_longform(data, output / "longform", gap))
         return manifest_items(data)
     if task in ("manifest", "asr"):
         return manifest_items(data)
     if task == "hf":
-        return hf_items(data, split=split, config=config, audio_column=audio_column, text_column=text_column)
+        return hf_items(
+            data, split=split, config=config, audio_column=audio_column, text_column=text_column
+        )
     if task == "choice":
         return load_choice_items(data)
     raise ValueError(f"Unknown task {task!r}; choose one of {', '.join(TASKS)}.")
@@ -96,10 +113,16 @@ def print_results(results: dict[str, Any]) -> None:
         table.add_column(column)
     counts, speed = results["counts"], results["speed"]
     metric = results["metric"]
-    table.add_row(f"{metric} %", _fmt(results.get(f"{metric}_percent")), _fmt(results.get("reason")))
+    table.add_row(
+        f"{metric} %", _fmt(results.get(f"{metric}_percent")), _fmt(results.get("reason"))
+    )
     if results["kind"] == "asr":
         ci = results.get("ci95_percent")
-        table.add_row("95% CI", "–" if ci is None else f"{ci[0]:.2f} – {ci[1]:.2f}", "bootstrap over utterances")
+        table.add_row(
+            "95% CI",
+            "–" if ci is None else f"{ci[0]:.2f} – {ci[1]:.2f}",
+            "bootstrap over utterances",
+        )
         table.add_row(
             "S / D / I",
             f"{counts['substitutions']} / {counts['deletions']} / {counts['insertions']}",
@@ -107,10 +130,16 @@ def print_results(results: dict[str, Any]) -> None:
         )
     else:
         for name, cat in results["per_category"].items():
-            table.add_row(f"  {name}", _fmt(cat["accuracy_percent"]), f"{cat['correct']}/{cat['n']}")
+            table.add_row(
+                f"  {name}", _fmt(cat["accuracy_percent"]), f"{cat['correct']}/{cat['n']}"
+            )
         table.add_row("unparsed", str(counts["unparsed"]), "replies with no option letter")
     table.add_row("items", str(counts["items"]), f"failed: {counts['failed']}")
-    table.add_row("RTFx", _fmt(speed["rtfx"]), f"{speed['audio_seconds']} s audio in {speed['processing_seconds']} s")
+    table.add_row(
+        "RTFx",
+        _fmt(speed["rtfx"]),
+        f"{speed['audio_seconds']} s audio in {speed['processing_seconds']} s",
+    )
     console.print(table)
 
 
@@ -118,17 +147,24 @@ def print_results(results: dict[str, Any]) -> None:
 def evaluate(
     ctx: typer.Context,
     model: str | None = typer.Option(
-        None, "--model", "-m",
-        help="aero model name/dir, or faster-whisper:NAME_OR_DIR (default: as aero transcribe; stderr says which)."),
+        None,
+        "--model",
+        "-m",
+        help="aero model name/dir, or faster-whisper:NAME_OR_DIR (default: as aero transcribe; stderr says which).",
+    ),
     task: str | None = typer.Option(None, "--task", "-t", help=f"One of: {', '.join(TASKS)}."),
-    data: str | None = typer.Option(None, "--data", "-d", help="Dataset directory, manifest, JSON file or hub id."),
+    data: str | None = typer.Option(
+        None, "--data", "-d", help="Dataset directory, manifest, JSON file or hub id."
+    ),
     limit: int | None = typer.Option(None, help="Evaluate only the first N items."),
     batch_size: int = typer.Option(8, help="Items per model call."),
     output: Path | None = typer.Option(
         None, "--output", "-o", help="Run directory (default: eval-results/MODEL/TASK)."
     ),
     prompt: str | None = typer.Option(None, help="ASR prompt (default: the model's own)."),
-    name: str | None = typer.Option(None, help="Task name in results and reports (default: the --task value)."),
+    name: str | None = typer.Option(
+        None, help="Task name in results and reports (default: the --task value)."
+    ),
     cer: bool = typer.Option(False, "--cer", help="Score character error rate instead of WER."),
     gap: float = typer.Option(0.0, help="librispeech-long: seconds of silence between utterances."),
     split: str | None = typer.Option(None, help="hf: dataset split."),
@@ -136,7 +172,9 @@ def evaluate(
     audio_column: str = typer.Option("audio", help="hf: audio column."),
     text_column: str = typer.Option("text", help="hf: transcript column."),
     seed: int = typer.Option(0, help="Bootstrap seed."),
-    max_new_tokens: int | None = typer.Option(None, help="Generation limit per item (default: the model's)."),
+    max_new_tokens: int | None = typer.Option(
+        None, help="Generation limit per item (default: the model's)."
+    ),
 ) -> None:
     """Evaluate MODEL on TASK; writes results.json and samples.jsonl and prints a summary."""
     if ctx.invoked_subcommand is not None:
@@ -168,7 +206,9 @@ def evaluate(
                 bar.update(job, completed=done, total=total)
 
             if task == "choice":
-                results = run_choice_eval(transcriber, items, batch_size, limit, output, task_name, progress)
+                results = run_choice_eval(
+                    transcriber, items, batch_size, limit, output, task_name, progress
+                )
             else:
                 results = run_asr_eval(
                     transcriber,
@@ -198,7 +238,9 @@ def evaluate(
 @app.command()
 def report(
     dirs: list[Path] = typer.Argument(..., help="Run directories (or folders holding them)."),
-    output: Path = typer.Option(Path("eval-report"), "--output", "-o", help="Where report.md and the charts go."),
+    output: Path = typer.Option(
+        Path("eval-report"), "--output", "-o", help="Where report.md and the charts go."
+    ),
 ) -> None:
     """Merge runs into a markdown table (one row per model, one column per task) and PNG charts."""
     from .report import write_report
@@ -213,10 +255,14 @@ def report(
 
 @app.command("build-longform")
 def build_longform_cmd(
-    source: Path = typer.Argument(..., help="LibriSpeech directory, or a JSONL manifest (with --group-key)."),
+    source: Path = typer.Argument(
+        ..., help="LibriSpeech directory, or a JSONL manifest (with --group-key)."
+    ),
     out: Path = typer.Argument(..., help="Output directory for audio/ and manifest.jsonl."),
     gap: float = typer.Option(0.0, help="Seconds of silence between utterances."),
-    group_key: str | None = typer.Option(None, help="Manifest field that groups utterances into recordings."),
+    group_key: str | None = typer.Option(
+        None, help="Manifest field that groups utterances into recordings."
+    ),
 ) -> None:
     """Concatenate utterances per group (LibriSpeech: speaker-chapter) into long recordings."""
     from .longform import build_longform_from

@@ -59,7 +59,12 @@ def librispeech_items(root: str | Path) -> list[EvalItem]:
                 )
             speaker, chapter = utt_id.split("-")[:2]
             items.append(
-                EvalItem(id=utt_id, audio=str(trans.parent / f"{utt_id}.flac"), text=text, group=f"{speaker}-{chapter}")
+                EvalItem(
+                    id=utt_id,
+                    audio=str(trans.parent / f"{utt_id}.flac"),
+                    text=text,
+                    group=f"{speaker}-{chapter}",
+                )
             )
     if not items:
         raise FileNotFoundError(f"No LibriSpeech transcripts (*.trans.txt) found under {root}.")
@@ -91,19 +96,27 @@ def _from_messages(record: dict, where: str) -> dict:
     return {**record, "audio": audios[0], "text": "".join(reply)}
 
 
-def _manifest_item(record: Any, base: Path, where: str, group_key: str | None, lineno: int) -> EvalItem:
+def _manifest_item(
+    record: Any, base: Path, where: str, group_key: str | None, lineno: int
+) -> EvalItem:
     if not isinstance(record, dict):
         raise ManifestError(f"{where}: expected a JSON object, got {type(record).__name__}.")
     if "messages" in record and "audio" not in record:
         record = _from_messages(record, where)
     for field in ("audio", "text"):
         if not isinstance(record.get(field), str):
-            raise ManifestError(f"{where}: field '{field}' must be a string (it is {record.get(field)!r}).")
+            raise ManifestError(
+                f"{where}: field '{field}' must be a string (it is {record.get(field)!r})."
+            )
     duration = record.get("duration")
     if duration is not None and (
-        isinstance(duration, bool) or not isinstance(duration, (int, float)) or not math.isfinite(duration)
+        isinstance(duration, bool)
+        or not isinstance(duration, (int, float))
+        or not math.isfinite(duration)
     ):
-        raise ManifestError(f"{where}: field 'duration' must be a number of seconds (it is {duration!r}).")
+        raise ManifestError(
+            f"{where}: field 'duration' must be a number of seconds (it is {duration!r})."
+        )
     group = None
     if group_key is not None:
         if record.get(group_key) is None:
@@ -169,12 +182,21 @@ def hf_items(
         ds = ds[split] if split is not None else next(iter(ds.values()))
     for column in (audio_column, text_column, id_column):
         if column is not None and column not in ds.column_names:
-            raise ValueError(f"Dataset {source} has no column '{column}'; columns are {ds.column_names}.")
+            raise ValueError(
+                f"Dataset {source} has no column '{column}'; columns are {ds.column_names}."
+            )
     # Checks above run at call time; rows are then produced lazily (a test set can be GBs).
-    return _hf_rows(ds.cast_column(audio_column, datasets.Audio(decode=False)), audio_column, text_column, id_column)
+    return _hf_rows(
+        ds.cast_column(audio_column, datasets.Audio(decode=False)),
+        audio_column,
+        text_column,
+        id_column,
+    )
 
 
-def _hf_rows(ds: Any, audio_column: str, text_column: str, id_column: str | None) -> Iterator[EvalItem]:
+def _hf_rows(
+    ds: Any, audio_column: str, text_column: str, id_column: str | None
+) -> Iterator[EvalItem]:
     for index, row in enumerate(ds):
         yield EvalItem(
             id=str(row[id_column]) if id_column else str(index),

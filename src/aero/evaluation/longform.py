@@ -31,14 +31,18 @@ def _file_stem(group: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", group)
 
 
-def build_longform(items: Iterable[EvalItem], out_dir: str | Path, gap_seconds: float = 0.0) -> Path:
+def build_longform(
+    items: Iterable[EvalItem], out_dir: str | Path, gap_seconds: float = 0.0
+) -> Path:
     """Concatenate items per `group`; write `<out_dir>/audio/*.flac` and the manifest; return its path."""
     if gap_seconds < 0:
         raise ValueError(f"The silence gap must be zero or positive seconds, got {gap_seconds}.")
     groups: dict[str, list[EvalItem]] = {}
     for item in items:
         if item.group is None:
-            raise ValueError(f"Item {item.id} has no group; long-form recordings need a grouping key.")
+            raise ValueError(
+                f"Item {item.id} has no group; long-form recordings need a grouping key."
+            )
         groups.setdefault(item.group, []).append(item)
     if not groups:
         raise ValueError("No items to build long-form recordings from.")
@@ -69,7 +73,9 @@ def build_longform(items: Iterable[EvalItem], out_dir: str | Path, gap_seconds: 
     return manifest
 
 
-def build_librispeech_longform(root: str | Path, out_dir: str | Path, gap_seconds: float = 0.0) -> Path:
+def build_librispeech_longform(
+    root: str | Path, out_dir: str | Path, gap_seconds: float = 0.0
+) -> Path:
     return build_longform(librispeech_items(root), out_dir, gap_seconds)
 
 

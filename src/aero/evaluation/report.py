@@ -60,7 +60,9 @@ def find_results(paths: Sequence[str | Path]) -> list[Path]:
         elif path.is_dir() and (below := sorted(path.rglob(RESULTS_NAME))):
             found.extend(below)
         else:
-            raise FileNotFoundError(f"No {RESULTS_NAME} found at {path}; pass a directory written by `aero eval`.")
+            raise FileNotFoundError(
+                f"No {RESULTS_NAME} found at {path}; pass a directory written by `aero eval`."
+            )
     return found
 
 
@@ -72,7 +74,9 @@ def load_runs(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
         except json.JSONDecodeError as err:
             raise ValueError(f"{path} is not valid JSON ({err.msg}).") from None
         if not isinstance(run, dict) or not all(k in run for k in ("model", "task", "metric")):
-            raise ValueError(f"{path} is not an `aero eval` results file (needs model, task and metric).")
+            raise ValueError(
+                f"{path} is not an `aero eval` results file (needs model, task and metric)."
+            )
         key = (run["model"], run["task"])
         stamp = run.get("environment", {}).get("timestamp", "")
         if key not in runs or stamp >= runs[key].get("environment", {}).get("timestamp", ""):
@@ -88,7 +92,10 @@ def build_table(runs: Sequence[dict[str, Any]]) -> ReportTable:
     cells = {(r["model"], r["task"]): r.get(f"{r['metric']}_percent") for r in runs}
     rtfx = {(r["model"], r["task"]): r.get("speed", {}).get("rtfx") for r in runs}
     parameters = {
-        m: next((r.get("parameters") for r in runs if r["model"] == m and r.get("parameters")), None) for m in models
+        m: next(
+            (r.get("parameters") for r in runs if r["model"] == m and r.get("parameters")), None
+        )
+        for m in models
     }
     wer_tasks = [t for t in tasks if metrics[t] == "wer"]
     average = {}
@@ -105,7 +112,10 @@ def _cell(value: float | None) -> str:
 
 def to_markdown(table: ReportTable) -> str:
     has_wer = any(m == "wer" for m in table.metrics.values())
-    header = ["Model", *(f"{t} ({_HEADINGS.get(table.metrics[t], table.metrics[t])})" for t in table.tasks)]
+    header = [
+        "Model",
+        *(f"{t} ({_HEADINGS.get(table.metrics[t], table.metrics[t])})" for t in table.tasks),
+    ]
     header += ["Avg WER %"] if has_wer else []
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for model in table.models:
@@ -114,9 +124,22 @@ def to_markdown(table: ReportTable) -> str:
         lines.append("| " + " | ".join(row) + " |")
     speed = ["| Model | " + " | ".join(table.tasks) + " |", "|" + "---|" * (len(table.tasks) + 1)]
     for model in table.models:
-        speed.append("| " + " | ".join([model, *(_cell(table.rtfx.get((model, t))) for t in table.tasks)]) + " |")
+        speed.append(
+            "| "
+            + " | ".join([model, *(_cell(table.rtfx.get((model, t))) for t in table.tasks)])
+            + " |"
+        )
     return "\n".join(
-        ["## Results", "", *lines, "", "## Speed (RTFx: audio seconds / processing seconds)", "", *speed, ""]
+        [
+            "## Results",
+            "",
+            *lines,
+            "",
+            "## Speed (RTFx: audio seconds / processing seconds)",
+            "",
+            *speed,
+            "",
+        ]
     )
 
 
@@ -151,9 +174,13 @@ def _scatter(table: ReportTable, path: Path) -> Path | None:
     ax = fig.add_subplot()
     for params, wer, model in points:
         ax.scatter(params / 1e6, wer)
-        ax.annotate(model, (params / 1e6, wer), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.annotate(
+            model, (params / 1e6, wer), textcoords="offset points", xytext=(4, 4), fontsize=8
+        )
     ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(ScalarFormatter())  # "100", not "10^2": sizes read as in the release
+    ax.xaxis.set_major_formatter(
+        ScalarFormatter()
+    )  # "100", not "10^2": sizes read as in the release
     ax.margins(x=0.3, y=0.15)  # room for the labels next to the points
     ax.set_xlabel("parameters (millions, log scale)")
     ax.set_ylabel("average WER %")
@@ -185,7 +212,9 @@ def write_report(paths: Sequence[str | Path], output_dir: str | Path) -> ReportF
 def _load_errors(run_dir: Path) -> dict[str, UtteranceErrors]:
     path = run_dir / SAMPLES_NAME
     if not path.is_file():
-        raise FileNotFoundError(f"No {SAMPLES_NAME} in {run_dir}; pass a directory written by `aero eval`.")
+        raise FileNotFoundError(
+            f"No {SAMPLES_NAME} in {run_dir}; pass a directory written by `aero eval`."
+        )
     errors = {}
     for line in path.read_text(encoding="utf-8").splitlines():
         s = json.loads(line)
@@ -197,10 +226,14 @@ def _load_errors(run_dir: Path) -> dict[str, UtteranceErrors]:
     return errors
 
 
-def compare_runs(run_a: str | Path, run_b: str | Path, n_resamples: int = 1000, seed: int = 0) -> PairedComparison:
+def compare_runs(
+    run_a: str | Path, run_b: str | Path, n_resamples: int = 1000, seed: int = 0
+) -> PairedComparison:
     """Paired bootstrap of two ASR runs over the utterances both scored."""
     a, b = _load_errors(Path(run_a)), _load_errors(Path(run_b))
     common = [k for k in a if k in b]
     if not common:
         raise ValueError(f"Runs {run_a} and {run_b} share no scored utterance ids.")
-    return paired_bootstrap([a[k] for k in common], [b[k] for k in common], n_resamples=n_resamples, seed=seed)
+    return paired_bootstrap(
+        [a[k] for k in common], [b[k] for k in common], n_resamples=n_resamples, seed=seed
+    )

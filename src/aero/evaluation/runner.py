@@ -78,7 +78,11 @@ def _describe_error(err: BaseException) -> str:
 
 
 def _checked(outputs: Any, expected: int) -> list[str]:
-    if not isinstance(outputs, list) or len(outputs) != expected or not all(isinstance(o, str) for o in outputs):
+    if (
+        not isinstance(outputs, list)
+        or len(outputs) != expected
+        or not all(isinstance(o, str) for o in outputs)
+    ):
         raise TypeError(f"the model must return a list of {expected} strings, got {outputs!r:.200}")
     return outputs
 
@@ -111,7 +115,9 @@ def _run(
             loaded.append((k, samples))
         if loaded:
             try:
-                texts = _checked(call([a for _, a in loaded], [items[k] for k, _ in loaded]), len(loaded))
+                texts = _checked(
+                    call([a for _, a in loaded], [items[k] for k, _ in loaded]), len(loaded)
+                )
                 for (k, _), text in zip(loaded, texts):
                     outcomes[k].output = text
             except Exception:
@@ -140,7 +146,15 @@ def environment() -> dict[str, Any]:
         "python": platform.python_version(),
         "packages": {
             name: _package_version(name)
-            for name in ("aero", "torch", "transformers", "numpy", "jiwer", "whisper-normalizer", "faster-whisper")
+            for name in (
+                "aero",
+                "torch",
+                "transformers",
+                "numpy",
+                "jiwer",
+                "whisper-normalizer",
+                "faster-whisper",
+            )
         },
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
@@ -154,7 +168,9 @@ def _percent(value: float | None) -> float | None:
 
 
 def _speed(timing: _Timing, batch_size: int) -> dict[str, Any]:
-    rtfx = timing.audio_seconds / timing.processing_seconds if timing.processing_seconds > 0 else None
+    rtfx = (
+        timing.audio_seconds / timing.processing_seconds if timing.processing_seconds > 0 else None
+    )
     return {
         "audio_seconds": round(timing.audio_seconds, 3),
         "processing_seconds": round(timing.processing_seconds, 3),
@@ -180,7 +196,9 @@ def _write(output_dir: str | Path, results: dict[str, Any], samples: list[dict[s
     with (output_dir / SAMPLES_NAME).open("w", encoding="utf-8") as out:
         for sample in samples:
             out.write(json.dumps(sample, ensure_ascii=False) + "\n")
-    (output_dir / RESULTS_NAME).write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (output_dir / RESULTS_NAME).write_text(
+        json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
 
 
 def _take(items: Iterable[Item], limit: int | None) -> list[Item]:
@@ -213,7 +231,11 @@ def run_asr_eval(
 
     samples, scored = [], []
     for item, outcome in zip(items, outcomes):
-        sample: dict[str, Any] = {"id": item.id, "reference": item.text, "duration": outcome.seconds}
+        sample: dict[str, Any] = {
+            "id": item.id,
+            "reference": item.text,
+            "duration": outcome.seconds,
+        }
         if outcome.output is None:
             samples.append({**sample, "hypothesis": None, "error": outcome.error})
             continue
@@ -286,7 +308,9 @@ def run_choice_eval(
     items = _take(items, limit)
     outcomes, timing = _run(
         items,
-        lambda audios, batch: transcriber.answer(audios, [build_prompt(i.question, i.choices) for i in batch]),
+        lambda audios, batch: transcriber.answer(
+            audios, [build_prompt(i.question, i.choices) for i in batch]
+        ),
         batch_size,
         progress,
     )

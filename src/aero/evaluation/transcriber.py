@@ -31,8 +31,11 @@ class AeroTranscriber:
 
     def __post_init__(self):
         self.engine = Engine(self.model, self.processor, name=self.name, batch_size=self.batch_size)
-        self.options = GenerationOptions(max_new_tokens=self.max_new_tokens, fallback_temperatures=self.fallback_temperatures,
-                                         num_beams=self.num_beams)
+        self.options = GenerationOptions(
+            max_new_tokens=self.max_new_tokens,
+            fallback_temperatures=self.fallback_temperatures,
+            num_beams=self.num_beams,
+        )
 
     def transcribe(self, audios: Sequence[np.ndarray], prompt: str | None = None) -> list[str]:
         """16 kHz clips (any length: long ones become several 30 s windows) -> transcripts."""
@@ -41,8 +44,13 @@ class AeroTranscriber:
     def answer(self, audios: Sequence[np.ndarray], prompts: Sequence[str]) -> list[str]:
         """One clip and one text prompt per sample -> the model's replies, batched by length."""
         if len(audios) != len(prompts):
-            raise ValueError(f"Got {len(audios)} audios but {len(prompts)} prompts; pass one prompt per audio.")
-        prepared = [self.engine.prepare(self.processor.transcription_messages(a, p), self.options) for a, p in zip(audios, prompts)]
+            raise ValueError(
+                f"Got {len(audios)} audios but {len(prompts)} prompts; pass one prompt per audio."
+            )
+        prepared = [
+            self.engine.prepare(self.processor.transcription_messages(a, p), self.options)
+            for a, p in zip(audios, prompts)
+        ]
         return [r.text for r in self.engine.generate_all(prepared, self.options)]
 
 

@@ -101,11 +101,16 @@ def align(reference: str, hypothesis: str, unit: Unit = "word") -> UtteranceErro
 
 
 def score_texts(
-    references: Sequence[str], hypotheses: Sequence[str], unit: Unit = "word", normalized: bool = False
+    references: Sequence[str],
+    hypotheses: Sequence[str],
+    unit: Unit = "word",
+    normalized: bool = False,
 ) -> list[UtteranceErrors]:
     """Align each pair; texts go through the Whisper normalizer unless `normalized` is true."""
     if len(references) != len(hypotheses):
-        raise ValueError(f"Got {len(references)} references but {len(hypotheses)} hypotheses; they must pair up.")
+        raise ValueError(
+            f"Got {len(references)} references but {len(hypotheses)} hypotheses; they must pair up."
+        )
     prep = (lambda t: t) if normalized else normalize
     return [align(prep(r), prep(h), unit) for r, h in zip(references, hypotheses)]
 
@@ -114,7 +119,9 @@ def corpus_score(utterances: Sequence[UtteranceErrors], unit: Unit = "word") -> 
     scored = [u for u in utterances if not u.empty_ref]
     empty = [u for u in utterances if u.empty_ref]
     ref_units = sum(u.ref_len for u in scored)
-    s, d, i = (sum(getattr(u, f) for u in scored) for f in ("substitutions", "deletions", "insertions"))
+    s, d, i = (
+        sum(getattr(u, f) for u in scored) for f in ("substitutions", "deletions", "insertions")
+    )
     rate, reason = None, None
     if not utterances:
         reason = "no utterances were scored"
@@ -150,7 +157,9 @@ def _arrays(utterances: Sequence[UtteranceErrors]) -> tuple[np.ndarray, np.ndarr
     return errors, ref
 
 
-def _resampled_rates(columns: list[tuple[np.ndarray, np.ndarray]], n_resamples: int, seed: int) -> list[np.ndarray]:
+def _resampled_rates(
+    columns: list[tuple[np.ndarray, np.ndarray]], n_resamples: int, seed: int
+) -> list[np.ndarray]:
     """Rates of each (errors, ref) system on the SAME resampled utterance indices."""
     n = len(columns[0][0])
     rng = np.random.default_rng(seed)
@@ -164,14 +173,19 @@ def _resampled_rates(columns: list[tuple[np.ndarray, np.ndarray]], n_resamples: 
     return [np.concatenate(parts) for parts in out]
 
 
-def _interval(values: np.ndarray, confidence: float, n_resamples: int, seed: int) -> ConfidenceInterval:
+def _interval(
+    values: np.ndarray, confidence: float, n_resamples: int, seed: int
+) -> ConfidenceInterval:
     tail = (1.0 - confidence) / 2.0
     low, high = np.quantile(values, [tail, 1.0 - tail])
     return ConfidenceInterval(float(low), float(high), confidence, n_resamples, seed)
 
 
 def bootstrap_ci(
-    utterances: Sequence[UtteranceErrors], n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0
+    utterances: Sequence[UtteranceErrors],
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
 ) -> ConfidenceInterval | None:
     """Percentile bootstrap of the corpus rate, resampling scored utterances; None if none."""
     scored = [u for u in utterances if not u.empty_ref]
@@ -190,9 +204,13 @@ def paired_bootstrap(
 ) -> PairedComparison:
     """Compare systems A and B scored on the same utterances, in the same order."""
     if len(a) != len(b):
-        raise ValueError(f"Paired comparison needs the same utterances: system A has {len(a)}, system B has {len(b)}.")
+        raise ValueError(
+            f"Paired comparison needs the same utterances: system A has {len(a)}, system B has {len(b)}."
+        )
     if any(x.ref_len != y.ref_len for x, y in zip(a, b)):
-        raise ValueError("Paired comparison needs the same references: reference lengths differ between A and B.")
+        raise ValueError(
+            "Paired comparison needs the same references: reference lengths differ between A and B."
+        )
     keep = [k for k, u in enumerate(a) if not u.empty_ref]
     if not keep:
         raise ValueError("Paired comparison has no utterance with a non-empty reference.")

@@ -55,7 +55,13 @@ def transcription_pair(sample: Sample) -> tuple[str, str] | None:
     if task is not None and task not in TRANSCRIPTION_TASKS:
         return None
     messages = with_resolved_audio(sample)
-    audio = [p["audio"] for m in messages if isinstance(m["content"], list) for p in m["content"] if is_audio_part(p)]
+    audio = [
+        p["audio"]
+        for m in messages
+        if isinstance(m["content"], list)
+        for p in m["content"]
+        if is_audio_part(p)
+    ]
     replies = [m["content"] for m in messages if m["role"] == "assistant"]
     if len(audio) != 1 or len(replies) != 1:
         return None
@@ -71,7 +77,9 @@ class CTCHead(nn.Module):
         self.register_buffer("embeddings", embeddings.detach().float(), persistent=False)
         norms = self.embeddings.norm(dim=-1)
         self.reference_norm = float(norms.median())
-        self.blank = nn.Parameter(torch.randn(embeddings.shape[1]) * self.reference_norm / embeddings.shape[1] ** 0.5)
+        self.blank = nn.Parameter(
+            torch.randn(embeddings.shape[1]) * self.reference_norm / embeddings.shape[1] ** 0.5
+        )
         self.log_scale = nn.Parameter(torch.tensor(0.0))
 
     @property
@@ -142,9 +150,16 @@ class _Stage:
         projected, start = [], 0
         with self.autocast:
             for n in per_audio:
-                projected.append(self.model.project_audio([e.float() for e in encoded[start : start + n]]).float())
+                projected.append(
+                    self.model.project_audio(
+                        [e.float() for e in encoded[start : start + n]]
+                    ).float()
+                )
                 start += n
-        targets = [self.processor.tokenizer(text, add_special_tokens=False)["input_ids"] for _, text in pairs]
+        targets = [
+            self.processor.tokenizer(text, add_special_tokens=False)["input_ids"]
+            for _, text in pairs
+        ]
         return projected, targets, [text for _, text in pairs]
 
     def loss(self, projected, targets, penalty_weight: float):
@@ -158,16 +173,29 @@ class _Stage:
         uniques = [list(dict.fromkeys(ids)) for ids in targets]
         columns = [torch.tensor([self.head.blank_index] + u) for u in uniques]
         width = max(len(c) for c in columns)
-        log_probs = nn.utils.rnn.pad_sequence([
-            nn.functional.pad(l.log_softmax(-1)[:, c], (0, width - len(c)), value=-1e4)
-            for l, c in zip(logits, columns)
-        ])  # T, B, S (columns past a sample's own are never read)
-        flat = torch.tensor([u.index(t) + 1 for ids, u in zip(targets, uniques) for t in ids], dtype=torch.long)
+        log_probs = nn.utils.rnn.pad_sequence(
+            [
+                nn.functional.pad(l.log_softmax(-1)[:, c], (0, width - len(c)), value=-1e4)
+                for l, c in zip(logits, columns)
+            ]
+        )  # T, B, S (columns past a sample's own are never read)
+        flat = torch.tensor(
+            [u.index(t) + 1 for ids, u in zip(targets, uniques) for t in ids], dtype=torch.long
+        )
         target_lengths = torch.tensor([len(ids) for ids in targets])
         total = max(int(target_lengths.sum()), 1)
-        ctc = nn.functional.ctc_loss(
-            log_probs, flat, lengths, target_lengths, blank=0, reduction="sum", zero_infinity=True
-        ) / total
+        ctc = (
+            nn.functional.ctc_loss(
+                log_probs,
+                flat,
+                lengths,
+                target_lengths,
+                blank=0,
+                reduction="sum",
+                zero_infinity=True,
+            )
+            / total
+        )
         # PyTorch's CTC backward assumes its input is normalised over the class axis (its
         # gradient carries an exp(log_prob) term that cancels only then). The gathered columns
         # are not, so that term is removed here: value unchanged, gradient = the full-vocabulary one.
@@ -207,11 +235,17 @@ def train_ctc(config, model, processor, out: Path, stop_after: int | None = None
     pairs, lengths, unreadable = _transcription_pairs(config, processor)
     heldout = []
     if config.eval_data:
-        heldout = [p for p in map(transcription_pair, read_dataset(DatasetSpec(config.eval_data))) if p][: config.eval_samples]
+        heldout = [
+            p for p in map(transcription_pair, read_dataset(DatasetSpec(config.eval_data))) if p
+        ][: config.eval_samples]
 
     params = list(model.audio_modal_projector.parameters()) + list(stage.head.parameters())
-    optimizer = torch.optim.AdamW(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
-    scheduler = cosine_schedule(optimizer, config.warmup_steps, config.cosine_steps, config.min_lr_ratio)
+    optimizer = torch.optim.AdamW(
+        params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
+    )
+    scheduler = cosine_schedule(
+        optimizer, config.warmup_steps, config.cosine_steps, config.min_lr_ratio
+    )
     state_path = out / "ctc_state.pt"
     state = CtcState(skipped=len(unreadable))  # unreadable rows count from the start
     if config.resume and state_path.exists():
@@ -219,7 +253,9 @@ def train_ctc(config, model, processor, out: Path, stop_after: int | None = None
 
     metrics, skips = JsonlLog(out / "metrics.jsonl"), JsonlLog(out / "skipped.jsonl")
     if state.step == 0:
-        skips.write([{"stage": "length", "sample": source, "error": error} for source, error in unreadable])
+        skips.write(
+            [{"stage": "length", "sample": source, "error": error} for source, error in unreadable]
+        )
     batches = _batches(lengths, config.token_budget, config.seed, state.epoch)
     started, steps_this_call = time.perf_counter(), 0
     while state.step < config.max_steps:
@@ -230,7 +266,9 @@ def train_ctc(config, model, processor, out: Path, stop_after: int | None = None
         state.position += 1
         t0 = time.perf_counter()
         failed: list = []
-        projected, targets, references = stage.forward(chosen, None if config.strict_data else failed)
+        projected, targets, references = stage.forward(
+            chosen, None if config.strict_data else failed
+        )
         skips.write([{"stage": "ctc", "sample": path, "error": error} for path, error in failed])
         state.skipped += len(failed)
         if not projected:
@@ -243,16 +281,27 @@ def train_ctc(config, model, processor, out: Path, stop_after: int | None = None
         scheduler.step()
         state.step += 1
         state.seen_samples += len(projected)
-        state.seen_seconds += sum(float(n) for n in n_tokens) / audio_tokens_per_second(model.config.projector_stack)
+        state.seen_seconds += sum(float(n) for n in n_tokens) / audio_tokens_per_second(
+            model.config.projector_stack
+        )
         record = {
-            "step": state.step, "objective": "ctc", "loss": float(ctc.detach()), "norm_penalty": float(penalty.detach()),
-            "scale": float(stage.head.log_scale.detach().exp()), "lr": scheduler.get_last_lr()[0],
-            "grad_norm": float(grad_norm), "samples": len(projected), "skipped": state.skipped,
-            "samples_seen": state.seen_samples, "audio_hours_seen": state.seen_seconds / 3600,
+            "step": state.step,
+            "objective": "ctc",
+            "loss": float(ctc.detach()),
+            "norm_penalty": float(penalty.detach()),
+            "scale": float(stage.head.log_scale.detach().exp()),
+            "lr": scheduler.get_last_lr()[0],
+            "grad_norm": float(grad_norm),
+            "samples": len(projected),
+            "skipped": state.skipped,
+            "samples_seen": state.seen_samples,
+            "audio_hours_seen": state.seen_seconds / 3600,
             "step_s": time.perf_counter() - t0,
         }
         if state.step % config.log_every == 0:
-            record["train_wer"] = corpus_score(score_texts(references, stage.decode(logits, n_tokens))).error_rate
+            record["train_wer"] = corpus_score(
+                score_texts(references, stage.decode(logits, n_tokens))
+            ).error_rate
         if heldout and (state.step % config.eval_every == 0 or state.step == config.max_steps):
             record.update(_heldout(stage, heldout))
         metrics.write([record])
@@ -261,16 +310,27 @@ def train_ctc(config, model, processor, out: Path, stop_after: int | None = None
         steps_this_call += 1
         if stop_after is not None and steps_this_call >= stop_after:
             break
-    summary = {"step": state.step, "skipped": state.skipped, "seconds": time.perf_counter() - started}
+    summary = {
+        "step": state.step,
+        "skipped": state.skipped,
+        "seconds": time.perf_counter() - started,
+    }
     if state.step < config.max_steps:
         return summary
-    weights = {f"audio_modal_projector.{k}": v for k, v in model.audio_modal_projector.state_dict().items()}
-    adapter = save_adapter(out / "final" / ADAPTER_FILENAME, weights,
-                           {"preset": "projector", "objective": "ctc", "base_model": config.model, "step": state.step})
+    weights = {
+        f"audio_modal_projector.{k}": v for k, v in model.audio_modal_projector.state_dict().items()
+    }
+    adapter = save_adapter(
+        out / "final" / ADAPTER_FILENAME,
+        weights,
+        {"preset": "projector", "objective": "ctc", "base_model": config.model, "step": state.step},
+    )
     return {**summary, "adapter": str(adapter)}
 
 
-def _transcription_pairs(config, processor) -> tuple[list[tuple[str, str]], list[int], list[tuple[str, str]]]:
+def _transcription_pairs(
+    config, processor
+) -> tuple[list[tuple[str, str]], list[int], list[tuple[str, str]]]:
     """The transcription samples of every dataset: (audio, text) pairs, their token lengths, and
     (source, error) of the rows whose audio could not be measured."""
     from aero.data.lengths import cached_lengths
@@ -281,20 +341,32 @@ def _transcription_pairs(config, processor) -> tuple[list[tuple[str, str]], list
         n, _, errors = cached_lengths(spec.path, part, processor, strict=config.strict_data)
         unreadable += [(part[int(i)].source, msg) for i, msg in errors.items()]
         for sample, length in zip(part, n):
-            pair = transcription_pair(sample) if length is not None else None  # None: unreadable, in `errors`
+            pair = (
+                transcription_pair(sample) if length is not None else None
+            )  # None: unreadable, in `errors`
             if pair is not None:
                 pairs.append(pair)
                 lengths.append(length)
     if not pairs:
-        raise ManifestError("The CTC alignment stage found no transcription samples (one audio, a text reply) in `data`.")
+        raise ManifestError(
+            "The CTC alignment stage found no transcription samples (one audio, a text reply) in `data`."
+        )
     return pairs, lengths, unreadable
 
 
 def _save_state(path: Path, stage: _Stage, optimizer, scheduler, state: CtcState) -> None:
     """Weights, optimizer, schedule and position, written atomically (a kill never leaves half a file)."""
     tmp = path.with_suffix(".tmp")
-    torch.save({"projector": stage.model.audio_modal_projector.state_dict(), "head": stage.head.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), **asdict(state)}, tmp)
+    torch.save(
+        {
+            "projector": stage.model.audio_modal_projector.state_dict(),
+            "head": stage.head.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            **asdict(state),
+        },
+        tmp,
+    )
     os.replace(tmp, path)
 
 
@@ -318,4 +390,7 @@ def _heldout(stage: _Stage, heldout: list[tuple[str, str]], batch: int = 16) -> 
             hypotheses += stage.decode(logits, [p.shape[0] for p in projected])
             references += refs
     score = corpus_score(score_texts(references, hypotheses))
-    return {"heldout_ctc_wer": score.error_rate, "heldout_example": {"reference": references[0], "hypothesis": hypotheses[0]}}
+    return {
+        "heldout_ctc_wer": score.error_rate,
+        "heldout_example": {"reference": references[0], "hypothesis": hypotheses[0]},
+    }

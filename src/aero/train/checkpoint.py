@@ -65,7 +65,13 @@ def checkpoints(output_dir: str | Path) -> list[Path]:
 
 
 def save_checkpoint(
-    output_dir: str | Path, step: int, model, optimizer, trainer_state: dict, keep_last: int, is_main: bool
+    output_dir: str | Path,
+    step: int,
+    model,
+    optimizer,
+    trainer_state: dict,
+    keep_last: int,
+    is_main: bool,
 ) -> Path | None:
     """Collective under FSDP (every rank calls it); rank 0 writes."""
     weights = trainable_state(model)
@@ -81,7 +87,9 @@ def save_checkpoint(
     save_file(weights, tmp / "trainable.safetensors", metadata={"format": "pt"})
     torch.save(optim, tmp / "optimizer.pt")
     torch.save({**trainer_state, "rng": rng_state()}, tmp / "trainer.pt")
-    readable = {k: v for k, v in trainer_state.items() if isinstance(v, (int, float, str, dict, list))}
+    readable = {
+        k: v for k, v in trainer_state.items() if isinstance(v, (int, float, str, dict, list))
+    }
     (tmp / "state.json").write_text(json.dumps({"step": step, **readable}, indent=2, default=str))
     if final.exists():
         shutil.rmtree(final)
@@ -102,9 +110,13 @@ def load_checkpoint(path: str | Path, model, optimizer) -> dict:
             f"Checkpoint {path} was written for other trainable weights (missing {missing}, extra {extra}); "
             "resume with the same preset, or start a new output_dir."
         )
-    set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True, strict=False))
+    set_model_state_dict(
+        model, weights, options=StateDictOptions(full_state_dict=True, strict=False)
+    )
     optim = torch.load(path / "optimizer.pt", weights_only=False)
-    set_optimizer_state_dict(model, optimizer, optim, options=StateDictOptions(full_state_dict=True))
+    set_optimizer_state_dict(
+        model, optimizer, optim, options=StateDictOptions(full_state_dict=True)
+    )
     state = torch.load(path / "trainer.pt", weights_only=False)
     set_rng_state(state.pop("rng"))
     return state

@@ -31,14 +31,24 @@ class TrainConfig:
 
     # What trains.
     objective: str = "lm"  # lm (next-token loss through the LM) | ctc (projector alignment, no LM; train/align.py)
-    init_adapter: str | None = None  # start from an earlier run's adapter (a ctc stage's projector, or a whole LoRA run)
+    init_adapter: str | None = (
+        None  # start from an earlier run's adapter (a ctc stage's projector, or a whole LoRA run)
+    )
     preset: str = "projector"  # projector (stage 1) | lora (projector + LoRA on the LM) | full
     train_audio_tower: bool = False
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.0
     lora_targets: list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        default_factory=lambda: [
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ]
     )
 
     # Batching.
@@ -58,7 +68,9 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_steps: int = 0
     min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
-    schedule_steps: int | None = None  # the cosine's length if not max_steps (a run stopped before its schedule ends)
+    schedule_steps: int | None = (
+        None  # the cosine's length if not max_steps (a run stopped before its schedule ends)
+    )
     max_grad_norm: float = 1.0
     loss_reduction: str = "token"  # token | sample
     loss_chunk: int = 4096
@@ -89,13 +101,25 @@ class TrainConfig:
         if self.batching not in ("pack", "budget", "fixed"):
             raise ConfigError(f"batching must be pack, budget or fixed, not {self.batching!r}.")
         if self.loss_reduction not in ("token", "sample"):
-            raise ConfigError(f"loss_reduction must be token or sample, not {self.loss_reduction!r}.")
-        for name in ("max_steps", "grad_accum", "pack_length", "token_budget", "batch_size", "keep_last", "save_every"):
+            raise ConfigError(
+                f"loss_reduction must be token or sample, not {self.loss_reduction!r}."
+            )
+        for name in (
+            "max_steps",
+            "grad_accum",
+            "pack_length",
+            "token_budget",
+            "batch_size",
+            "keep_last",
+            "save_every",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}.")
         if self.schedule_steps is not None and self.schedule_steps < self.max_steps:
-            raise ConfigError(f"schedule_steps ({self.schedule_steps}) must be at least max_steps ({self.max_steps}): "
-                              "it sets how long the cosine is, and a run ends at max_steps.")
+            raise ConfigError(
+                f"schedule_steps ({self.schedule_steps}) must be at least max_steps ({self.max_steps}): "
+                "it sets how long the cosine is, and a run ends at max_steps."
+            )
         return self
 
     @property
@@ -104,7 +128,9 @@ class TrainConfig:
 
     @property
     def batch_size_or_budget(self) -> int:
-        return {"pack": self.pack_length, "budget": self.token_budget, "fixed": self.batch_size}[self.batching]
+        return {"pack": self.pack_length, "budget": self.token_budget, "fixed": self.batch_size}[
+            self.batching
+        ]
 
 
 def _coerce(name: str, value: Any, current: Any) -> Any:
@@ -123,7 +149,11 @@ def _coerce(name: str, value: Any, current: Any) -> Any:
         return tuple(float(v) for v in value)
     if isinstance(current, bool) or current is None:
         return value
-    if isinstance(current, (int, float)) and isinstance(value, (int, float)) and not isinstance(value, bool):
+    if (
+        isinstance(current, (int, float))
+        and isinstance(value, (int, float))
+        and not isinstance(value, bool)
+    ):
         return type(current)(value)
     return value
 
@@ -132,12 +162,16 @@ def apply_overrides(config: TrainConfig, values: dict) -> TrainConfig:
     known = {f.name: f for f in dataclasses.fields(TrainConfig)}
     for key, value in values.items():
         if key not in known:
-            raise ConfigError(f"Unknown config key {key!r}; known keys: {', '.join(sorted(known))}.")
+            raise ConfigError(
+                f"Unknown config key {key!r}; known keys: {', '.join(sorted(known))}."
+            )
         setattr(config, key, _coerce(key, value, getattr(config, key)))
     return config
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> TrainConfig:
     """Defaults <- YAML file <- `key=value` overrides (values parsed as YAML scalars/lists)."""
     config = TrainConfig()
     if path is not None:

@@ -27,17 +27,35 @@ class FlopModel:
     lm_grads: bool  # gradients flow through the LM (anything trains)
     enc_grads: bool  # gradients flow through the encoder (the encoder trains)
 
-    def step_flops(self, seq_lens: list[int], window_positions: list[int], supervised: int) -> float:
+    def step_flops(
+        self, seq_lens: list[int], window_positions: list[int], supervised: int
+    ) -> float:
         def part(params, trainable, layers, width, lens, grads):
             matmul = (2 * params + (2 * params if grads else 0) + 2 * trainable) * sum(lens)
             attention = (4 + (8 if grads else 0)) * layers * width * sum(s * s for s in lens)
             return matmul + attention
 
-        lm = part(self.lm_params, self.lm_trainable_params, self.lm_layers, self.lm_width, seq_lens, self.lm_grads)
-        enc = part(
-            self.enc_params, self.enc_trainable_params, self.enc_layers, self.enc_width, window_positions, self.enc_grads
+        lm = part(
+            self.lm_params,
+            self.lm_trainable_params,
+            self.lm_layers,
+            self.lm_width,
+            seq_lens,
+            self.lm_grads,
         )
-        head = (2 + (2 if self.lm_grads else 0) + (2 if self.head_trainable else 0)) * self.head_params * supervised
+        enc = part(
+            self.enc_params,
+            self.enc_trainable_params,
+            self.enc_layers,
+            self.enc_width,
+            window_positions,
+            self.enc_grads,
+        )
+        head = (
+            (2 + (2 if self.lm_grads else 0) + (2 if self.head_trainable else 0))
+            * self.head_params
+            * supervised
+        )
         return float(lm + enc + head)
 
 

@@ -21,7 +21,9 @@ def heldout_items(path: str | Path, limit: int) -> list:
     return as_asr_items(chat_manifest_items(path, limit))
 
 
-def heldout_wer(model, processor, items: list, batch_size: int = 8, max_new_tokens: int = 128) -> dict:
+def heldout_wer(
+    model, processor, items: list, batch_size: int = 8, max_new_tokens: int = 128
+) -> dict:
     from aero.audio import load_audio
     from aero.evaluation.transcriber import AeroTranscriber
     from aero.evaluation.wer import corpus_score, score_texts
@@ -29,7 +31,9 @@ def heldout_wer(model, processor, items: list, batch_size: int = 8, max_new_toke
     was_training = model.training
     model.eval()
     try:
-        transcriber = AeroTranscriber("heldout", model, processor, max_new_tokens=max_new_tokens, batch_size=batch_size)
+        transcriber = AeroTranscriber(
+            "heldout", model, processor, max_new_tokens=max_new_tokens, batch_size=batch_size
+        )
         hypotheses = transcriber.transcribe([load_audio(item.audio) for item in items])
     finally:
         model.train(was_training)
@@ -38,5 +42,7 @@ def heldout_wer(model, processor, items: list, batch_size: int = 8, max_new_toke
     return {
         "heldout_wer": score.error_rate,
         "heldout_utterances": score.n_utterances,
-        "heldout_example": {"reference": references[0], "hypothesis": hypotheses[0]} if references else None,
+        "heldout_example": {"reference": references[0], "hypothesis": hypotheses[0]}
+        if references
+        else None,
     }

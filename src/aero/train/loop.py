@@ -45,7 +45,9 @@ def load_model_and_processor(name: str):
     from aero.processing import AeroProcessor
 
     if Path(name).is_dir():
-        return AeroForConditionalGeneration.from_pretrained(name), AeroProcessor.from_pretrained(name)
+        return AeroForConditionalGeneration.from_pretrained(name), AeroProcessor.from_pretrained(
+            name
+        )
     from aero.models import load
 
     return load(name)
@@ -72,7 +74,11 @@ class Distributed:
     def sum(self, value: float) -> float:
         if not self.enabled:
             return value
-        t = torch.tensor([value], dtype=torch.float64, device=self.device if self.device.type == "cuda" else "cpu")
+        t = torch.tensor(
+            [value],
+            dtype=torch.float64,
+            device=self.device if self.device.type == "cuda" else "cpu",
+        )
         torch.distributed.all_reduce(t)
         return float(t.item())
 
@@ -160,7 +166,14 @@ class RunState:
     seen_tokens: float = 0.0
 
 
-def train_lm(config: TrainConfig, model, processor, out: Path, dist: Distributed, stop_after: int | None = None) -> dict:
+def train_lm(
+    config: TrainConfig,
+    model,
+    processor,
+    out: Path,
+    dist: Distributed,
+    stop_after: int | None = None,
+) -> dict:
     """The LM objective (next-token loss on assistant tokens): `aero.train.run.train` calls this
     with the model loaded and the run folder made."""
     model, module, attention, flops = _prepare_model(config, model, dist)
@@ -186,22 +199,44 @@ def train_lm(config: TrainConfig, model, processor, out: Path, dist: Distributed
         while state.step < config.max_steps:
             t0 = time.perf_counter()
             micro, last_batch = _micro_batches(data, config, state, skips, dist, last_batch)
-            loss, grad_norm = _optimizer_step(module, micro, config, dist, use_bf16, params, optimizer, scheduler)
+            loss, grad_norm = _optimizer_step(
+                module, micro, config, dist, use_bf16, params, optimizer, scheduler
+            )
             state.step += 1
             steps_this_call += 1
             losses.append(loss)
-            record = _step_record(micro, state, dist, flops, loss, grad_norm, scheduler, time.perf_counter() - t0)
+            record = _step_record(
+                micro, state, dist, flops, loss, grad_norm, scheduler, time.perf_counter() - t0
+            )
             record["attention"] = attention
             if state.step % config.save_every == 0 or state.step == config.max_steps:
                 trainer_state = {"scheduler": scheduler.state_dict(), **asdict(state)}
-                ckpt.save_checkpoint(out, state.step, module, optimizer, trainer_state, config.keep_last, dist.is_main)
+                ckpt.save_checkpoint(
+                    out,
+                    state.step,
+                    module,
+                    optimizer,
+                    trainer_state,
+                    config.keep_last,
+                    dist.is_main,
+                )
                 dist.barrier()
             # after the checkpoint: a failing check costs its curve point, never the steps trained
-            if heldout and not dist.enabled and (state.step % config.eval_every == 0 or state.step == config.max_steps):
+            if (
+                heldout
+                and not dist.enabled
+                and (state.step % config.eval_every == 0 or state.step == config.max_steps)
+            ):
                 record.update(_heldout_point(model, processor, heldout, config, state.step))
             if config.peak_flops:
-                record["mfu"] = record["flops"] / record["step_s"] / (config.peak_flops * dist.world_size)
-            if state.step % config.log_every == 0 or state.step == config.max_steps or "heldout_wer" in record:
+                record["mfu"] = (
+                    record["flops"] / record["step_s"] / (config.peak_flops * dist.world_size)
+                )
+            if (
+                state.step % config.log_every == 0
+                or state.step == config.max_steps
+                or "heldout_wer" in record
+            ):
                 metrics.write(record)
             info = f"loss {loss:.4f} | {record['tokens_per_s']:.0f} tok/s | pad {record['padding']:.1%}"
             if "mfu" in record:
@@ -211,7 +246,12 @@ def train_lm(config: TrainConfig, model, processor, out: Path, dist: Distributed
                 break
     metrics.close()
 
-    summary = {"step": state.step, "losses": losses, "skipped": state.skipped, "seconds": time.perf_counter() - started}
+    summary = {
+        "step": state.step,
+        "losses": losses,
+        "skipped": state.skipped,
+        "seconds": time.perf_counter() - started,
+    }
     if state.step >= config.max_steps:
         export(module, model, processor, config, out, dist)
         summary["model_dir"] = str(out / "final" / "model")
@@ -241,39 +281,69 @@ def _data_pipeline(config: TrainConfig, processor, dist: Distributed, skips: Jso
         part = read_dataset(spec)
         n, _, errors = cached_lengths(spec.path, part, processor, strict=config.strict_data)
         unreadable += len(errors)
-        skips.write([{"stage": "length", "sample": part[int(i)].source, "error": msg} for i, msg in errors.items()])
+        skips.write(
+            [
+                {"stage": "length", "sample": part[int(i)].source, "error": msg}
+                for i, msg in errors.items()
+            ]
+        )
         samples += part
         lengths += n
         sizes.append(len(part))
     plan = BatchPlan(
-        lengths, config.batching, config.batch_size_or_budget, sizes, [s.weight for s in config.data],
-        seed=config.seed, rank=dist.rank, world_size=dist.world_size,
+        lengths,
+        config.batching,
+        config.batch_size_or_budget,
+        sizes,
+        [s.weight for s in config.data],
+        seed=config.seed,
+        rank=dist.rank,
+        world_size=dist.world_size,
     )
     dataset = TrainDataset(samples, processor, strict=config.strict_data)
-    collate = Collator(processor, packed=config.batching == "pack", pad_audio_to_30s=config.pad_audio_to_30s)
+    collate = Collator(
+        processor, packed=config.batching == "pack", pad_audio_to_30s=config.pad_audio_to_30s
+    )
     return plan, dataset, collate, unreadable
 
 
 def _optimizer(config: TrainConfig, module):
     """AdamW over the trainable parameters (the projector may have its own rate) + the schedule."""
     trainable = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
-    groups = [{"params": [p for n, p in trainable if "audio_modal_projector" not in n], "lr": config.lr},
-              {"params": [p for n, p in trainable if "audio_modal_projector" in n],
-               "lr": config.lr if config.projector_lr is None else config.projector_lr}]
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr, betas=config.betas,
-                                  weight_decay=config.weight_decay)
-    scheduler = cosine_schedule(optimizer, config.warmup_steps, config.cosine_steps, config.min_lr_ratio)
+    groups = [
+        {"params": [p for n, p in trainable if "audio_modal_projector" not in n], "lr": config.lr},
+        {
+            "params": [p for n, p in trainable if "audio_modal_projector" in n],
+            "lr": config.lr if config.projector_lr is None else config.projector_lr,
+        },
+    ]
+    optimizer = torch.optim.AdamW(
+        [g for g in groups if g["params"]],
+        lr=config.lr,
+        betas=config.betas,
+        weight_decay=config.weight_decay,
+    )
+    scheduler = cosine_schedule(
+        optimizer, config.warmup_steps, config.cosine_steps, config.min_lr_ratio
+    )
     return optimizer, scheduler, [p for _, p in trainable]
 
 
-def _resume(config: TrainConfig, out: Path, module, optimizer, scheduler, fresh: RunState) -> RunState:
+def _resume(
+    config: TrainConfig, out: Path, module, optimizer, scheduler, fresh: RunState
+) -> RunState:
     """The state of the last checkpoint (weights, optimizer and schedule loaded), or `fresh`."""
     if not (config.resume and ckpt.checkpoints(out)):
         return fresh
     saved = ckpt.load_checkpoint(ckpt.checkpoints(out)[-1], module, optimizer)
     scheduler.load_state_dict(saved["scheduler"])
-    return RunState(saved["step"], saved["consumed"], saved["skipped"], saved.get("seen_samples", 0.0),
-                    saved.get("seen_tokens", 0.0))
+    return RunState(
+        saved["step"],
+        saved["consumed"],
+        saved["skipped"],
+        saved.get("seen_samples", 0.0),
+        saved.get("seen_tokens", 0.0),
+    )
 
 
 def _batches(plan: BatchPlan, dataset, collate, config: TrainConfig, consumed: int):
@@ -283,13 +353,18 @@ def _batches(plan: BatchPlan, dataset, collate, config: TrainConfig, consumed: i
     for _ in range(consumed):
         next(it)
     loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=it, collate_fn=collate, num_workers=config.num_workers,
+        dataset,
+        batch_sampler=it,
+        collate_fn=collate,
+        num_workers=config.num_workers,
         persistent_workers=config.num_workers > 0,
     )
     yield from loader
 
 
-def _micro_batches(data, config: TrainConfig, state: RunState, skips: JsonlLog, dist: Distributed, last_batch):
+def _micro_batches(
+    data, config: TrainConfig, state: RunState, skips: JsonlLog, dist: Distributed, last_batch
+):
     """One step's `grad_accum` micro-batches; samples that fail to load are logged and counted. An
     empty batch is dropped, or under torchrun repeated at weight 0 so every rank runs the step."""
     micro = []
@@ -298,7 +373,9 @@ def _micro_batches(data, config: TrainConfig, state: RunState, skips: JsonlLog, 
         state.consumed += 1
         if batch["errors"]:
             state.skipped += len(batch["errors"])
-            skips.write([{"stage": "load", "step": state.step, "error": msg} for msg in batch["errors"]])
+            skips.write(
+                [{"stage": "load", "step": state.step, "error": msg} for msg in batch["errors"]]
+            )
         if batch["n_samples"] == 0:
             if not dist.enabled:
                 continue
@@ -308,11 +385,21 @@ def _micro_batches(data, config: TrainConfig, state: RunState, skips: JsonlLog, 
     return micro, last_batch
 
 
-def _optimizer_step(module, micro, config: TrainConfig, dist: Distributed, use_bf16: bool, params, optimizer,
-                    scheduler) -> tuple[float, torch.Tensor]:
+def _optimizer_step(
+    module,
+    micro,
+    config: TrainConfig,
+    dist: Distributed,
+    use_bf16: bool,
+    params,
+    optimizer,
+    scheduler,
+) -> tuple[float, torch.Tensor]:
     """Forward/backward every micro-batch, scaled by the step's loss terms over all ranks, then one
     clipped optimizer step. Returns the step's mean loss and the gradient norm."""
-    terms = dist.sum(sum(loss_terms(b, config.loss_reduction) * b.get("_weight", 1.0) for b in micro))
+    terms = dist.sum(
+        sum(loss_terms(b, config.loss_reduction) * b.get("_weight", 1.0) for b in micro)
+    )
     loss_sum = 0.0
     for batch in micro:
         with torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=use_bf16):
@@ -327,8 +414,16 @@ def _optimizer_step(module, micro, config: TrainConfig, dist: Distributed, use_b
     return dist.sum(loss_sum) / max(terms, 1.0), grad_norm
 
 
-def _step_record(micro, state: RunState, dist: Distributed, flops, loss: float, grad_norm, scheduler,
-                 elapsed: float) -> dict:
+def _step_record(
+    micro,
+    state: RunState,
+    dist: Distributed,
+    flops,
+    loss: float,
+    grad_norm,
+    scheduler,
+    elapsed: float,
+) -> dict:
     """The metrics line of one step (counts summed over ranks; zero-weight repeats left out)."""
     real_batches = [b for b in micro if "_weight" not in b]
 
@@ -336,17 +431,31 @@ def _step_record(micro, state: RunState, dist: Distributed, flops, loss: float, 
         return dist.sum(sum(b.get(key, 0) for b in real_batches))
 
     real, slots, samples_now = total("n_tokens"), total("n_slots"), total("n_samples")
-    step_flops = dist.sum(sum(
-        flops.step_flops(b["seq_lens"], _window_positions(b), int((b["targets"] != IGNORE_INDEX).sum()))
-        for b in real_batches
-    ))
+    step_flops = dist.sum(
+        sum(
+            flops.step_flops(
+                b["seq_lens"], _window_positions(b), int((b["targets"] != IGNORE_INDEX).sum())
+            )
+            for b in real_batches
+        )
+    )
     state.seen_samples += samples_now
     state.seen_tokens += real
     record = {
-        "step": state.step, "loss": loss, "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
-        "tokens": real, "padding": 1 - real / max(slots, 1), "tokens_per_s": real / elapsed,
-        "step_s": elapsed, "samples": samples_now, "samples_seen": state.seen_samples,
-        "tokens_seen": state.seen_tokens, "skipped": state.skipped, "flops": step_flops, "consumed": state.consumed,
+        "step": state.step,
+        "loss": loss,
+        "lr": scheduler.get_last_lr()[0],
+        "grad_norm": float(grad_norm),
+        "tokens": real,
+        "padding": 1 - real / max(slots, 1),
+        "tokens_per_s": real / elapsed,
+        "step_s": elapsed,
+        "samples": samples_now,
+        "samples_seen": state.seen_samples,
+        "tokens_seen": state.seen_tokens,
+        "skipped": state.skipped,
+        "flops": step_flops,
+        "consumed": state.consumed,
     }
     frames, frame_slots = total("audio_frames"), total("audio_frame_slots")
     if frame_slots:
@@ -380,7 +489,11 @@ def export(module, model, processor, config: TrainConfig, out: Path, dist: Distr
     weights = {k.removeprefix("model."): v for k, v in ckpt.trainable_state(module).items()}
     if not dist.is_main:
         return
-    metadata = {"preset": config.preset, "train_audio_tower": config.train_audio_tower, "base_model": config.model}
+    metadata = {
+        "preset": config.preset,
+        "train_audio_tower": config.train_audio_tower,
+        "base_model": config.model,
+    }
     if config.preset == "lora":
         metadata.update(lora_r=config.lora_r, lora_alpha=config.lora_alpha)
     save_adapter(out / "final" / ADAPTER_FILENAME, weights, metadata)

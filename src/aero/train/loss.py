@@ -34,7 +34,11 @@ def _liger_available(device: torch.device) -> bool:
 
 
 def fused_linear_cross_entropy(
-    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int = 4096, use_liger: bool | None = None
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    chunk: int = 4096,
+    use_liger: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(..., H) hidden, (V, H) head weight, (...) targets -> (losses of supervised tokens, their mask).
 
@@ -61,7 +65,9 @@ def fused_linear_cross_entropy(
     return losses, keep
 
 
-def reduce_losses(losses: torch.Tensor, sample_ids: torch.Tensor, mode: str) -> tuple[torch.Tensor, float]:
+def reduce_losses(
+    losses: torch.Tensor, sample_ids: torch.Tensor, mode: str
+) -> tuple[torch.Tensor, float]:
     """Sum of the loss terms and their count, so micro-batches and ranks can be combined.
 
     mode "token": every supervised token weighs the same (sum of token losses, n tokens).

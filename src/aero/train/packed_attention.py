@@ -19,18 +19,29 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 NAME = "aero_packed_sdpa"
 
 
-def packed_sdpa_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+def packed_sdpa_attention(
+    module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs
+):
     """(B=1, H, T, D) q/k/v of a packed row -> (1, T, H, D), attending within each sample only."""
     segments = kwargs.pop("aero_segments", None)
     for name in ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k"):
         kwargs.pop(name, None)
     if segments is None:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     outputs = []
     for start, end in zip(segments[:-1], segments[1:]):
         out, _ = sdpa_attention_forward(
-            module, query[:, :, start:end], key[:, :, start:end], value[:, :, start:end], None,
-            dropout=dropout, scaling=scaling, is_causal=True, **kwargs,
+            module,
+            query[:, :, start:end],
+            key[:, :, start:end],
+            value[:, :, start:end],
+            None,
+            dropout=dropout,
+            scaling=scaling,
+            is_causal=True,
+            **kwargs,
         )
         outputs.append(out)
     return torch.cat(outputs, dim=1), None
@@ -50,5 +61,10 @@ def varlen_kwargs(seq_lens: list[int], device) -> dict:
         bounds.append(bounds[-1] + n)
     cu = torch.tensor(bounds, dtype=torch.int32, device=device)
     longest = max(seq_lens)
-    return {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": longest, "max_length_k": longest,
-            "aero_segments": bounds}
+    return {
+        "cu_seq_lens_q": cu,
+        "cu_seq_lens_k": cu,
+        "max_length_q": longest,
+        "max_length_k": longest,
+        "aero_segments": bounds,
+    }

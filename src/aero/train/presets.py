@@ -14,7 +14,12 @@ import torch
 
 
 def lora_settings(config) -> dict:
-    return {"r": config.lora_r, "alpha": config.lora_alpha, "dropout": config.lora_dropout, "targets": config.lora_targets}
+    return {
+        "r": config.lora_r,
+        "alpha": config.lora_alpha,
+        "dropout": config.lora_dropout,
+        "targets": config.lora_targets,
+    }
 
 
 def apply_preset(model, preset: str, train_audio_tower: bool = False, lora: dict | None = None):
@@ -64,25 +69,35 @@ def continue_from_adapter(model, path, preset: str, lora: dict | None) -> None:
         apply_adapter(model, path)  # merged into the LM weights, which this run trains and exports
         return
     if has_lora and preset != "lora":
-        raise ConfigError(f"init_adapter {path} holds LoRA factors, which a {preset!r} run would not export: "
-                          "use preset lora (same lora_r, lora_alpha, lora_targets) or full.")
+        raise ConfigError(
+            f"init_adapter {path} holds LoRA factors, which a {preset!r} run would not export: "
+            "use preset lora (same lora_r, lora_alpha, lora_targets) or full."
+        )
     if has_lora:
         metadata = adapter_metadata(path)
         theirs = (metadata.get("lora_r"), metadata.get("lora_alpha"))
         if theirs != (str(lora["r"]), str(lora["alpha"])):
-            raise ConfigError(f"init_adapter {path} has LoRA r={theirs[0]}, alpha={theirs[1]}; this run has "
-                              f"lora_r={lora['r']}, lora_alpha={lora['alpha']}: set them to match.")
+            raise ConfigError(
+                f"init_adapter {path} has LoRA r={theirs[0]}, alpha={theirs[1]}; this run has "
+                f"lora_r={lora['r']}, lora_alpha={lora['alpha']}: set them to match."
+            )
     params = dict(model.named_parameters())
     for name, tensor in weights.items():
         if name not in params:
             hint = " (set lora_targets to the ones it was trained with)" if ".lora_" in name else ""
-            raise ConfigError(f"init_adapter {path} has {name}, which this model does not have{hint}.")
+            raise ConfigError(
+                f"init_adapter {path} has {name}, which this model does not have{hint}."
+            )
         if not params[name].requires_grad:
-            raise ConfigError(f"init_adapter {path} has {name}, which this run does not train, so its export "
-                              "would lose it (train_audio_tower or preset differ from the earlier run).")
+            raise ConfigError(
+                f"init_adapter {path} has {name}, which this run does not train, so its export "
+                "would lose it (train_audio_tower or preset differ from the earlier run)."
+            )
         if params[name].shape != tensor.shape:
-            raise ConfigError(f"init_adapter {path}: {name} has shape {tuple(tensor.shape)}, the model "
-                              f"{tuple(params[name].shape)}.")
+            raise ConfigError(
+                f"init_adapter {path}: {name} has shape {tuple(tensor.shape)}, the model "
+                f"{tuple(params[name].shape)}."
+            )
     with torch.no_grad():
         for name, tensor in weights.items():
             params[name].copy_(tensor.to(params[name].dtype))

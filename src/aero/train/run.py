@@ -20,7 +20,9 @@ def train(config: TrainConfig, stop_after: int | None = None) -> dict:
     many steps of this call without exporting (a stand-in for a crash, used by tests)."""
     config.validate()
     if config.init_adapter and not Path(config.init_adapter).exists():
-        raise ConfigError(f"init_adapter {config.init_adapter} does not exist (run the stage that writes it first).")
+        raise ConfigError(
+            f"init_adapter {config.init_adapter} does not exist (run the stage that writes it first)."
+        )
     dist = Distributed()
     out = Path(config.output_dir)
     if dist.is_main:
@@ -33,8 +35,12 @@ def train(config: TrainConfig, stop_after: int | None = None) -> dict:
         from aero.train.align import train_ctc
 
         if config.init_adapter:  # the stage exports the projector only: refuse anything else
-            continue_from_adapter(apply_preset(model, "projector"), config.init_adapter, "projector", None)
+            continue_from_adapter(
+                apply_preset(model, "projector"), config.init_adapter, "projector", None
+            )
         if dist.enabled:
-            raise ValueError("The ctc alignment stage runs in one process; start it without torchrun.")
+            raise ValueError(
+                "The ctc alignment stage runs in one process; start it without torchrun."
+            )
         return train_ctc(config, model, processor, out, stop_after)
     return train_lm(config, model, processor, out, dist, stop_after)

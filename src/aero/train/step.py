@@ -29,7 +29,10 @@ class TrainingModule(nn.Module):
         input_ids = batch["input_ids"].to(device)
         embeds = aero.get_input_embeddings()(input_ids)
         if "audio_values" in batch:
-            values, mask = batch["audio_values"].to(device), batch["audio_attention_mask"].to(device)
+            values, mask = (
+                batch["audio_values"].to(device),
+                batch["audio_attention_mask"].to(device),
+            )
             if batch.get("pad_audio_to_30s"):
                 # The reference's cost, for comparisons: every window runs all 3000 frames.
                 encoded, tokens = aero.encode_audio(values, mask)

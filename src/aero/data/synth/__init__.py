@@ -11,8 +11,13 @@ importing torch and transformers.
 from importlib import import_module
 
 _EXPORTS = {
-    "synthesize": "pipeline", "plan_split": "pipeline",
-    "load_recipe": "recipes", "Recipe": "recipes", "Split": "recipes", "RECIPES": "recipes", "RecipeError": "recipes",
+    "synthesize": "pipeline",
+    "plan_split": "pipeline",
+    "load_recipe": "recipes",
+    "Recipe": "recipes",
+    "Split": "recipes",
+    "RECIPES": "recipes",
+    "RecipeError": "recipes",
     "ToolMissing": "tools",
 }
 __all__ = list(_EXPORTS)

@@ -30,7 +30,9 @@ NOISE_KINDS = ("white", "pink", "brown")
 BACKGROUNDS = NOISE_KINDS + ("music",)
 
 
-def plan(rng: random.Random, p: float, background: str | None = "random", speed: bool = True) -> list[dict]:
+def plan(
+    rng: random.Random, p: float, background: str | None = "random", speed: bool = True
+) -> list[dict]:
     """Effects for one clip; with probability 1-p none at all (a clean sample).
 
     background: "random" (maybe), None (never), or a kind from BACKGROUNDS (always that one).
@@ -44,16 +46,30 @@ def plan(rng: random.Random, p: float, background: str | None = "random", speed:
         else:
             effects.append({"effect": "tempo", "factor": round(rng.uniform(0.85, 1.15), 3)})
     if augmented and rng.random() < 0.25:
-        effects.append({"effect": "reverb", "reverberance": rng.randint(20, 80), "room_scale": rng.randint(20, 100)})
+        effects.append(
+            {
+                "effect": "reverb",
+                "reverberance": rng.randint(20, 80),
+                "room_scale": rng.randint(20, 100),
+            }
+        )
     if augmented and rng.random() < 0.2:
-        effects.append({"effect": "telephone", "band_hz": list(TELEPHONE_BAND), "rate": TELEPHONE_RATE})
+        effects.append(
+            {"effect": "telephone", "band_hz": list(TELEPHONE_BAND), "rate": TELEPHONE_RATE}
+        )
     kind = background
     if background == "random":
         kind = rng.choice(BACKGROUNDS) if augmented and rng.random() < 0.5 else None
     if kind is not None:
         snr = rng.uniform(5, 20) if kind == "music" else rng.uniform(5, 30)
-        effects.append({"effect": "noise" if kind != "music" else "music", "kind": kind,
-                        "snr_db": round(snr, 1), "seed": rng.randrange(2**31)})
+        effects.append(
+            {
+                "effect": "noise" if kind != "music" else "music",
+                "kind": kind,
+                "snr_db": round(snr, 1),
+                "seed": rng.randrange(2**31),
+            }
+        )
     if augmented:
         effects.append({"effect": "gain", "peak_db": round(rng.uniform(-25, -1), 1)})
     return effects
@@ -88,8 +104,23 @@ def sox(audio: np.ndarray, args: list[str], workdir: str) -> np.ndarray:
     os.close(fd_in), os.close(fd_out)
     try:
         sf.write(src, audio, SAMPLE_RATE, subtype="FLOAT")
-        cmd = [require("sox"), "-R", "-D", "-q", src, "-e", "floating-point", "-b", "32", dst, *args,
-               "channels", "1", "rate", str(SAMPLE_RATE)]
+        cmd = [
+            require("sox"),
+            "-R",
+            "-D",
+            "-q",
+            src,
+            "-e",
+            "floating-point",
+            "-b",
+            "32",
+            dst,
+            *args,
+            "channels",
+            "1",
+            "rate",
+            str(SAMPLE_RATE),
+        ]
         subprocess.run(cmd, check=True, capture_output=True)
         out, _ = sf.read(dst, dtype="float32")
     finally:
@@ -117,7 +148,9 @@ def music(n: int, rng: np.random.Generator) -> np.ndarray:
     t = np.arange(note_len) / SAMPLE_RATE
     env = np.minimum(1.0, t / 0.01) * np.exp(-t * rng.uniform(2, 6))
     for start in range(0, n, note_len):
-        chord = [scale[rng.integers(0, len(scale))]] + ([scale[rng.integers(0, 5)] - 12] if rng.random() < 0.5 else [])
+        chord = [scale[rng.integers(0, len(scale))]] + (
+            [scale[rng.integers(0, 5)] - 12] if rng.random() < 0.5 else []
+        )
         tone = np.zeros(note_len)
         for step in chord:
             f0 = tonic * 2 ** (step / 12)
@@ -136,7 +169,11 @@ def apply(audio: np.ndarray, effects: list[dict], workdir: str) -> np.ndarray:
     for e in effects:
         if e["effect"] in ("noise", "music"):
             rng = np.random.default_rng(e["seed"])
-            bg = music(len(audio), rng) if e["effect"] == "music" else colored_noise(e["kind"], len(audio), rng)
+            bg = (
+                music(len(audio), rng)
+                if e["effect"] == "music"
+                else colored_noise(e["kind"], len(audio), rng)
+            )
             p_speech, p_bg = np.mean(audio**2), np.mean(bg**2)
             if p_bg > 0 and p_speech > 0:
                 audio = audio + bg * np.sqrt(p_speech / p_bg / 10 ** (e["snr_db"] / 10))

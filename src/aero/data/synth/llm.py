@@ -53,13 +53,22 @@ def smollm2_answers(max_new_tokens: int = MAX_NEW_TOKENS, batch_size: int = BATC
         out = []
         for i in range(0, len(questions), batch_size):
             batch = questions[i : i + batch_size]
-            prompts = [tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
-                                               add_generation_prompt=True) for q in batch]
+            prompts = [
+                tok.apply_chat_template(
+                    [{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True
+                )
+                for q in batch
+            ]
             enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
             with torch.inference_mode():
-                gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                     pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-            for row in gen[:, enc["input_ids"].shape[1]:]:
+                gen = model.generate(
+                    **enc,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=tok.pad_token_id,
+                    eos_token_id=tok.eos_token_id,
+                )
+            for row in gen[:, enc["input_ids"].shape[1] :]:
                 ids = row.tolist()
                 truncated = tok.eos_token_id not in ids
                 out.append(_trim(tok.decode(ids, skip_special_tokens=True), truncated))
@@ -71,7 +80,9 @@ def smollm2_answers(max_new_tokens: int = MAX_NEW_TOKENS, batch_size: int = BATC
 class AnswerCache:
     """A JSON file {question: answer} for one model and settings."""
 
-    def __init__(self, path: str | os.PathLike, model: str = MODEL_NAME, max_new_tokens: int = MAX_NEW_TOKENS):
+    def __init__(
+        self, path: str | os.PathLike, model: str = MODEL_NAME, max_new_tokens: int = MAX_NEW_TOKENS
+    ):
         self.path = Path(path)
         self.header = {"model": model, "max_new_tokens": max_new_tokens, "decoding": "greedy"}
         self.answers: dict[str, str] = {}
@@ -86,10 +97,14 @@ class AnswerCache:
         if missing:
             got = answer_fn(missing)
             if len(got) != len(missing):
-                raise RuntimeError(f"answer function returned {len(got)} answers for {len(missing)} questions")
+                raise RuntimeError(
+                    f"answer function returned {len(got)} answers for {len(missing)} questions"
+                )
             self.answers.update(zip(missing, got))
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({**self.header, "answers": dict(sorted(self.answers.items()))}, indent=1))
+            tmp.write_text(
+                json.dumps({**self.header, "answers": dict(sorted(self.answers.items()))}, indent=1)
+            )
             os.replace(tmp, self.path)
         return {q: self.answers[q] for q in questions}

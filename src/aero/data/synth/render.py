@@ -49,7 +49,11 @@ def finished(job: Job, root: str) -> dict | None:
             info = sf.info(str(path))
         except Exception:
             return None
-        return {"id": job.id, "duration": round(info.frames / info.samplerate, 3), "used": len(job.speeches)}
+        return {
+            "id": job.id,
+            "duration": round(info.frames / info.samplerate, 3),
+            "used": len(job.speeches),
+        }
     return None
 
 
@@ -90,5 +94,7 @@ def _render(job: Job, root: str) -> dict:
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(path, audio, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
     result = {"duration": round(len(audio) / SAMPLE_RATE, 3), "used": used}
-    path.with_suffix(".json").write_text(json.dumps(result))  # written last: marks the clip complete
+    path.with_suffix(".json").write_text(
+        json.dumps(result)
+    )  # written last: marks the clip complete
     return {"id": job.id, **result}

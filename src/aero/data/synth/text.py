@@ -22,7 +22,21 @@ from pathlib import Path
 
 FORTUNES_DIR = Path("/usr/share/games/fortunes")
 # Sets skipped: pictures, code, other languages, and topics where jokes tend to demean people.
-SKIPPED_FORTUNE_SETS = {"art", "ascii-art", "perl", "translate-me", "ethnic", "men-women", "drugs", "politics", "debian", "linux", "linuxcookie", "computers", "knghtbrd"}
+SKIPPED_FORTUNE_SETS = {
+    "art",
+    "ascii-art",
+    "perl",
+    "translate-me",
+    "ethnic",
+    "men-women",
+    "drugs",
+    "politics",
+    "debian",
+    "linux",
+    "linuxcookie",
+    "computers",
+    "knghtbrd",
+}
 MIN_WORDS, MAX_WORDS = 3, 30
 HELDOUT_PERCENT = 10  # share of the sentence pool reserved for held-out sets
 _ALLOWED = re.compile(r"^[A-Za-z0-9 .,;:!?'\"()\-]+$")
@@ -49,12 +63,19 @@ def _clean(raw: str) -> str:
 def _fortune_sentences(path: Path) -> list[str]:
     out = []
     for entry in path.read_text(encoding="utf-8", errors="replace").split("\n%\n"):
-        lines = [ln for ln in entry.splitlines() if not re.match(r"^\s*--", ln)]  # drop attributions
+        lines = [
+            ln for ln in entry.splitlines() if not re.match(r"^\s*--", ln)
+        ]  # drop attributions
         if any(re.match(r"^\s*[A-Z][A-Za-z .]*:\s", ln) for ln in lines):
             continue  # dialogues ("Q: ... A: ...") read badly as one voice
         for piece in re.split(r"(?<=[.!?])\s+(?=[A-Z\"'(])", " ".join(lines)):
             s = _clean(piece)
-            if not _ALLOWED.match(s) or re.search(r"\d", s) or s.count('"') % 2 or s.count("(") != s.count(")"):
+            if (
+                not _ALLOWED.match(s)
+                or re.search(r"\d", s)
+                or s.count('"') % 2
+                or s.count("(") != s.count(")")
+            ):
                 continue
             if re.search(r"\b[A-Z]\.$", s):
                 continue  # cut after an initial ("I knew Leo G.")
@@ -78,10 +99,52 @@ def fortune_sentences() -> tuple[Sentence, ...]:
 
 
 # ---- numbers in words -------------------------------------------------------------------
-_ONES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen"]
+_ONES = [
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
+    "nineteen",
+]
 _TENS = ["_", "_", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
-_ORD = {"one": "first", "two": "second", "three": "third", "five": "fifth", "eight": "eighth", "nine": "ninth", "twelve": "twelfth"}
-MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"]
+_ORD = {
+    "one": "first",
+    "two": "second",
+    "three": "third",
+    "five": "fifth",
+    "eight": "eighth",
+    "nine": "ninth",
+    "twelve": "twelfth",
+}
+MONTHS = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+]
 WEEKDAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
 
 
@@ -93,10 +156,17 @@ def number_words(n: int) -> str:
         return _ONES[n]
     if n < 100:
         return _TENS[n // 10] + ("" if n % 10 == 0 else " " + _ONES[n % 10])
-    for size, name in ((10**9, "billion"), (10**6, "million"), (1000, "thousand"), (100, "hundred")):
+    for size, name in (
+        (10**9, "billion"),
+        (10**6, "million"),
+        (1000, "thousand"),
+        (100, "hundred"),
+    ):
         if n >= size:
             rest = n % size
-            return f"{number_words(n // size)} {name}" + ("" if rest == 0 else " " + number_words(rest))
+            return f"{number_words(n // size)} {name}" + (
+                "" if rest == 0 else " " + number_words(rest)
+            )
     raise AssertionError(n)
 
 
@@ -120,7 +190,9 @@ def year_words(y: int) -> str:
     if 2000 <= y <= 2009:
         return number_words(y)
     hi, lo = divmod(y, 100)
-    return number_words(hi) + (" hundred" if lo == 0 else (" oh " + _ONES[lo]) if lo < 10 else " " + number_words(lo))
+    return number_words(hi) + (
+        " hundred" if lo == 0 else (" oh " + _ONES[lo]) if lo < 10 else " " + number_words(lo)
+    )
 
 
 def _time(rng: random.Random) -> tuple[str, str]:
@@ -131,9 +203,55 @@ def _time(rng: random.Random) -> tuple[str, str]:
     return text, f"{number_words(h)}{say_min} {ampm.replace('.', ' ').strip()}"
 
 
-_NOUNS = ["apples", "books", "chairs", "students", "cars", "boxes", "letters", "tickets", "birds", "houses", "trees", "emails", "pages", "songs", "coins"]
-_PLACES = ["Paris", "London", "Boston", "Chicago", "Denver", "Madrid", "Tokyo", "Sydney", "Toronto", "Dublin", "Seattle", "Austin"]
-_NAMES = ["Anna", "Ben", "Carla", "David", "Emma", "Frank", "Grace", "Henry", "Irene", "Jack", "Laura", "Mark", "Nina", "Oscar", "Paula", "Sam"]
+_NOUNS = [
+    "apples",
+    "books",
+    "chairs",
+    "students",
+    "cars",
+    "boxes",
+    "letters",
+    "tickets",
+    "birds",
+    "houses",
+    "trees",
+    "emails",
+    "pages",
+    "songs",
+    "coins",
+]
+_PLACES = [
+    "Paris",
+    "London",
+    "Boston",
+    "Chicago",
+    "Denver",
+    "Madrid",
+    "Tokyo",
+    "Sydney",
+    "Toronto",
+    "Dublin",
+    "Seattle",
+    "Austin",
+]
+_NAMES = [
+    "Anna",
+    "Ben",
+    "Carla",
+    "David",
+    "Emma",
+    "Frank",
+    "Grace",
+    "Henry",
+    "Irene",
+    "Jack",
+    "Laura",
+    "Mark",
+    "Nina",
+    "Oscar",
+    "Paula",
+    "Sam",
+]
 
 
 def generated_sentence(rng: random.Random) -> Sentence:
@@ -155,14 +273,22 @@ def generated_sentence(rng: random.Random) -> Sentence:
     elif kind == "money":
         dollars, cents = rng.randint(1, 500), rng.choice([0, rng.randint(1, 99)])
         text = f"The ticket to {place} costs ${dollars}" + (f".{cents:02d}." if cents else ".")
-        say = f"The ticket to {place} costs {number_words(dollars)} dollar{'s' if dollars != 1 else ''}" + (
-            f" and {number_words(cents)} cent{'s' if cents != 1 else ''}." if cents else ".")
+        say = (
+            f"The ticket to {place} costs {number_words(dollars)} dollar{'s' if dollars != 1 else ''}"
+            + (f" and {number_words(cents)} cent{'s' if cents != 1 else ''}." if cents else ".")
+        )
     elif kind == "percent":
         p = rng.randint(1, 99)
-        text, say = f"About {p}% of the {noun} were sold.", f"About {number_words(p)} percent of the {noun} were sold."
+        text, say = (
+            f"About {p}% of the {noun} were sold.",
+            f"About {number_words(p)} percent of the {noun} were sold.",
+        )
     elif kind == "year":
         y = rng.randint(1800, 2029)
-        text, say = f"{name} moved to {place} in {y}.", f"{name} moved to {place} in {year_words(y)}."
+        text, say = (
+            f"{name} moved to {place} in {y}.",
+            f"{name} moved to {place} in {year_words(y)}.",
+        )
     elif kind == "phone":
         digits = [rng.randint(0, 9) for _ in range(7)]
         num = "".join(map(str, digits))
@@ -170,7 +296,10 @@ def generated_sentence(rng: random.Random) -> Sentence:
         say = f"Call {name} at {' '.join(_ONES[d] for d in digits[:3])}, {' '.join(_ONES[d] for d in digits[3:])}."
     else:
         n = rng.randint(1000, 999_999)
-        text, say = f"The city of {place} has {n:,} {noun}.", f"The city of {place} has {number_words(n)} {noun}."
+        text, say = (
+            f"The city of {place} has {n:,} {noun}.",
+            f"The city of {place} has {number_words(n)} {noun}.",
+        )
     return Sentence(text, say, f"generated:{kind}")
 
 
@@ -184,8 +313,10 @@ class SentencePool:
         if not self.fortunes and generated_share < 1:
             from aero.data.synth.tools import ToolMissing
 
-            raise ToolMissing(f"No sentences found in {FORTUNES_DIR}; run: apt-get install -y fortunes "
-                              "(or set generated_share: 1.0 in the recipe).")
+            raise ToolMissing(
+                f"No sentences found in {FORTUNES_DIR}; run: apt-get install -y fortunes "
+                "(or set generated_share: 1.0 in the recipe)."
+            )
 
     def draw(self, rng: random.Random) -> Sentence:
         if self.fortunes and rng.random() >= self.generated_share:

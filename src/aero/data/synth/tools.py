@@ -12,6 +12,8 @@ class ToolMissing(RuntimeError):
 def require(tool: str) -> str:
     path = shutil.which(tool)
     if path is None:
-        raise ToolMissing(f"`{tool}` is not installed; run: apt-get install -y espeak-ng festival festvox-kallpc16k "
-                          "festvox-kdlpc16k festvox-us-slt-hts flite sox fortunes")
+        raise ToolMissing(
+            f"`{tool}` is not installed; run: apt-get install -y espeak-ng festival festvox-kallpc16k "
+            "festvox-kdlpc16k festvox-us-slt-hts flite sox fortunes"
+        )
     return path

@@ -29,13 +29,42 @@ import numpy as np
 from aero.audio import SAMPLE_RATE
 from aero.data.synth.tools import ToolMissing, require  # noqa: F401 - ToolMissing: part of this module's API
 
-ESPEAK_TRAIN_LANGS = ("en-us", "en-gb", "en-gb-x-rp", "en-gb-scotland", "en-gb-x-gbclan", "en-029", "en-us-nyc")
+ESPEAK_TRAIN_LANGS = (
+    "en-us",
+    "en-gb",
+    "en-gb-x-rp",
+    "en-gb-scotland",
+    "en-gb-x-gbclan",
+    "en-029",
+    "en-us-nyc",
+)
 ESPEAK_TRAIN_VARIANTS = {
-    "m1": "male", "m2": "male", "m4": "male", "m5": "male", "m6": "male", "m7": "male", "m8": "male",
-    "Andy": "male", "Lee": "male", "john": "male", "paul": "male", "robert": "male", "Mike": "male",
-    "f1": "female", "f2": "female", "f3": "female", "f5": "female", "Alicia": "female", "Andrea": "female",
-    "Annie": "female", "aunty": "female", "belinda": "female", "linda": "female", "steph": "female",
-    "anika": "female", "grandma": "female",
+    "m1": "male",
+    "m2": "male",
+    "m4": "male",
+    "m5": "male",
+    "m6": "male",
+    "m7": "male",
+    "m8": "male",
+    "Andy": "male",
+    "Lee": "male",
+    "john": "male",
+    "paul": "male",
+    "robert": "male",
+    "Mike": "male",
+    "f1": "female",
+    "f2": "female",
+    "f3": "female",
+    "f5": "female",
+    "Alicia": "female",
+    "Andrea": "female",
+    "Annie": "female",
+    "aunty": "female",
+    "belinda": "female",
+    "linda": "female",
+    "steph": "female",
+    "anika": "female",
+    "grandma": "female",
 }
 ESPEAK_HELDOUT_LANGS = ("en-gb-x-gbcwmd",)
 ESPEAK_HELDOUT_VARIANTS = {"m3": "male", "f4": "female"}
@@ -45,20 +74,33 @@ FLITE_TRAIN = {"awb": "male", "rms": "male"}
 # neural voices (aero.data.synth.neural): Kokoro's five styles and two female blends ("a/b": the
 # styles averaged), each reading espeak's US and British phonemes, and Piper's joe, US phonemes
 # only (trained on them: with British ones Whisper tiny.en misheard 6 of 6 test sentences)
-KOKORO_TRAIN = {"jf_alpha": "female", "jf_gongitsune": "female", "jf_nezumi": "female", "jf_tebukuro": "female",
-                "jf_alpha/jf_nezumi": "female", "jf_gongitsune/jf_tebukuro": "female", "jm_kumo": "male"}
+KOKORO_TRAIN = {
+    "jf_alpha": "female",
+    "jf_gongitsune": "female",
+    "jf_nezumi": "female",
+    "jf_tebukuro": "female",
+    "jf_alpha/jf_nezumi": "female",
+    "jf_gongitsune/jf_tebukuro": "female",
+    "jm_kumo": "male",
+}
 PIPER_TRAIN = {"joe": "male"}
 NEURAL_ACCENTS = ("en-us", "en-gb")
 
 RATE_RANGE = (110, 230)  # espeak -s, words per minute (espeak's default is 175)
 PITCH_RANGE = (20, 80)  # espeak -p, 0..99 within the variant's own pitch range
-RATE_LABELS = {"slow": (105, 135), "normal": (160, 190), "fast": (215, 250)}  # clear gaps between classes
+RATE_LABELS = {
+    "slow": (105, 135),
+    "normal": (160, 190),
+    "fast": (215, 250),
+}  # clear gaps between classes
 
 
 @cache
 def flite_voices() -> tuple[str, ...]:
     """The voices built into flite (`flite -lv`); flite itself falls back to `kal` on any other name."""
-    out = subprocess.run([require("flite"), "-lv"], check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [require("flite"), "-lv"], check=True, capture_output=True, text=True
+    ).stdout
     return tuple(out.split(":", 1)[-1].split())
 
 
@@ -66,7 +108,9 @@ def flite_voices() -> tuple[str, ...]:
 class Voice:
     engine: str  # "espeak", "festival", "flite", "kokoro" or "piper"
     name: str  # espeak language voice, festival, flite, Kokoro or Piper voice
-    variant: str | None  # espeak variant; kokoro/piper: the espeak accent of the phonemes; else None
+    variant: (
+        str | None
+    )  # espeak variant; kokoro/piper: the espeak accent of the phonemes; else None
     gender: str  # "male" / "female", from how the voice is defined
 
     @property
@@ -91,7 +135,11 @@ def voice_set(name: str) -> list[Voice]:
         "flite": [Voice("flite", n, None, g) for n, g in FLITE_TRAIN.items()],
         "heldout-espeak": _espeak(ESPEAK_HELDOUT_LANGS, ESPEAK_HELDOUT_VARIANTS),
         "heldout-slt": [Voice("festival", n, None, g) for n, g in FESTIVAL_HELDOUT.items()],
-        "neural": [Voice("kokoro", n, accent, g) for n, g in KOKORO_TRAIN.items() for accent in NEURAL_ACCENTS]
+        "neural": [
+            Voice("kokoro", n, accent, g)
+            for n, g in KOKORO_TRAIN.items()
+            for accent in NEURAL_ACCENTS
+        ]
         + [Voice("piper", n, "en-us", g) for n, g in PIPER_TRAIN.items()],
     }
     sets["train-flite"] = sets["train"] + sets["flite"]
@@ -112,7 +160,9 @@ class Speech:
     rate: int = 175  # espeak words per minute
     pitch: int = 50  # espeak 0..99
     word_gap: int = 0  # espeak extra pause between words, in units of 10 ms
-    stretch: float = 1.0  # festival Duration_Stretch / flite duration_stretch / Piper length_scale /
+    stretch: float = (
+        1.0  # festival Duration_Stretch / flite duration_stretch / Piper length_scale /
+    )
     # 1 / Kokoro speed (>1 is slower)
 
     def describe(self) -> dict:
@@ -127,7 +177,11 @@ class Speech:
 def _to_16k(audio: np.ndarray, sr: int) -> np.ndarray:
     import soxr
 
-    return soxr.resample(audio, sr, SAMPLE_RATE, quality="HQ").astype(np.float32) if sr != SAMPLE_RATE else audio
+    return (
+        soxr.resample(audio, sr, SAMPLE_RATE, quality="HQ").astype(np.float32)
+        if sr != SAMPLE_RATE
+        else audio
+    )
 
 
 def _read_wav(path: str) -> tuple[np.ndarray, int]:
@@ -144,9 +198,13 @@ def render(speech: Speech, workdir: str) -> np.ndarray:
         from aero.data.synth import neural
 
         if v.engine == "kokoro":
-            audio, sr = neural.kokoro(speech.say, v.name, v.variant or "en-us", speed=1.0 / speech.stretch)
+            audio, sr = neural.kokoro(
+                speech.say, v.name, v.variant or "en-us", speed=1.0 / speech.stretch
+            )
         else:
-            audio, sr = neural.piper(speech.say, v.name, v.variant or "en-us", length_scale=speech.stretch)
+            audio, sr = neural.piper(
+                speech.say, v.name, v.variant or "en-us", length_scale=speech.stretch
+            )
     else:
         audio, sr = _run_program(speech, workdir)
     audio = _to_16k(audio, sr)
@@ -163,23 +221,58 @@ def _run_program(speech: Speech, workdir: str) -> tuple[np.ndarray, int]:
     txt = wav[:-4] + ".txt"  # festival and flite read the text from a file
     try:
         if v.engine == "espeak":
-            cmd = [require("espeak-ng"), "-v", f"{v.name}+{v.variant}" if v.variant else v.name,
-                   "-s", str(speech.rate), "-p", str(speech.pitch), "-g", str(speech.word_gap), "-w", wav, "--stdin"]
+            cmd = [
+                require("espeak-ng"),
+                "-v",
+                f"{v.name}+{v.variant}" if v.variant else v.name,
+                "-s",
+                str(speech.rate),
+                "-p",
+                str(speech.pitch),
+                "-g",
+                str(speech.word_gap),
+                "-w",
+                wav,
+                "--stdin",
+            ]
             subprocess.run(cmd, input=speech.say.encode(), check=True, capture_output=True)
         else:
             with open(txt, "w") as f:
                 f.write(speech.say + "\n")
             if v.engine == "flite":
                 if v.name not in flite_voices():
-                    raise ToolMissing(f"flite has no voice {v.name!r} (it has {', '.join(flite_voices())})")
-                cmd = [require("flite"), "-voice", v.name, "--setf", f"duration_stretch={speech.stretch:.3f}",
-                       "-f", txt, "-o", wav]
+                    raise ToolMissing(
+                        f"flite has no voice {v.name!r} (it has {', '.join(flite_voices())})"
+                    )
+                cmd = [
+                    require("flite"),
+                    "-voice",
+                    v.name,
+                    "--setf",
+                    f"duration_stretch={speech.stretch:.3f}",
+                    "-f",
+                    txt,
+                    "-o",
+                    wav,
+                ]
             else:
-                cmd = [require("text2wave"), "-eval", f"(voice_{v.name})",
-                       "-eval", f"(Parameter.set 'Duration_Stretch {speech.stretch:.3f})", txt, "-o", wav]
+                cmd = [
+                    require("text2wave"),
+                    "-eval",
+                    f"(voice_{v.name})",
+                    "-eval",
+                    f"(Parameter.set 'Duration_Stretch {speech.stretch:.3f})",
+                    txt,
+                    "-o",
+                    wav,
+                ]
             done = subprocess.run(cmd, check=True, capture_output=True)
-            if os.path.getsize(wav) == 0:  # text2wave exits 0 without writing when the voice is unknown
-                raise ToolMissing(f"{v.key} wrote no audio: {(done.stdout + done.stderr).decode(errors='replace').strip()[-300:]}")
+            if (
+                os.path.getsize(wav) == 0
+            ):  # text2wave exits 0 without writing when the voice is unknown
+                raise ToolMissing(
+                    f"{v.key} wrote no audio: {(done.stdout + done.stderr).decode(errors='replace').strip()[-300:]}"
+                )
         return _read_wav(wav)
     finally:
         for path in (wav, txt):
