@@ -5,8 +5,9 @@ no_grad) with a CTC loss whose classes are the LM's own token embeddings plus on
 blank: the logit of token v at audio token t is `scale * <h_t, E_v>`. Transcription samples
 only (one audio, the assistant turn is the transcript). Each step costs an encoder forward
 and one (N, H) x (H, V) product, no LM forward or backward (aero-mini on 2 cores: 41x real
-time, vs 18x for the LM stage), and its loss is the alignment itself; its output initialises that stage
-(`init_adapter`), whose LM then starts from audio tokens that already point at the words.
+time, vs 18x for the LM stage), and its loss is the alignment itself; its output initialises
+that stage (`init_adapter`), whose LM then starts from audio tokens that already point at the
+words.
 
 Notable choices:
 - A penalty keeps the projected vectors' norms near the median norm of the LM's embedding
@@ -39,7 +40,7 @@ from aero.data.manifest import (
     with_resolved_audio,
 )
 from aero.processing import content_text, is_audio_part
-from aero.train.logs import JsonlLog
+from aero.train.logs import JsonlLog, due
 from aero.train.schedule import cosine_schedule
 
 TRANSCRIPTION_TASKS = ("transcribe", "long")
@@ -198,7 +199,8 @@ class _Stage:
         )
         # PyTorch's CTC backward assumes its input is normalised over the class axis (its
         # gradient carries an exp(log_prob) term that cancels only then). The gathered columns
-        # are not, so that term is removed here: value unchanged, gradient = the full-vocabulary one.
+        # are not, so that term is removed here: value unchanged, gradient = the full-vocabulary
+        # one.
         valid = (torch.arange(log_probs.shape[0])[:, None] < lengths[None, :])[..., None]
         spurious = (log_probs.detach().exp() * log_probs * valid).sum() / total
         ctc = ctc - (spurious - spurious.detach())
@@ -233,12 +235,7 @@ def train_ctc(config, model, processor, out: Path, stop_after: int | None = None
     model.audio_modal_projector.requires_grad_(True)
     stage = _Stage(model, processor, config)
     pairs, lengths, unreadable = _transcription_pairs(config, processor)
-    heldout = []
-    if config.eval_data:
-        heldout = [
-            p for p in map(transcription_pair, read_dataset(DatasetSpec(config.eval_data))) if p
-        ][: config.eval_samples]
-
+    heldout = _heldout_pairs(config)
     params = list(model.audio_modal_projector.parameters()) + list(stage.head.parameters())
     optimizer = torch.optim.AdamW(
         params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
@@ -281,51 +278,61 @@ def train_ctc(config, model, processor, out: Path, stop_after: int | None = None
         scheduler.step()
         state.step += 1
         state.seen_samples += len(projected)
-        state.seen_seconds += sum(float(n) for n in n_tokens) / audio_tokens_per_second(
-            model.config.projector_stack
-        )
-        record = {
-            "step": state.step,
-            "objective": "ctc",
-            "loss": float(ctc.detach()),
-            "norm_penalty": float(penalty.detach()),
-            "scale": float(stage.head.log_scale.detach().exp()),
-            "lr": scheduler.get_last_lr()[0],
-            "grad_norm": float(grad_norm),
-            "samples": len(projected),
-            "skipped": state.skipped,
-            "samples_seen": state.seen_samples,
-            "audio_hours_seen": state.seen_seconds / 3600,
-            "step_s": time.perf_counter() - t0,
-        }
+        rate = audio_tokens_per_second(model.config.projector_stack)
+        state.seen_seconds += sum(float(n) for n in n_tokens) / rate
+        record = _ctc_record(stage, state, ctc, penalty, grad_norm, scheduler, len(projected), t0)
         if state.step % config.log_every == 0:
-            record["train_wer"] = corpus_score(
-                score_texts(references, stage.decode(logits, n_tokens))
-            ).error_rate
-        if heldout and (state.step % config.eval_every == 0 or state.step == config.max_steps):
+            decoded = stage.decode(logits, n_tokens)
+            record["train_wer"] = corpus_score(score_texts(references, decoded)).error_rate
+        if heldout and due(state.step, config.eval_every, config.max_steps):
             record.update(_heldout(stage, heldout))
         metrics.write([record])
-        if state.step % config.save_every == 0 or state.step == config.max_steps:
+        if due(state.step, config.save_every, config.max_steps):
             _save_state(state_path, stage, optimizer, scheduler, state)
         steps_this_call += 1
         if stop_after is not None and steps_this_call >= stop_after:
             break
-    summary = {
-        "step": state.step,
-        "skipped": state.skipped,
-        "seconds": time.perf_counter() - started,
-    }
+    summary = {"step": state.step, "skipped": state.skipped}
+    summary["seconds"] = time.perf_counter() - started
     if state.step < config.max_steps:
         return summary
-    weights = {
-        f"audio_modal_projector.{k}": v for k, v in model.audio_modal_projector.state_dict().items()
+    return {**summary, "adapter": str(_export(model, config, out, state.step))}
+
+
+def _heldout_pairs(config) -> list[tuple[str, str]]:
+    """The first `eval_samples` transcription pairs of the held-out manifest (none without one)."""
+    if not config.eval_data:
+        return []
+    pairs = map(transcription_pair, read_dataset(DatasetSpec(config.eval_data)))
+    return [p for p in pairs if p][: config.eval_samples]
+
+
+def _export(model, config, out: Path, step: int) -> Path:
+    """`final/adapter.safetensors`: the projector's weights (preset `projector`)."""
+    projector = model.audio_modal_projector.state_dict()
+    weights = {f"audio_modal_projector.{k}": v for k, v in projector.items()}
+    metadata = {"preset": "projector", "objective": "ctc", "base_model": config.model}
+    return save_adapter(out / "final" / ADAPTER_FILENAME, weights, {**metadata, "step": step})
+
+
+def _ctc_record(
+    stage, state: CtcState, ctc, penalty, grad_norm, scheduler, samples: int, t0: float
+):
+    """The metrics line of one CTC step."""
+    return {
+        "step": state.step,
+        "objective": "ctc",
+        "loss": float(ctc.detach()),
+        "norm_penalty": float(penalty.detach()),
+        "scale": float(stage.head.log_scale.detach().exp()),
+        "lr": scheduler.get_last_lr()[0],
+        "grad_norm": float(grad_norm),
+        "samples": samples,
+        "skipped": state.skipped,
+        "samples_seen": state.seen_samples,
+        "audio_hours_seen": state.seen_seconds / 3600,
+        "step_s": time.perf_counter() - t0,
     }
-    adapter = save_adapter(
-        out / "final" / ADAPTER_FILENAME,
-        weights,
-        {"preset": "projector", "objective": "ctc", "base_model": config.model, "step": state.step},
-    )
-    return {**summary, "adapter": str(adapter)}
 
 
 def _transcription_pairs(
@@ -349,13 +356,15 @@ def _transcription_pairs(
                 lengths.append(length)
     if not pairs:
         raise ManifestError(
-            "The CTC alignment stage found no transcription samples (one audio, a text reply) in `data`."
+            "The CTC alignment stage found no transcription samples (one audio, a text reply) "
+            "in `data`."
         )
     return pairs, lengths, unreadable
 
 
 def _save_state(path: Path, stage: _Stage, optimizer, scheduler, state: CtcState) -> None:
-    """Weights, optimizer, schedule and position, written atomically (a kill never leaves half a file)."""
+    """Weights, optimizer, schedule and position, written atomically (a kill never leaves half a
+    file)."""
     tmp = path.with_suffix(".tmp")
     torch.save(
         {

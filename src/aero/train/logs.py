@@ -8,6 +8,12 @@ import json
 from pathlib import Path
 
 
+def due(step: int, every: int, last: int) -> bool:
+    """Whether a periodic action (save, check, log) runs at `step`: every `every` steps and at the
+    last one."""
+    return step % every == 0 or step == last
+
+
 class JsonlLog:
     """Records appended to a JSONL file (only on the main rank), each write opened and closed."""
 

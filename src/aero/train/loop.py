@@ -32,7 +32,7 @@ from aero.processing import IGNORE_INDEX
 from aero.train import checkpoint as ckpt
 from aero.train.config import TrainConfig
 from aero.train.flops import flop_model
-from aero.train.logs import JsonlLog, MetricsLog
+from aero.train.logs import JsonlLog, MetricsLog, due
 from aero.train.presets import apply_preset, continue_from_adapter, lora_settings
 from aero.train.schedule import cosine_schedule
 from aero.train.step import TrainingModule
@@ -209,39 +209,21 @@ def train_lm(
                 micro, state, dist, flops, loss, grad_norm, scheduler, time.perf_counter() - t0
             )
             record["attention"] = attention
-            if state.step % config.save_every == 0 or state.step == config.max_steps:
-                trainer_state = {"scheduler": scheduler.state_dict(), **asdict(state)}
-                ckpt.save_checkpoint(
-                    out,
-                    state.step,
-                    module,
-                    optimizer,
-                    trainer_state,
-                    config.keep_last,
-                    dist.is_main,
-                )
-                dist.barrier()
+            if due(state.step, config.save_every, config.max_steps):
+                _save_checkpoint(out, state, module, optimizer, scheduler, config, dist)
             # after the checkpoint: a failing check costs its curve point, never the steps trained
             if (
                 heldout
                 and not dist.enabled
-                and (state.step % config.eval_every == 0 or state.step == config.max_steps)
+                and due(state.step, config.eval_every, config.max_steps)
             ):
                 record.update(_heldout_point(model, processor, heldout, config, state.step))
             if config.peak_flops:
-                record["mfu"] = (
-                    record["flops"] / record["step_s"] / (config.peak_flops * dist.world_size)
-                )
-            if (
-                state.step % config.log_every == 0
-                or state.step == config.max_steps
-                or "heldout_wer" in record
-            ):
+                peak = config.peak_flops * dist.world_size
+                record["mfu"] = record["flops"] / record["step_s"] / peak
+            if due(state.step, config.log_every, config.max_steps) or "heldout_wer" in record:
                 metrics.write(record)
-            info = f"loss {loss:.4f} | {record['tokens_per_s']:.0f} tok/s | pad {record['padding']:.1%}"
-            if "mfu" in record:
-                info += f" | MFU {record['mfu']:.2f}"
-            progress.update(task, completed=state.step, info=info)
+            progress.update(task, completed=state.step, info=_progress_info(record))
             if stop_after is not None and steps_this_call >= stop_after:
                 break
     metrics.close()
@@ -260,8 +242,26 @@ def train_lm(
     return summary
 
 
+def _progress_info(record: dict) -> str:
+    info = f"loss {record['loss']:.4f} | {record['tokens_per_s']:.0f} tok/s"
+    info += f" | pad {record['padding']:.1%}"
+    return info + (f" | MFU {record['mfu']:.2f}" if "mfu" in record else "")
+
+
+def _save_checkpoint(
+    out: Path, state: RunState, module, optimizer, scheduler, config, dist
+) -> None:
+    """A resumable checkpoint: weights, optimizer, schedule and the run state (all ranks wait)."""
+    trainer_state = {"scheduler": scheduler.state_dict(), **asdict(state)}
+    ckpt.save_checkpoint(
+        out, state.step, module, optimizer, trainer_state, config.keep_last, dist.is_main
+    )
+    dist.barrier()
+
+
 def _prepare_model(config: TrainConfig, model, dist: Distributed):
-    """The preset's trainable parts (LoRA, adapter to continue from), on the device, in train mode."""
+    """The preset's trainable parts (LoRA, an adapter to continue from), on the device, in train
+    mode."""
     lora = lora_settings(config) if config.preset == "lora" else None
     model = apply_preset(model, config.preset, config.train_audio_tower, lora)
     if config.init_adapter:
@@ -347,7 +347,8 @@ def _resume(
 
 
 def _batches(plan: BatchPlan, dataset, collate, config: TrainConfig, consumed: int):
-    """Batches from the data position `consumed` on (fast-forward: plans are computed, nothing is loaded)."""
+    """Batches from the data position `consumed` on (a fast-forward: plans are computed, nothing
+    is loaded)."""
     plan.epoch, plan.position = 0, 0
     it = iter(plan)
     for _ in range(consumed):
