@@ -141,6 +141,124 @@ def _other_voice(rng: random.Random, voices: list[Voice], first: Voice) -> Voice
     return rng.choice(others)
 
 
+def _gender_question(
+    rng: random.Random, voices: list[Voice], s1: Sentence, s2: Sentence, aug: float, mc: bool
+):
+    """Is the speaker male or female?"""
+    texts = [s1.text]
+    speech = [prosody(rng, rng.choice(voices), s1.say)]
+    label = speech[0].voice.gender
+    effects = augment.plan(rng, aug)
+    if mc:
+        prompt, answer = _choice(
+            rng, "What is the gender of the speaker?", ["male", "female"], label
+        )
+    else:
+        prompt, answers = rng.choice(
+            [
+                ("Is the speaker male or female?", {"male": "Male.", "female": "Female."}),
+                ("What is the gender of the speaker?", {"male": "Male.", "female": "Female."}),
+                (
+                    "Is this a man or a woman speaking?",
+                    {"male": "A man.", "female": "A woman."},
+                ),
+            ]
+        )
+        answer = answers[label]
+    return speech, texts, label, effects, prompt, answer
+
+
+def _rate_question(
+    rng: random.Random, voices: list[Voice], s1: Sentence, s2: Sentence, aug: float, mc: bool
+):
+    """How fast is the speech? (espeak voices only: their rate is exact.)"""
+    espeak = [v for v in voices if v.engine == "espeak"]
+    texts = [s1.text]
+    label = rng.choice(list(RATE_LABELS))
+    speech = [prosody(rng, rng.choice(espeak), s1.say, RATE_LABELS[label])]
+    effects = augment.plan(rng, aug, speed=False)  # a speed change would falsify the label
+    if mc:
+        prompt, answer = _choice(
+            rng, "How fast is the person speaking?", ["slow", "normal", "fast"], label
+        )
+    else:
+        prompt, answers = rng.choice(
+            [
+                (
+                    "How fast is the person speaking: slowly, at a normal pace, or fast?",
+                    {"slow": "Slowly.", "normal": "At a normal pace.", "fast": "Fast."},
+                ),
+                (
+                    "Is the speech slow, normal or fast?",
+                    {"slow": "Slow.", "normal": "Normal.", "fast": "Fast."},
+                ),
+            ]
+        )
+        answer = answers[label]
+    return speech, texts, label, effects, prompt, answer
+
+
+def _background_question(
+    rng: random.Random, voices: list[Voice], s1: Sentence, s2: Sentence, aug: float, mc: bool
+):
+    """What sound is behind the speech: none, a noise colour or music?"""
+    texts = [s1.text]
+    bg = rng.choice([None, None, *augment.BACKGROUNDS])
+    speech = [prosody(rng, rng.choice(voices), s1.say)]
+    effects = augment.plan(rng, aug, background=bg)
+    label = BACKGROUND_NAMES[bg]
+    if mc:
+        prompt, answer = _choice(
+            rng,
+            "What can be heard in the background of this recording?",
+            list(BACKGROUND_NAMES.values()),
+            label,
+        )
+    elif rng.random() < 0.5:
+        prompt = "Is there any background noise or music in this recording?"
+        answer = "No." if bg is None else f"Yes, {label}."
+    else:
+        prompt = "What kind of background sound is in this recording?"
+        answer = label[0].upper() + label[1:] + "."
+    return speech, texts, label, effects, prompt, answer
+
+
+def _speakers_question(
+    rng: random.Random, voices: list[Voice], s1: Sentence, s2: Sentence, aug: float, mc: bool
+):
+    """How many people speak: one voice twice, or two different voices?"""
+    first = prosody(rng, rng.choice(voices), s1.say)
+    n = rng.choice([1, 2])
+    second = (
+        _with(first, s2.say)
+        if n == 1
+        else prosody(rng, _other_voice(rng, voices, first.voice), s2.say)
+    )
+    speech, texts, label = [first, second], [s1.text, s2.text], str(n)
+    effects = augment.plan(rng, aug)
+    if mc:
+        prompt, answer = _choice(
+            rng,
+            "How many people are speaking in this recording?",
+            ["one", "two"],
+            ["one", "two"][n - 1],
+        )
+    else:
+        prompt = rng.choice(
+            ["How many people are speaking in this recording?", "How many speakers are there?"]
+        )
+        answer = ["One.", "Two."][n - 1]
+    return speech, texts, label, effects, prompt, answer
+
+
+QUESTIONS = {
+    "gender": _gender_question,
+    "rate": _rate_question,
+    "background": _background_question,
+    "speakers": _speakers_question,
+}
+
+
 def understand(
     rng: random.Random,
     voices: list[Voice],
@@ -155,91 +273,10 @@ def understand(
     kind = rng.choice([k for k in kinds if k != "rate" or espeak])
     mc = rng.random() < choice_share
     s1, s2 = sentences[0], sentences[1]
-    texts = [s1.text]
-    if kind == "gender":
-        speech = [prosody(rng, rng.choice(voices), s1.say)]
-        label = speech[0].voice.gender
-        effects = augment.plan(rng, aug)
-        if mc:
-            prompt, answer = _choice(
-                rng, "What is the gender of the speaker?", ["male", "female"], label
-            )
-        else:
-            prompt, answers = rng.choice(
-                [
-                    ("Is the speaker male or female?", {"male": "Male.", "female": "Female."}),
-                    ("What is the gender of the speaker?", {"male": "Male.", "female": "Female."}),
-                    (
-                        "Is this a man or a woman speaking?",
-                        {"male": "A man.", "female": "A woman."},
-                    ),
-                ]
-            )
-            answer = answers[label]
-    elif kind == "rate":
-        label = rng.choice(list(RATE_LABELS))
-        speech = [prosody(rng, rng.choice(espeak), s1.say, RATE_LABELS[label])]
-        effects = augment.plan(rng, aug, speed=False)  # a speed change would falsify the label
-        if mc:
-            prompt, answer = _choice(
-                rng, "How fast is the person speaking?", ["slow", "normal", "fast"], label
-            )
-        else:
-            prompt, answers = rng.choice(
-                [
-                    (
-                        "How fast is the person speaking: slowly, at a normal pace, or fast?",
-                        {"slow": "Slowly.", "normal": "At a normal pace.", "fast": "Fast."},
-                    ),
-                    (
-                        "Is the speech slow, normal or fast?",
-                        {"slow": "Slow.", "normal": "Normal.", "fast": "Fast."},
-                    ),
-                ]
-            )
-            answer = answers[label]
-    elif kind == "background":
-        bg = rng.choice([None, None, *augment.BACKGROUNDS])
-        speech = [prosody(rng, rng.choice(voices), s1.say)]
-        effects = augment.plan(rng, aug, background=bg)
-        label = BACKGROUND_NAMES[bg]
-        if mc:
-            prompt, answer = _choice(
-                rng,
-                "What can be heard in the background of this recording?",
-                list(BACKGROUND_NAMES.values()),
-                label,
-            )
-        elif rng.random() < 0.5:
-            prompt = "Is there any background noise or music in this recording?"
-            answer = "No." if bg is None else f"Yes, {label}."
-        else:
-            prompt = "What kind of background sound is in this recording?"
-            answer = label[0].upper() + label[1:] + "."
-    elif kind == "speakers":
-        first = prosody(rng, rng.choice(voices), s1.say)
-        n = rng.choice([1, 2])
-        second = (
-            _with(first, s2.say)
-            if n == 1
-            else prosody(rng, _other_voice(rng, voices, first.voice), s2.say)
-        )
-        speech, texts, label = [first, second], [s1.text, s2.text], str(n)
-        effects = augment.plan(rng, aug)
-        if mc:
-            prompt, answer = _choice(
-                rng,
-                "How many people are speaking in this recording?",
-                ["one", "two"],
-                ["one", "two"][n - 1],
-            )
-        else:
-            prompt = rng.choice(
-                ["How many people are speaking in this recording?", "How many speakers are there?"]
-            )
-            answer = ["One.", "Two."][n - 1]
-    else:
+    make = QUESTIONS.get(kind)
+    if make is None:
         raise ValueError(f"unknown understanding task {kind!r}")
+    speech, texts, label, effects, prompt, answer = make(rng, voices, s1, s2, aug, mc)
     meta = {
         "question_kind": kind,
         "label": label,
