@@ -100,6 +100,41 @@ def _options(
         raise typer.Exit(2)
 
 
+def _transcribe_files(engine, paths, targets, format: str, prompt, options, console) -> int:
+    """Transcribe `paths` into `targets`, each written as soon as it is done, with a progress bar;
+    a file that fails is reported and the rest go on. Returns how many failed."""
+    from rich.markup import escape
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from aero.formats import write_result
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    failed = 0
+    with Progress(*columns, TimeElapsedColumn(), console=console, transient=False) as progress:
+        task = progress.add_task("transcribing", total=len(paths))
+        sources = [str(p) for p in paths]
+        timestamps = format in ("srt", "vtt")
+        for i, result in engine.transcribe_iter(sources, prompt, options, timestamps=timestamps):
+            if isinstance(result, Exception):
+                failed += 1
+                line = f"[red]failed[/red] {escape(str(paths[i]))}: {escape(str(result))}"
+                progress.console.print(line, markup=True, highlight=False, soft_wrap=True)
+            else:
+                write_result(result, targets[i], format)
+                line = f"{paths[i]} -> {targets[i]}{_result_notes(result, options)}"
+                progress.console.print(line, markup=False, highlight=False, soft_wrap=True)
+            progress.advance(task)
+    return failed
+
+
+def _result_notes(result, options) -> str:
+    """What a user should know about one result: a loop cut, a fallback, a warning."""
+    notes = [" (stopped a repetition loop)"] if result.stopped_by_repetition else []
+    if result.temperature > options.temperature:
+        notes.append(f" (temperature fallback: {result.temperature:g})")
+    return "".join(notes + [f" (warning: {w})" for w in result.warnings])
+
+
 @app.command()
 def transcribe(
     files: list[str] = typer.Argument(
@@ -126,25 +161,19 @@ def transcribe(
     fallback: bool = typer.Option(
         False,
         "--fallback/--no-fallback",
-        help="When greedy decoding loops, decode that recording again at temperatures 0.2, 0.4 ... 1.0 (seeded) "
-        "and keep the first reply without a loop (Whisper's temperature fallback).",
+        help="When greedy decoding loops, decode that recording again at temperatures "
+        "0.2, 0.4 ... 1.0 (seeded) and keep the first reply without a loop (Whisper's "
+        "temperature fallback).",
     ),
     beam_size: int = typer.Option(1, help="Beam search with this many beams (1: greedy)."),
 ) -> None:
-    """Transcribe recordings; each result is written as soon as it is done. Exit code 1 if any failed."""
+    """Transcribe recordings; each result is written as soon as it is done. Exit code 1 if any
+    failed."""
     from pathlib import Path
 
     from rich.console import Console
-    from rich.markup import escape
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-    )
 
-    from aero.formats import FORMATS, collect_audio_files, output_paths, write_result
+    from aero.formats import FORMATS, collect_audio_files, output_paths
 
     if format not in FORMATS:
         typer.echo(
@@ -159,44 +188,7 @@ def transcribe(
     engine = _load_engine(model, batch_size, int8, threads)
     targets = output_paths(paths, Path(output_dir), format)
     console = Console(stderr=True)
-    failed = 0
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-    ) as progress:
-        task = progress.add_task("transcribing", total=len(paths))
-        results = engine.transcribe_iter(
-            [str(p) for p in paths], prompt, options, timestamps=format in ("srt", "vtt")
-        )
-        for i, result in results:
-            if isinstance(result, Exception):
-                failed += 1
-                progress.console.print(
-                    f"[red]failed[/red] {escape(str(paths[i]))}: {escape(str(result))}",
-                    markup=True,
-                    highlight=False,
-                    soft_wrap=True,
-                )
-            else:
-                write_result(result, targets[i], format)
-                note = " (stopped a repetition loop)" if result.stopped_by_repetition else ""
-                note += (
-                    f" (temperature fallback: {result.temperature:g})"
-                    if result.temperature > options.temperature
-                    else ""
-                )
-                note += "".join(f" (warning: {w})" for w in result.warnings)
-                progress.console.print(
-                    f"{paths[i]} -> {targets[i]}{note}",
-                    markup=False,
-                    highlight=False,
-                    soft_wrap=True,
-                )
-            progress.advance(task)
+    failed = _transcribe_files(engine, paths, targets, format, prompt, options, console)
     console.print(f"{len(paths) - failed} transcribed, {failed} failed", highlight=False)
     if failed:
         raise typer.Exit(1)

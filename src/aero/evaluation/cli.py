@@ -150,7 +150,8 @@ def evaluate(
         None,
         "--model",
         "-m",
-        help="aero model name/dir, or faster-whisper:NAME_OR_DIR (default: as aero transcribe; stderr says which).",
+        help="aero model name/dir, or faster-whisper:NAME_OR_DIR (default: as aero transcribe; "
+        "stderr says which).",
     ),
     task: str | None = typer.Option(None, "--task", "-t", help=f"One of: {', '.join(TASKS)}."),
     data: str | None = typer.Option(
@@ -188,7 +189,7 @@ def evaluate(
     from .runner import run_asr_eval, run_choice_eval
 
     label = source = model
-    if not model:
+    if not model:  # the default model, named on stderr with its reason
         choice = choose_model(None)
         typer.echo(choice.notice, err=True)
         label, source = choice.name, choice.source
@@ -205,33 +206,23 @@ def evaluate(
             def progress(done: int, total: int) -> None:
                 bar.update(job, completed=done, total=total)
 
+            run = (batch_size, limit, output, task_name)
             if task == "choice":
-                results = run_choice_eval(
-                    transcriber, items, batch_size, limit, output, task_name, progress
-                )
+                results = run_choice_eval(transcriber, items, *run, progress)
             else:
+                unit = "char" if cer else "word"
                 results = run_asr_eval(
-                    transcriber,
-                    items,
-                    batch_size,
-                    limit,
-                    output,
-                    task_name,
-                    prompt,
-                    unit="char" if cer else "word",
-                    seed=seed,
-                    progress=progress,
+                    transcriber, items, *run, prompt, unit=unit, seed=seed, progress=progress
                 )
     except _USER_ERRORS as err:
         _fail(err)
     print_results(results)
     console.print(f"Wrote {output / 'results.json'} and {output / 'samples.jsonl'}")
-    failed = results["counts"]["failed"]
+    failed, total = results["counts"]["failed"], results["counts"]["items"]
     if failed:
-        console.print(
-            f"[yellow]{failed} of {results['counts']['items']} items failed; see 'error' in samples.jsonl.[/yellow]"
-        )
-    if failed == results["counts"]["items"]:
+        note = f"{failed} of {total} items failed; see 'error' in samples.jsonl."
+        console.print(f"[yellow]{note}[/yellow]")
+    if failed == total:
         raise typer.Exit(1)
 
 

@@ -210,6 +210,28 @@ def _take(items: Iterable[Item], limit: int | None) -> list[Item]:
     return taken
 
 
+def _asr_sample(item: EvalItem, outcome, unit: Unit) -> tuple[dict[str, Any], Any]:
+    """One item's line of samples.jsonl and its alignment (None for an item that failed)."""
+    sample: dict[str, Any] = {"id": item.id, "reference": item.text, "duration": outcome.seconds}
+    if outcome.output is None:
+        return {**sample, "hypothesis": None, "error": outcome.error}, None
+    ref_norm, hyp_norm = normalize(item.text), normalize(outcome.output)
+    errors = align(ref_norm, hyp_norm, unit)
+    sample.update(
+        hypothesis=outcome.output,
+        reference_normalized=ref_norm,
+        hypothesis_normalized=hyp_norm,
+        reference_length=errors.ref_len,
+        substitutions=errors.substitutions,
+        deletions=errors.deletions,
+        insertions=errors.insertions,
+        errors=errors.errors,
+        empty_reference=errors.empty_ref,
+        error=None,
+    )
+    return sample, errors
+
+
 def run_asr_eval(
     transcriber: Transcriber,
     items: Iterable[EvalItem],
@@ -231,32 +253,10 @@ def run_asr_eval(
 
     samples, scored = [], []
     for item, outcome in zip(items, outcomes):
-        sample: dict[str, Any] = {
-            "id": item.id,
-            "reference": item.text,
-            "duration": outcome.seconds,
-        }
-        if outcome.output is None:
-            samples.append({**sample, "hypothesis": None, "error": outcome.error})
-            continue
-        ref_norm, hyp_norm = normalize(item.text), normalize(outcome.output)
-        errors = align(ref_norm, hyp_norm, unit)
-        scored.append(errors)
-        samples.append(
-            {
-                **sample,
-                "hypothesis": outcome.output,
-                "reference_normalized": ref_norm,
-                "hypothesis_normalized": hyp_norm,
-                "reference_length": errors.ref_len,
-                "substitutions": errors.substitutions,
-                "deletions": errors.deletions,
-                "insertions": errors.insertions,
-                "errors": errors.errors,
-                "empty_reference": errors.empty_ref,
-                "error": None,
-            }
-        )
+        sample, errors = _asr_sample(item, outcome, unit)
+        samples.append(sample)
+        if errors is not None:
+            scored.append(errors)
 
     score = corpus_score(scored, unit)
     ci = bootstrap_ci(scored, n_resamples=n_resamples, seed=seed)
