@@ -77,3 +77,17 @@ def test_no_import_cycle_among_aero_modules():
         m for g in graph.values() for m in g
     }
     assert cycles(graph) == []
+
+
+def test_no_function_over_80_lines():
+    """Long functions hide several jobs; split them (a function that must be long says why in a
+    `# long:` comment on its first line)."""
+    long = []
+    for path in sorted(SRC.rglob("*.py")):
+        lines = path.read_text().splitlines()
+        for node in ast.walk(ast.parse("\n".join(lines))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                size = node.end_lineno - node.lineno + 1
+                if size > 80 and "# long:" not in lines[node.lineno - 1]:
+                    long.append(f"{module_name(path)}.{node.name}: {size} lines")
+    assert long == []
