@@ -206,14 +206,16 @@ def main() -> None:
         f = flops.step_flops(batch["lens"], positions, supervised)
         results.append((dt, batch["input_ids"].shape[1], f, reference_overcount(batch["lens"])))
         print(
-            f"step {step}: {dt:.3f} s, {batch['input_ids'].shape[1] / dt:,.0f} tok/s, {f / dt / 1e12:.1f} TFLOP/s"
+            f"step {step}: {dt:.3f} s, {batch['input_ids'].shape[1] / dt:,.0f} tok/s, "
+            f"{f / dt / 1e12:.1f} TFLOP/s"
         )
     warm = results[2:] if len(results) > 3 else results
     secs = sum(r[0] for r in warm)
     tok = sum(r[1] for r in warm)
     fl = sum(r[2] for r in warm)
     print(
-        f"device: {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}; attention: {attn}; "
+        f"device: {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}; "
+        f"attention: {attn}; "
         f"liger: {liger}; pack length {args.pack_length}; {dtype}; full fine-tune, frozen encoder"
     )
     print(f"tokens/s: {tok / secs:,.0f}; achieved {fl / secs / 1e12:.1f} TFLOP/s")

@@ -34,7 +34,9 @@ def make_data(root: Path, n: int, seed: int) -> Path:
     import soundfile as sf
 
     rng = random.Random(seed)
-    words = "the a of and to in is was that for on with as by at from this have speech audio model".split()
+    words = (
+        "the a of and to in is was that for on with as by at from this have speech audio model"
+    ).split()
     lines = []
     (root / "audio").mkdir(parents=True, exist_ok=True)
     for i in range(n):
@@ -201,10 +203,12 @@ def main() -> None:
             results.append(json.loads(out.stdout.strip().splitlines()[-1]))
     base = results[0]
     print(
-        f"{args.samples} samples, budget/pack length {args.budget}, padded batch size {args.batch_size}"
+        f"{args.samples} samples, budget/pack length {args.budget}, "
+        f"padded batch size {args.batch_size}"
     )
     print(
-        f"{'mode':8} {'steps':>5} {'real tok/s':>11} {'LM padding':>10} {'enc padding':>11} {'peak RSS MB':>11} "
+        f"{'mode':8} {'steps':>5} {'real tok/s':>11} {'LM padding':>10} {'enc padding':>11} "
+        f"{'peak RSS MB':>11} "
         f"{'x padded':>9}"
     )
     for r in results:

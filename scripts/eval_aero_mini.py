@@ -1,6 +1,7 @@
 """aero-mini on its held-out sets, side by side with Whisper tiny.en (faster-whisper, int8, greedy).
 
-    python scripts/eval_aero_mini.py data/aero-mini-heldout [--adapter PATH] [--limit N] [--output DIR]
+    python scripts/eval_aero_mini.py data/aero-mini-heldout [--adapter PATH] [--limit N]
+        [--output DIR]
 
 ASR (corpus WER, Whisper normalizer): heldout-espeak, heldout-slt, heldout-long; aero-mini
 decodes each long recording in ONE generation (all its 30 s windows in one prompt), faster-whisper
@@ -43,8 +44,8 @@ def main() -> None:
         "--skip",
         nargs="*",
         default=[],
-        help="parts to skip: aero (every aero-mini part: Whisper alone) whisper int8 espeak slt long "
-        "instruct understanding",
+        help="parts to skip: aero (every aero-mini part: Whisper alone) whisper int8 espeak slt "
+        "long instruct understanding",
     )
     args = parser.parse_args()
 
@@ -126,7 +127,9 @@ def main() -> None:
             task_name="heldout-instruct",
         )
         table.setdefault("aero-mini", {})["instruct"] = (
-            f"exact {r['exact_percent']:.1f} / first sentence {r['first_sentence_percent']:.1f} / token F1 {r['token_f1_percent']:.1f}"
+            f"exact {r['exact_percent']:.1f} / "
+            f"first sentence {r['first_sentence_percent']:.1f} / "
+            f"token F1 {r['token_f1_percent']:.1f}"
         )
         print("instruct", r["counts"], table["aero-mini"]["instruct"], flush=True)
     if "understanding" not in args.skip:

@@ -39,7 +39,8 @@ def audio_of(sample: Sample):
 
 
 def features(samples: list[Sample], model, processor) -> np.ndarray:
-    """Per clip: mean and std over time of the encoder's output on the clip's real frames (first 30 s)."""
+    """Per clip: mean and std over time of the encoder's output on the clip's real frames
+    (first 30 s)."""
     encoder = model.model.encoder
     out = []
     for sample in samples:
@@ -80,7 +81,8 @@ def fit_and_score(Xtr, ytr, Xte, yte, weight_decay: float) -> None:
         if (yte == i).any()
     }
     print(
-        f"wd {weight_decay}: held-out accuracy {(pred == yte).mean():.3f} (always the commonest class: "
+        f"wd {weight_decay}: held-out accuracy {(pred == yte).mean():.3f} "
+        "(always the commonest class: "
         f"{np.bincount(yte).max() / len(yte):.3f}); per class {per_class}; "
         f"train acc {(linear(train).argmax(1).numpy() == ytr).mean():.3f}"
     )
@@ -116,7 +118,8 @@ def main() -> None:
             np.savez(args.cache, Xtr=Xtr, Xte=Xte)
     ytr, yte = np.array([label(s) for s in train]), np.array([label(s) for s in test])
     print(
-        f"features in {time.time() - start:.0f}s; train {len(ytr)} {np.bincount(ytr, minlength=len(CLASSES))}, "
+        f"features in {time.time() - start:.0f}s; "
+        f"train {len(ytr)} {np.bincount(ytr, minlength=len(CLASSES))}, "
         f"test {len(yte)} {np.bincount(yte, minlength=len(CLASSES))}"
     )
     for weight_decay in (1e-4, 1e-3, 1e-2):

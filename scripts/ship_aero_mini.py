@@ -1,4 +1,5 @@
-"""Copy a finished aero-mini run's adapter into the package (float16), where `aero.load("aero-mini")` finds it.
+"""Copy a finished aero-mini run's adapter into the package (float16), where
+`aero.load("aero-mini")` finds it.
 
 python scripts/ship_aero_mini.py runs/aero-mini
 """

@@ -124,7 +124,8 @@ def processor():
 def write_manifest(
     root: Path, durations: list[float], name: str = "train.jsonl", texts: list[str] | None = None
 ) -> Path:
-    """A reference-format JSONL manifest with one generated wav per sample, paths relative to root."""
+    """A reference-format JSONL manifest with one generated wav per sample, paths relative to
+    root."""
     import soundfile as sf
 
     root.mkdir(parents=True, exist_ok=True)
@@ -162,11 +163,13 @@ def write_manifest(
 PUBLISHED_CHAT_TEMPLATE = (
     "{% set audio_count = namespace(value=0) %}"
     "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
     "<|im_start|>{{ message['role'] }}\n"
     "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
     "{% else %}{% for content in message['content'] %}"
-    "{% if 'audio' in content or 'audio_url' in content %}{% set audio_count.value = audio_count.value + 1 %}<|AUDIO|>\n"
+    "{% if 'audio' in content or 'audio_url' in content %}"
+    "{% set audio_count.value = audio_count.value + 1 %}<|AUDIO|>\n"
     "{% elif 'text' in content %}{{ content['text'] }}{% endif %}"
     "{% endfor %}<|im_end|>\n{% endif %}"
     "{% endfor %}"

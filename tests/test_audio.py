@@ -164,7 +164,8 @@ def test_windows_keep_their_real_length_and_a_tail_of_two_frames_gives_no_token(
     windows = split_windows(x)
     assert [len(w) for w in windows] == [N_SAMPLES, 80]
     np.testing.assert_array_equal(windows[1], x[N_SAMPLES:])
-    # The reference counts real frames only: ceil(n / 160) frames -> (f-1)//2+1 -> (p-2)//2+1 tokens.
+    # The reference counts real frames only: ceil(n / 160) frames -> (f-1)//2+1 -> (p-2)//2+1
+    # tokens.
     assert audio_tokens_for_samples(len(x)) == [750, 0]
     assert [window_tokens(n) for n in (1, 160, 320, 321, 480, 481, 800, 1600)] == [
         0,

@@ -122,7 +122,8 @@ def test_same_greedy_transcript_as_faster_whisper(converted, speech):
 
 
 def test_encoder_loads_into_qwen2_audio_encoder(converted):
-    """Whisper's encoder weights in Aero's tower: the same as Whisper's layers, then pool and norm."""
+    """Whisper's encoder weights in Aero's tower: the same as Whisper's layers, then pool and
+    norm."""
     from transformers import AutoConfig
     from transformers.models.qwen2_audio.modeling_qwen2_audio import Qwen2AudioEncoder
 

@@ -45,7 +45,10 @@ def put_in_hub_cache(checkpoint, cache, repo_id: str = PUBLISHED_MODEL):
 
 
 def test_empty_cache_and_unreachable_hub_choose_aero_mini(tmp_path):
-    code = "from aero.models import choose_model; c = choose_model(None); print(c.source); print(c.notice)"
+    code = (
+        "from aero.models import choose_model; c = choose_model(None); "
+        "print(c.source); print(c.notice)"
+    )
     out = subprocess.run(
         [sys.executable, "-c", code],
         env=offline_env(tmp_path / "cache"),
@@ -123,7 +126,8 @@ def test_eval_defaults_the_model_and_takes_task_asr(published, tmp_path, monkeyp
 
 @pytest.mark.slow
 def test_cli_falls_back_to_aero_mini_offline(tmp_path):
-    """The real aero-mini (its parts convert on first use): `aero info` with nothing cached, no Hub."""
+    """The real aero-mini (its parts convert on first use): `aero info` with nothing cached, no
+    Hub."""
     out = subprocess.run(
         [sys.executable, "-m", "aero.cli", "info"],
         env=offline_env(tmp_path / "cache"),

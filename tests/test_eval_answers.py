@@ -101,7 +101,8 @@ def test_exact_judge_scores_per_category_and_reports_failures(manifest, tmp_path
         batch_size=2,
         output_dir=tmp_path / "out",
     )
-    # fast == Fast. ; Male. != Female. ; 2 == Two. (normalizer) ; the long answer differs ; broken fails
+    # fast == Fast. ; Male. != Female. ; 2 == Two. (normalizer) ; the long answer differs ;
+    # broken fails
     assert r["counts"] == {"items": 5, "failed": 1, "answered": 4, "exact": 2}
     assert r["accuracy_percent"] == 50.0
     assert r["per_category"]["rate"] == {"n": 1, "correct": 1, "accuracy_percent": 100.0}

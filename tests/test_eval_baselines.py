@@ -1,4 +1,5 @@
-"""faster-whisper baseline: optional import with a clear message, decoding options, parameter counts."""
+"""faster-whisper baseline: optional import with a clear message, decoding options, parameter
+counts."""
 
 import sys
 import types

@@ -1,4 +1,5 @@
-"""Multiple-choice tasks: prompt, letter parser, item loading (MMAU / AIR-Bench spellings), accuracy."""
+"""Multiple-choice tasks: prompt, letter parser, item loading (MMAU / AIR-Bench spellings),
+accuracy."""
 
 import json
 
@@ -12,7 +13,8 @@ SIX = ["piano", "violin", "drums", "flute", "guitar", "trumpet"]
 
 def test_prompt_lists_lettered_options_then_instruction():
     assert build_prompt("What is heard? ", ["rain", "wind"]) == (
-        "What is heard?\nA. rain\nB. wind\nAnswer with the option's letter from the given choices directly."
+        "What is heard?\nA. rain\nB. wind\n"
+        "Answer with the option's letter from the given choices directly."
     )
     with pytest.raises(ValueError, match="2 to 26"):
         build_prompt("q", ["only"])

@@ -136,7 +136,8 @@ def test_hub_ids_pass_through_and_missing_paths_fail_clearly(monkeypatch, tmp_pa
 
 
 # Measured on these two clips when the adapter was shipped (stage 2 step 640): 43% WER ("The will
-# be one and two tomorrow." / "Please call me at 911."); step 240 scored 57%, the untrained base >100%.
+# be one and two tomorrow." / "Please call me at 911."); step 240 scored 57%, the untrained base
+# >100%.
 MAX_TEST_WER = 0.7
 
 

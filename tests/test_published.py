@@ -19,8 +19,8 @@ ASR_PROMPT = "Please recognize the speech and only output the recognized content
 
 
 def reference_ids(tokenizer, samples: np.ndarray, prompt: str = ASR_PROMPT) -> list[int]:
-    """The reference pipeline written out by hand (lmms-eval + the reference processor), not aero's code:
-    audio split every 480,000 samples, one audio item each; the published chat template; each
+    """The reference pipeline written out by hand (lmms-eval + the reference processor), not aero's
+    code: audio split every 480,000 samples, one audio item each; the published chat template; each
     placeholder replaced by as many copies as the encoder gives for the item's attention mask
     (Whisper's feature extractor, padded to 30 s); then the whole prompt tokenized at once."""
     pieces = [samples[i : i + 480_000] for i in range(0, len(samples), 480_000)]

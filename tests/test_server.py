@@ -109,7 +109,10 @@ def assert_error_shape(body: dict) -> None:
 
 
 def cue_times(text: str, sep: str) -> list[float]:
-    pattern = rf"(\d\d):(\d\d):(\d\d){re.escape(sep)}(\d\d\d) --> (\d\d):(\d\d):(\d\d){re.escape(sep)}(\d\d\d)"
+    pattern = (
+        rf"(\d\d):(\d\d):(\d\d){re.escape(sep)}(\d\d\d) --> "
+        rf"(\d\d):(\d\d):(\d\d){re.escape(sep)}(\d\d\d)"
+    )
     times = []
     for m in re.finditer(pattern, text):
         g = [int(x) for x in m.groups()]

@@ -1,4 +1,5 @@
-"""`aero data synth`: a tiny recipe end to end, determinism, held-out disjointness, honest labels."""
+"""`aero data synth`: a tiny recipe end to end, determinism, held-out disjointness, honest
+labels."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Training end to end on CPU: files written, resume equals an uninterrupted run, FSDP2 = one process."""
+"""Training end to end on CPU: files written, resume equals an uninterrupted run, FSDP2 = one
+process."""
 
 import json
 import math

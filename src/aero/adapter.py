@@ -79,7 +79,8 @@ def apply_adapter(model, path: str | os.PathLike) -> None:
     )
     if unknown:
         raise ValueError(
-            f"The adapter {path} has weights this model does not have: {unknown[:5]}; it was made for another model."
+            f"The adapter {path} has weights this model does not have: {unknown[:5]}; "
+            "it was made for another model."
         )
     model.load_state_dict(plain, strict=False)
     if not lora:
@@ -93,7 +94,8 @@ def apply_adapter(model, path: str | os.PathLike) -> None:
         for module, factors in lora.items():
             if set(factors) != {"A", "B"}:
                 raise ValueError(
-                    f"The adapter {path} has only lora_{''.join(factors)} for {module}; it needs both A and B."
+                    f"The adapter {path} has only lora_{''.join(factors)} for {module}; "
+                    "it needs both A and B."
                 )
             weight = model.get_parameter(f"{module}.weight")
             weight += scale * (factors["B"].float() @ factors["A"].float()).to(weight.dtype)

@@ -184,7 +184,8 @@ def load_audio(source: AudioSource, sampling_rate: int | None = None) -> np.ndar
         )  # channels, n -> n
     else:
         raise AudioError(
-            f"Unsupported audio source type {type(source).__name__}: pass a path, bytes, file object or array."
+            f"Unsupported audio source type {type(source).__name__}: "
+            "pass a path, bytes, file object or array."
         )
     if samples.size == 0:
         raise AudioError(f"Audio source {name} contains no samples (zero-length audio).")
@@ -228,12 +229,14 @@ def encoder_output_lengths(frames, stack: int = 1):
 
 
 def window_tokens(n_samples: int, stack: int = 1) -> int:
-    """Audio tokens of one window of `n_samples` samples (0 for <= 320 samples, as in the reference)."""
+    """Audio tokens of one window of `n_samples` samples (0 for <= 320 samples, as in the
+    reference)."""
     return int(encoder_output_lengths(mel_frames(n_samples), stack)[1])
 
 
 def audio_tokens_per_second(stack: int = 1) -> float:
-    """LM positions one second of audio takes: a full window's tokens / 30 s (25, or 188/30 at stack 4)."""
+    """LM positions one second of audio takes: a full window's tokens / 30 s (25, or 188/30 at
+    stack 4)."""
     return window_tokens(N_SAMPLES, stack) / CHUNK_LENGTH
 
 

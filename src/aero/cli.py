@@ -24,7 +24,7 @@ def train(
         None, help="key=value overrides, e.g. max_steps=100 lr=3e-4"
     ),
 ) -> None:
-    """Train or fine-tune (resumes from the newest checkpoint in output_dir). Use torchrun for FSDP2."""
+    """Train or fine-tune (resumes from output_dir's newest checkpoint); torchrun for FSDP2."""
     from aero.train.config import ConfigError, load_config
     from aero.train.run import train as run
 
@@ -44,8 +44,9 @@ def train(
 # ----- inference: transcribe, chat, serve, info ------------------------------------------------
 
 MODEL_HELP = (
-    "'aero-mini', a checkpoint directory or a hub id. Default: $AERO_MODEL, else lmms-lab/Aero-1-Audio when it is "
-    "in the local Hugging Face cache or the Hub answers, else aero-mini (stderr says which and why)."
+    "'aero-mini', a checkpoint directory or a hub id. Default: $AERO_MODEL, else "
+    "lmms-lab/Aero-1-Audio when it is in the local Hugging Face cache or the Hub answers, else "
+    "aero-mini (stderr says which and why)."
 )
 TIMESTAMP_HELP = (
     "Output format: txt, json, srt or vtt. srt/vtt transcribe each 30 s window separately and give "
@@ -167,8 +168,7 @@ def transcribe(
     ),
     beam_size: int = typer.Option(1, help="Beam search with this many beams (1: greedy)."),
 ) -> None:
-    """Transcribe recordings; each result is written as soon as it is done. Exit code 1 if any
-    failed."""
+    """Transcribe recordings, each result written as soon as it is done (exit 1 if any failed)."""
     from pathlib import Path
 
     from rich.console import Console
@@ -208,7 +208,7 @@ def chat(
     ),
     threads: int | None = typer.Option(None, help="CPU threads for torch."),
 ) -> None:
-    """Ask about audio; the reply streams as it is generated. Interactive (multi-turn) without --ask."""
+    """Ask about audio; the reply streams as it is generated. Interactive without --ask."""
     from aero.audio import AudioError, load_audio
 
     try:
@@ -286,7 +286,7 @@ def serve(
         help="Transcriptions at temperature 0 that loop are decoded again at 0.2 ... 1.0.",
     ),
 ) -> None:
-    """OpenAI-compatible HTTP server: /v1/audio/transcriptions, /v1/chat/completions, /v1/models, /health."""
+    """OpenAI-compatible server: /v1/audio/transcriptions, /v1/chat/completions, /v1/models."""
     import uvicorn
 
     from aero.server import create_app

@@ -108,7 +108,8 @@ AUDIO_EXTENSIONS = {
 
 
 def collect_audio_files(paths: list[str | os.PathLike]) -> list[Path]:
-    """Files as given (any extension: the decoder decides) plus audio files found in directories, recursively."""
+    """Files as given (any extension: the decoder decides) plus audio files found in directories,
+    recursively."""
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
@@ -123,7 +124,8 @@ def collect_audio_files(paths: list[str | os.PathLike]) -> list[Path]:
 
 
 def output_paths(files: list[Path], output_dir: Path, fmt: str) -> list[Path]:
-    """`<output_dir>/<stem>.<fmt>` per input; stems seen before get `-1`, `-2`, ... (no overwriting)."""
+    """`<output_dir>/<stem>.<fmt>` per input; stems seen before get `-1`, `-2`, ... (no
+    overwriting)."""
     seen: dict[str, int] = {}
     out = []
     for f in files:

@@ -239,8 +239,10 @@ class AeroForConditionalGeneration(AeroPreTrainedModel, GenerationMixin):
         n_placeholders, n_features = int(placeholders.sum()), audio_features.shape[0]
         if n_placeholders != n_features:
             raise ValueError(
-                f"The prompt has {n_placeholders} {AUDIO_TOKEN} positions but the audio gives {n_features} "
-                "features; build inputs with AeroProcessor so each window's placeholder is expanded to its length."
+                f"The prompt has {n_placeholders} {AUDIO_TOKEN} positions "
+                f"but the audio gives {n_features} features; "
+                "build inputs with AeroProcessor so each window's placeholder is expanded to its "
+                "length."
             )
         mask = placeholders.unsqueeze(-1).expand_as(inputs_embeds)
         return inputs_embeds.masked_scatter(mask, audio_features.to(inputs_embeds.dtype))

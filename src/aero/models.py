@@ -136,14 +136,16 @@ def load(
             apply_adapter(model, ADAPTER_FILE)
         else:
             log.warning(
-                "aero-mini has no trained adapter yet (%s is missing): this is the UNTRAINED base model, "
+                "aero-mini has no trained adapter yet (%s is missing): "
+                "this is the UNTRAINED base model, "
                 "whose outputs ignore the audio.",
                 ADAPTER_FILE,
             )
         return model, processor
     if _looks_like_path(name):
         raise FileNotFoundError(
-            f"No model directory at {name}; pass a saved checkpoint directory, 'aero-mini' or a hub id."
+            f"No model directory at {name}; "
+            "pass a saved checkpoint directory, 'aero-mini' or a hub id."
         )
     return AeroForConditionalGeneration.from_pretrained(name).eval(), AeroProcessor.from_pretrained(
         name
@@ -160,7 +162,10 @@ class ModelChoice:
 
     @property
     def notice(self) -> str:
-        return f"aero: running {self.name} ({self.reason}); choose another with --model or {MODEL_ENV}."
+        return (
+            f"aero: running {self.name} ({self.reason}); "
+            f"choose another with --model or {MODEL_ENV}."
+        )
 
 
 def choose_model(model: str | os.PathLike | None = None) -> ModelChoice:
@@ -184,12 +189,14 @@ def choose_model(model: str | os.PathLike | None = None) -> ModelChoice:
     return ModelChoice(
         AERO_MINI,
         AERO_MINI,
-        f"a small demonstration model: {PUBLISHED_MODEL} is not in the local Hugging Face cache and {unreachable}",
+        f"a small demonstration model: {PUBLISHED_MODEL} is not in the local Hugging Face cache "
+        f"and {unreachable}",
     )
 
 
 def hub_cache_dir() -> Path:
-    """The Hugging Face hub cache, read from the environment now (huggingface_hub reads it at import)."""
+    """The Hugging Face hub cache, read from the environment now (huggingface_hub reads it at
+    import)."""
     cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
     if cache:
         return Path(cache).expanduser()
@@ -197,7 +204,8 @@ def hub_cache_dir() -> Path:
 
 
 def cached_snapshot(repo_id: str) -> Path | None:
-    """The local snapshot of `repo_id` when the cache holds a usable one (config and weights), else None."""
+    """The local snapshot of `repo_id` when the cache holds a usable one (config and weights),
+    else None."""
     from huggingface_hub import snapshot_download
 
     try:
@@ -209,7 +217,8 @@ def cached_snapshot(repo_id: str) -> Path | None:
 
 
 def hub_unreachable(repo_id: str, timeout: float = HUB_TIMEOUT_S) -> str | None:
-    """None when the Hub answers for `repo_id` within `timeout` seconds, else why not (for the notice)."""
+    """None when the Hub answers for `repo_id` within `timeout` seconds, else why not (for the
+    notice)."""
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
         return "HF_HUB_OFFLINE is set"
     from huggingface_hub import HfApi

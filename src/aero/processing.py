@@ -145,7 +145,8 @@ def render_segments(
             )
         else:
             raise ValueError(
-                f"Message content must be a string or a list of parts, not {type(content).__name__}."
+                "Message content must be a string or a list of parts, "
+                f"not {type(content).__name__}."
             )
         if role == "assistant":
             pieces += [
@@ -196,14 +197,16 @@ class AudioWindows:
 class AeroProcessor(ProcessorMixin):
     """Tokenizer + Whisper feature extractor + the Aero chat format, as a transformers processor.
 
-    `AutoProcessor.from_pretrained(path)` resolves to it (after `import aero.processing`); it reads and
-    writes the published file set: tokenizer files, `preprocessor_config.json`,
+    `AutoProcessor.from_pretrained(path)` resolves to it (after `import aero.processing`); it
+    reads and writes the published file set: tokenizer files, `preprocessor_config.json`,
     `processor_config.json` and `chat_template.json`.
 
     >>> processor = AeroProcessor.from_pretrained("path/to/Aero-1-Audio")
     >>> inputs = processor(messages=[{"role": "user", "content": [
-    ...     {"type": "audio", "audio": "talk.mp3"}, {"type": "text", "text": "Please transcribe the audio"}]}])
-    >>> inputs = processor(text=prompt, audios=[wav], sampling_rate=16000, return_tensors="pt", padding=True)
+    ...     {"type": "audio", "audio": "talk.mp3"},
+    ...     {"type": "text", "text": "Please transcribe the audio"}]}])
+    >>> inputs = processor(text=prompt, audios=[wav], sampling_rate=16000, return_tensors="pt",
+    ...                    padding=True)
     >>> model.generate(**inputs, max_new_tokens=4096)
     """
 
@@ -308,7 +311,8 @@ class AeroProcessor(ProcessorMixin):
     # ----- audio --------------------------------------------------------------------------
 
     def transcription_messages(self, audio: Any, prompt: str | None = None) -> list[dict]:
-        """One user turn: the audio, then `prompt` (default: this processor's transcription prompt)."""
+        """One user turn: the audio, then `prompt` (default: this processor's transcription
+        prompt)."""
         text = prompt or self.transcribe_prompt
         return [
             {
@@ -329,13 +333,15 @@ class AeroProcessor(ProcessorMixin):
             tokens = [window_tokens(len(w), self.audio_stack) for w in windows]
             if not any(tokens):
                 raise AudioError(
-                    f"Audio {k + 1} is {len(samples)} samples ({1000 * duration_seconds(samples):.0f} ms) at 16 kHz: "
+                    f"Audio {k + 1} is {len(samples)} samples "
+                    f"({1000 * duration_seconds(samples):.0f} ms) at 16 kHz: "
                     f"too short for one audio token; send at least {MIN_TOKEN_SAMPLES} samples."
                 )
             if tokens[-1] == 0:
                 out.warnings.append(
-                    f"The last {1000 * len(windows[-1]) / SAMPLE_RATE:.0f} ms of audio {k + 1} ({len(windows[-1])} samples "
-                    "after its last 30 s window) give no audio token and were left out, as in the reference."
+                    f"The last {1000 * len(windows[-1]) / SAMPLE_RATE:.0f} ms of audio {k + 1} "
+                    f"({len(windows[-1])} samples after its last 30 s window) "
+                    "give no audio token and were left out, as in the reference."
                 )
             out.windows += [w for w, n in zip(windows, tokens) if n]
             out.tokens += tokens
@@ -392,8 +398,8 @@ class AeroProcessor(ProcessorMixin):
             n = next(tokens, None)
             if n is None:
                 raise ValueError(
-                    f"The prompt has more {self.audio_token} placeholders than audio windows; pass audio as "
-                    "audio content parts (or one audio per placeholder), not as text."
+                    f"The prompt has more {self.audio_token} placeholders than audio windows; "
+                    "pass audio as audio content parts (or one audio per placeholder), not as text."
                 )
             if n == 0:
                 pending += piece
@@ -460,7 +466,8 @@ class AeroProcessor(ProcessorMixin):
         """
         if kwargs.pop("tokenize", False):
             raise ValueError(
-                "AeroProcessor.apply_chat_template returns the prompt text; for ids call processor(messages=...)."
+                "AeroProcessor.apply_chat_template returns the prompt text; "
+                "for ids call processor(messages=...)."
             )
         kwargs.pop("return_dict", None)
         if kwargs:
@@ -494,12 +501,14 @@ class AeroProcessor(ProcessorMixin):
 
         `padding`: True / "longest" (default; to the longest prompt, on `padding_side`), False /
         "do_not_pad" (prompts of one length only, or `return_tensors=None`) or "max_length"
-        with `max_length`. Prompts are never truncated. `return_tensors`: "pt", "np" or None (lists).
+        with `max_length`. Prompts are never truncated. `return_tensors`: "pt", "np" or None
+        (lists).
         """
         max_length = kwargs.pop("max_length", None)
         if kwargs.pop("truncation", False):
             raise ValueError(
-                "AeroProcessor never truncates prompts: audio tokens would be cut; pass shorter audio."
+                "AeroProcessor never truncates prompts: audio tokens would be cut; "
+                "pass shorter audio."
             )
         kwargs.pop("return_attention_mask", None)
         if kwargs:
@@ -512,7 +521,8 @@ class AeroProcessor(ProcessorMixin):
         if messages is not None:
             if audio is not None:
                 raise ValueError(
-                    "With messages, put the audio in the messages' audio content parts, not in audio=."
+                    "With messages, put the audio in the messages' audio content parts, "
+                    "not in audio=."
                 )
             samples, windows, warnings = self._encode_messages(
                 messages, add_generation_prompt, root, sampling_rate
@@ -535,7 +545,8 @@ class AeroProcessor(ProcessorMixin):
     def _encode_messages(self, messages, add_generation_prompt, root, sampling_rate):
         if not isinstance(messages, (list, tuple)) or not messages:
             raise ValueError(
-                "messages must be a conversation (a list of message dicts) or a list of conversations."
+                "messages must be a conversation (a list of message dicts) "
+                "or a list of conversations."
             )
         batch = [messages] if isinstance(messages[0], dict) else list(messages)
         samples, windows, warnings = [], [], []
@@ -567,7 +578,8 @@ class AeroProcessor(ProcessorMixin):
         n_placeholders = sum(t.count(self.audio_token) for t in texts)
         if n_placeholders != len(loaded.per_audio):
             raise ValueError(
-                f"The text has {n_placeholders} {self.audio_token} placeholders but {len(loaded.per_audio)} audios were given."
+                f"The text has {n_placeholders} {self.audio_token} placeholders "
+                f"but {len(loaded.per_audio)} audios were given."
             )
         per_audio, tokens = iter(loaded.per_audio), iter(loaded.tokens)
         samples = []
@@ -598,7 +610,8 @@ class AeroProcessor(ProcessorMixin):
         mode = {True: "longest", False: "do_not_pad"}.get(padding, padding)
         if mode not in ("longest", "do_not_pad", "max_length"):
             raise ValueError(
-                f"padding must be True, False, 'longest', 'do_not_pad' or 'max_length', not {padding!r}."
+                "padding must be True, False, 'longest', 'do_not_pad' or 'max_length', "
+                f"not {padding!r}."
             )
         longest = max(len(s) for s in samples)
         if mode == "max_length":
@@ -606,13 +619,15 @@ class AeroProcessor(ProcessorMixin):
                 raise ValueError("padding='max_length' needs max_length.")
             if max_length < longest:
                 raise ValueError(
-                    f"A prompt has {longest} tokens, more than max_length={max_length}; aero never truncates."
+                    f"A prompt has {longest} tokens, more than max_length={max_length}; "
+                    "aero never truncates."
                 )
             L = max_length
         elif mode == "do_not_pad":
             if as_tensors and len({len(s) for s in samples}) > 1:
                 raise ValueError(
-                    "Prompts of different lengths need padding=True to become one tensor (or return_tensors=None)."
+                    "Prompts of different lengths need padding=True to become one tensor "
+                    "(or return_tensors=None)."
                 )
             if not as_tensors:
                 out = {

@@ -20,7 +20,8 @@ from torch import nn
 
 
 def quantize_dynamic_int8(model):
-    """The model with its language model's nn.Linear layers replaced by int8 dynamic ones (in place)."""
+    """The model with its language model's nn.Linear layers replaced by int8 dynamic ones (in
+    place)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao announces its move to torchao
         torch.ao.quantization.quantize_dynamic(

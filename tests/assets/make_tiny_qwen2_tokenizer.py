@@ -1,6 +1,6 @@
 """Build tests/assets/tiny-qwen2-tokenizer: a Qwen2Tokenizer of ~450 ids, laid out as the published
-Aero-1-Audio tokenizer is (Qwen2's pre-tokenizer regex, its chat specials, then `<image>`, `<video>`,
-`<|AUDIO|>` added last).
+Aero-1-Audio tokenizer is (Qwen2's pre-tokenizer regex, its chat specials, then `<image>`,
+`<video>`, `<|AUDIO|>` added last).
 
 Unlike tiny-tokenizer (GPT-2's regex), Qwen2's regex keeps a run of newlines as one pre-token, so
 "\\n\\n" becomes one merged id as in the real vocabulary: the case the reference's ids depend on
@@ -20,7 +20,8 @@ CORPUS = [
     "Please recognize the speech and only output the recognized content:\n\n",
     "the quick brown fox jumps over the lazy dog\n",
     "hello world this is a test of the tiny tokenizer for aero\n\n\n",
-    "What is said in this recording? Answer with the option's letter from the given choices directly.",
+    "What is said in this recording? "
+    "Answer with the option's letter from the given choices directly.",
     "system user assistant 0123456789",
 ] * 20
 CHAT_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]

@@ -15,7 +15,8 @@ CORPUS = [
     "Please recognize the speech and only output the recognized content:",
     "the quick brown fox jumps over the lazy dog",
     "hello world this is a test of the tiny tokenizer for aero",
-    "What is said in this recording? Answer with the option's letter from the given choices directly.",
+    "What is said in this recording? "
+    "Answer with the option's letter from the given choices directly.",
     "system user assistant",
 ] * 20
 

@@ -93,7 +93,8 @@ def add_audio_embedding(model: LlamaForCausalLM, tokenizer) -> int:
 
 
 def convert_smollm2() -> tuple[LlamaForCausalLM, object]:
-    """SmolLM2-135M-Instruct from the package's GGUF -> a plain model + tokenizer with `<|AUDIO|>`."""
+    """SmolLM2-135M-Instruct from the package's GGUF -> a plain model + tokenizer with
+    `<|AUDIO|>`."""
     gguf_model, tokenizer = load_gguf(smollm2_gguf())
     model = plain_copy(gguf_model)
     del gguf_model

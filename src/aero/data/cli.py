@@ -16,7 +16,10 @@ def _group() -> None:
     """Make training and held-out data."""  # a callback keeps `synth` a subcommand
 
 
-@app.command()
+@app.command(
+    help="Synthesize speech data (espeak-ng, festival, sox) for aero-mini; "
+    "instruction answers come from SmolLM2."
+)
 def synth(
     out: str = typer.Argument(
         ..., help="Output folder: audio/*.flac and one <split>.jsonl per split."
@@ -31,7 +34,6 @@ def synth(
         None, help="JSON cache of the LLM's answers (default OUT/llm_answers.json)."
     ),
 ) -> None:
-    """Synthesize speech data (espeak-ng, festival, sox) for aero-mini; instruction answers come from SmolLM2."""
     from aero.data.synth import RecipeError, ToolMissing, load_recipe, synthesize
 
     try:
@@ -63,7 +65,8 @@ def synth(
             )
     clips, render = summary["clips"], summary["render_seconds"]
     typer.echo(
-        f"{clips} clips in {elapsed:.1f} s (planning + LLM answers {summary['plan_llm_seconds']:.1f} s; "
+        f"{clips} clips in {elapsed:.1f} s "
+        f"(planning + LLM answers {summary['plan_llm_seconds']:.1f} s; "
         f"audio {clips / max(render, 1e-9):.2f} clips/s)"
     )
     if failed:

@@ -76,7 +76,10 @@ def manifest_key(path: str | os.PathLike, processor) -> str:
     p = Path(path).resolve()
     stat = p.stat()
     tok = processor.tokenizer
-    ident = f"{p}|{stat.st_size}|{stat.st_mtime_ns}|{len(tok)}|{processor.system_prompt}|{processor.audio_stack}"
+    ident = (
+        f"{p}|{stat.st_size}|{stat.st_mtime_ns}|{len(tok)}|"
+        f"{processor.system_prompt}|{processor.audio_stack}"
+    )
     return hashlib.sha256(ident.encode()).hexdigest()[:24]
 
 

@@ -55,7 +55,8 @@ def _rows(path: Path) -> Iterator[tuple[str, dict]]:
             from datasets import load_from_disk
         except ImportError:
             raise ManifestError(
-                f"{path} is a directory: reading a `datasets` directory needs `pip install datasets`."
+                f"{path} is a directory: "
+                "reading a `datasets` directory needs `pip install datasets`."
             )
         ds = load_from_disk(str(path))
         for i, row in enumerate(ds):

@@ -40,14 +40,16 @@ def _known_parameters(model: str) -> int | None:
 
 
 class FasterWhisperTranscriber:
-    """`Transcriber` over faster-whisper; `model` is a CTranslate2 model directory or a size name."""
+    """`Transcriber` over faster-whisper; `model` is a CTranslate2 model directory or a size
+    name."""
 
     def __init__(self, model: str, device: str = "auto", compute_type: str = "int8"):
         try:
             from faster_whisper import WhisperModel
         except ImportError:
             raise ImportError(
-                "The faster-whisper baseline needs the optional package `faster-whisper`: pip install faster-whisper"
+                "The faster-whisper baseline needs the optional package `faster-whisper`: "
+                "pip install faster-whisper"
             ) from None
         self.name = f"faster-whisper:{model}"
         self.parameters = _known_parameters(model)

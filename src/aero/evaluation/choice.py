@@ -134,7 +134,8 @@ def _answer_index(answer: Any, choices: Sequence[str], where: str) -> int:
     if m and (k := _index(m[1], len(choices))) is not None:
         return k
     raise ValueError(
-        f"{where}: answer {answer!r} is neither an option letter nor one of the options {list(choices)}."
+        f"{where}: answer {answer!r} is neither an option letter "
+        f"nor one of the options {list(choices)}."
     )
 
 

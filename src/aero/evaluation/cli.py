@@ -281,6 +281,7 @@ def compare(
         _fail(err)
     console.print(
         f"{c.n_utterances} utterances: A {100 * c.rate_a:.2f} %, B {100 * c.rate_b:.2f} %, "
-        f"A - B {100 * c.difference:+.2f} points (95% CI {100 * c.ci.low:+.2f} to {100 * c.ci.high:+.2f}); "
+        f"A - B {100 * c.difference:+.2f} points "
+        f"(95% CI {100 * c.ci.low:+.2f} to {100 * c.ci.high:+.2f}); "
         f"A better in {100 * c.a_better_fraction:.1f} % of resamples"
     )

@@ -55,7 +55,8 @@ def librispeech_items(root: str | Path) -> list[EvalItem]:
             utt_id, _, text = line.strip().partition(" ")
             if not text or utt_id.count("-") != 2:
                 raise ManifestError(
-                    f"{trans}:{lineno}: expected 'SPEAKER-CHAPTER-UTTERANCE TEXT', got {line.strip()!r}."
+                    f"{trans}:{lineno}: expected 'SPEAKER-CHAPTER-UTTERANCE TEXT', "
+                    f"got {line.strip()!r}."
                 )
             speaker, chapter = utt_id.split("-")[:2]
             items.append(
@@ -90,7 +91,8 @@ def _from_messages(record: dict, where: str) -> dict:
                 reply.append(part.get("text", ""))
     if len(audios) != 1 or not reply:
         raise ManifestError(
-            f"{where}: a messages sample is scored as ASR only with one audio part and an assistant reply "
+            f"{where}: a messages sample is scored as ASR only with one audio part "
+            "and an assistant reply "
             f"(it has {len(audios)} audio parts and {len(reply)} assistant text parts)."
         )
     return {**record, "audio": audios[0], "text": "".join(reply)}
@@ -163,12 +165,14 @@ def hf_items(
     text_column: str = "text",
     id_column: str | None = None,
 ) -> Iterator[EvalItem]:
-    """A directory written by `save_to_disk`, or (when not a local path) a hub id for `load_dataset`."""
+    """A directory written by `save_to_disk`, or (when not a local path) a hub id for
+    `load_dataset`."""
     try:
         import datasets
     except ImportError:
         raise ImportError(
-            "Reading a Hugging Face dataset needs the optional package `datasets`: pip install datasets"
+            "Reading a Hugging Face dataset needs the optional package `datasets`: "
+            "pip install datasets"
         ) from None
     if Path(source).exists():
         ds = datasets.load_from_disk(str(source))

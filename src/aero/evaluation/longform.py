@@ -34,7 +34,8 @@ def _file_stem(group: str) -> str:
 def build_longform(
     items: Iterable[EvalItem], out_dir: str | Path, gap_seconds: float = 0.0
 ) -> Path:
-    """Concatenate items per `group`; write `<out_dir>/audio/*.flac` and the manifest; return its path."""
+    """Concatenate items per `group`; write `<out_dir>/audio/*.flac` and the manifest; return its
+    path."""
     if gap_seconds < 0:
         raise ValueError(f"The silence gap must be zero or positive seconds, got {gap_seconds}.")
     groups: dict[str, list[EvalItem]] = {}
@@ -94,6 +95,7 @@ def build_longform_from(
         return build_librispeech_longform(source, out_dir, gap_seconds)
     if group_key is None:
         raise ValueError(
-            f"{source} is not a LibriSpeech directory; for a manifest, pass --group-key (the grouping field)."
+            f"{source} is not a LibriSpeech directory; "
+            "for a manifest, pass --group-key (the grouping field)."
         )
     return build_manifest_longform(source, group_key, out_dir, gap_seconds)

@@ -29,7 +29,10 @@ def _package_version() -> str:
         return "unknown"
 
 
-PROTOCOL = f"{NORMALIZER_PACKAGE} {_package_version()} {NORMALIZER_NAME}; corpus WER = sum(S+D+I) / sum(reference words)"
+PROTOCOL = (
+    f"{NORMALIZER_PACKAGE} {_package_version()} {NORMALIZER_NAME}; "
+    "corpus WER = sum(S+D+I) / sum(reference words)"
+)
 
 
 @functools.cache

@@ -19,7 +19,8 @@ from aero.processing import AeroProcessor
 
 @dataclass
 class AeroTranscriber:
-    """Batched greedy transcription and spoken-question answering with one model (via the engine)."""
+    """Batched greedy transcription and spoken-question answering with one model (via the
+    engine)."""
 
     name: str
     model: AeroForConditionalGeneration

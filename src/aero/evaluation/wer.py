@@ -205,7 +205,8 @@ def paired_bootstrap(
     """Compare systems A and B scored on the same utterances, in the same order."""
     if len(a) != len(b):
         raise ValueError(
-            f"Paired comparison needs the same utterances: system A has {len(a)}, system B has {len(b)}."
+            f"Paired comparison needs the same utterances: "
+            f"system A has {len(a)}, system B has {len(b)}."
         )
     if any(x.ref_len != y.ref_len for x, y in zip(a, b)):
         raise ValueError(

@@ -107,7 +107,8 @@ def load_checkpoint(path: str | Path, model, optimizer) -> dict:
     if set(weights) != expected:
         missing, extra = sorted(expected - set(weights))[:3], sorted(set(weights) - expected)[:3]
         raise ValueError(
-            f"Checkpoint {path} was written for other trainable weights (missing {missing}, extra {extra}); "
+            f"Checkpoint {path} was written for other trainable weights "
+            f"(missing {missing}, extra {extra}); "
             "resume with the same preset, or start a new output_dir."
         )
     set_model_state_dict(

@@ -30,7 +30,8 @@ class TrainConfig:
     strict_data: bool = False  # fail on an unreadable sample instead of skipping and counting it
 
     # What trains.
-    objective: str = "lm"  # lm (next-token loss through the LM) | ctc (projector alignment, no LM; train/align.py)
+    # lm (next-token loss through the LM) | ctc (projector alignment, no LM; train/align.py)
+    objective: str = "lm"
     init_adapter: str | None = (
         None  # start from an earlier run's adapter (a ctc stage's projector, or a whole LoRA run)
     )
@@ -117,7 +118,8 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}.")
         if self.schedule_steps is not None and self.schedule_steps < self.max_steps:
             raise ConfigError(
-                f"schedule_steps ({self.schedule_steps}) must be at least max_steps ({self.max_steps}): "
+                f"schedule_steps ({self.schedule_steps}) "
+                f"must be at least max_steps ({self.max_steps}): "
                 "it sets how long the cosine is, and a run ends at max_steps."
             )
         return self

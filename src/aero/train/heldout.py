@@ -1,12 +1,12 @@
 """Held-out WER during training: the learning curve (WER against samples and tokens seen).
 
-The held-out manifest's clips are transcribed exactly as `aero eval` and the evaluation
-scripts transcribe them: through the engine (`aero.evaluation.transcriber.AeroTranscriber`), greedy, with the
-default transcription prompt and the engine's repetition guard, then scored as corpus WER
-with the Whisper normalizer. Curve points and final tables therefore agree on the same clips.
-(An earlier version called `model.generate` with each row's own prompt and no guard: one
-looping hypothesis filled `eval_max_new_tokens` with insertions, which put its points 25-30
-WER points above the tables on the same clips.)
+The held-out manifest's clips are transcribed exactly as `aero eval` and the evaluation scripts
+transcribe them: through the engine (`aero.evaluation.transcriber.AeroTranscriber`), greedy, with
+the default transcription prompt and the engine's repetition guard, then scored as corpus WER with
+the Whisper normalizer. Curve points and final tables therefore agree on the same clips. (An earlier
+version called `model.generate` with each row's own prompt and no guard: one looping hypothesis
+filled `eval_max_new_tokens` with insertions, which put its points 25-30 WER points above the tables
+on the same clips.)
 """
 
 from __future__ import annotations

@@ -40,7 +40,8 @@ def fused_linear_cross_entropy(
     chunk: int = 4096,
     use_liger: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(..., H) hidden, (V, H) head weight, (...) targets -> (losses of supervised tokens, their mask).
+    """(..., H) hidden, (V, H) head weight, (...) targets -> (losses of supervised tokens, their
+    mask).
 
     `losses` is 1-D over the positions where `targets != -100`, in order.
     """

@@ -50,7 +50,8 @@ def apply_preset(model, preset: str, train_audio_tower: bool = False, lora: dict
 
 
 def continue_from_adapter(model, path, preset: str, lora: dict | None) -> None:
-    """Start an LM-objective run from an earlier run's adapter (`init_adapter`), after `apply_preset`.
+    """Start an LM-objective run from an earlier run's adapter (`init_adapter`), after
+    `apply_preset`.
 
     Its weights are loaded into the parameters this run trains, LoRA factors into the fresh LoRA
     layers (same rank, alpha and targets), so the run's exported adapter is again complete on the

@@ -21,7 +21,8 @@ def train(config: TrainConfig, stop_after: int | None = None) -> dict:
     config.validate()
     if config.init_adapter and not Path(config.init_adapter).exists():
         raise ConfigError(
-            f"init_adapter {config.init_adapter} does not exist (run the stage that writes it first)."
+            f"init_adapter {config.init_adapter} does not exist "
+            "(run the stage that writes it first)."
         )
     dist = Distributed()
     out = Path(config.output_dir)

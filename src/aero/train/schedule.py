@@ -8,7 +8,8 @@ import torch
 
 
 def cosine_schedule(optimizer, warmup: int, total: int, min_ratio: float):
-    """Warm up over `warmup` steps, then decay to `min_ratio` of the peak at step `total` (held after)."""
+    """Warm up over `warmup` steps, then decay to `min_ratio` of the peak at step `total` (held
+    after)."""
 
     def factor(step: int) -> float:
         if step < warmup:

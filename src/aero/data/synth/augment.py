@@ -1,4 +1,5 @@
-"""Augmentation: sox effects (telephone band, speed, tempo, reverb, pitch) plus noise, music and gain.
+"""Augmentation: sox effects (telephone band, speed, tempo, reverb, pitch) plus noise, music and
+gain.
 
 Notable choices:
 - Every random choice is drawn while planning, in the main process, and stored in the

@@ -161,7 +161,8 @@ def kokoro(
         raise ValueError(f"no phonemes to speak in {text!r}")
     if len(tokens) > len(style) - 2:
         raise ValueError(
-            f"{len(tokens)} phonemes is more than Kokoro reads at once ({len(style) - 2}); split the text"
+            f"{len(tokens)} phonemes is more than Kokoro reads at once ({len(style) - 2}); "
+            "split the text"
         )
     _seed("kokoro", voice, accent, speed, text)
     ref = (
@@ -201,7 +202,8 @@ def piper(
     if len(ids) <= 3:
         raise ValueError(f"no phonemes to speak in {text!r}")
     # the graph's noise ignores onnxruntime's seed, so it is switched off (noise_scale and noise_w
-    # 0, where the voice's config says 0.667 and 0.8): the same text and settings give the same audio
+    # 0, where the voice's config says 0.667 and 0.8): the same text and settings give the same
+    # audio
     scales = np.array([0.0, length_scale, 0.0], np.float32)
     audio = session.run(
         None,

@@ -1,4 +1,5 @@
-"""`synthesize`: plan every sample of a recipe, get the LLM's answers, render in parallel, write manifests.
+"""`synthesize`: plan every sample of a recipe, get the LLM's answers, render in parallel, write
+manifests.
 
 Notable choices:
 - Planning is sequential in the main process from one `random.Random` per split (seeded
@@ -72,9 +73,9 @@ def plan_split(split: Split, seed: int, samples: int | None = None) -> list[Job]
     ):
         # the data stays as planned (a recipe must regenerate the same set); the user is told
         warnings.warn(
-            f"split {split.name}: every voice of set {split.voices!r} is {genders.pop()}, so its gender "
-            "questions all have one answer and teach a model to give it always; mix this split with "
-            "gender-balanced data or leave gender out of understand_kinds",
+            f"split {split.name}: every voice of set {split.voices!r} is {genders.pop()}, "
+            "so its gender questions all have one answer and teach a model to give it always; "
+            "mix this split with gender-balanced data or leave gender out of understand_kinds",
             stacklevel=2,
         )
     sentences = Sentences(split, rng)

@@ -59,7 +59,8 @@ class Split:
         unknown = set(self.understand_kinds) - set(UNDERSTAND_KINDS)
         if unknown or not self.understand_kinds:
             raise RecipeError(
-                f"split {self.name}: understand_kinds must be some of {', '.join(UNDERSTAND_KINDS)}; "
+                f"split {self.name}: "
+                f"understand_kinds must be some of {', '.join(UNDERSTAND_KINDS)}; "
                 f"got {list(self.understand_kinds)}."
             )
 

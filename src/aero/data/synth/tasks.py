@@ -132,7 +132,7 @@ def _choice(rng: random.Random, question: str, options: list[str], answer: str) 
 
 
 def _other_voice(rng: random.Random, voices: list[Voice], first: Voice) -> Voice:
-    """A clearly different voice: another gender when there is one, else another voice altogether."""
+    """A clearly different voice: another gender when there is one, else any other voice."""
     others = [v for v in voices if v.gender != first.gender] or [
         v for v in voices if v.key != first.key
     ]

@@ -274,7 +274,8 @@ def generated_sentence(rng: random.Random) -> Sentence:
         dollars, cents = rng.randint(1, 500), rng.choice([0, rng.randint(1, 99)])
         text = f"The ticket to {place} costs ${dollars}" + (f".{cents:02d}." if cents else ".")
         say = (
-            f"The ticket to {place} costs {number_words(dollars)} dollar{'s' if dollars != 1 else ''}"
+            f"The ticket to {place} costs "
+            f"{number_words(dollars)} dollar{'s' if dollars != 1 else ''}"
             + (f" and {number_words(cents)} cent{'s' if cents != 1 else ''}." if cents else ".")
         )
     elif kind == "percent":
@@ -293,7 +294,10 @@ def generated_sentence(rng: random.Random) -> Sentence:
         digits = [rng.randint(0, 9) for _ in range(7)]
         num = "".join(map(str, digits))
         text = f"Call {name} at {num[:3]}-{num[3:]}."
-        say = f"Call {name} at {' '.join(_ONES[d] for d in digits[:3])}, {' '.join(_ONES[d] for d in digits[3:])}."
+        say = (
+            f"Call {name} at {' '.join(_ONES[d] for d in digits[:3])}, "
+            f"{' '.join(_ONES[d] for d in digits[3:])}."
+        )
     else:
         n = rng.randint(1000, 999_999)
         text, say = (

@@ -1,4 +1,5 @@
-"""The system programs data synthesis runs (espeak-ng, festival's text2wave, flite, sox), found on PATH."""
+"""The system programs data synthesis runs (espeak-ng, festival's text2wave, flite, sox), found on
+PATH."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ def require(tool: str) -> str:
     path = shutil.which(tool)
     if path is None:
         raise ToolMissing(
-            f"`{tool}` is not installed; run: apt-get install -y espeak-ng festival festvox-kallpc16k "
+            f"`{tool}` is not installed; "
+            "run: apt-get install -y espeak-ng festival festvox-kallpc16k "
             "festvox-kdlpc16k festvox-us-slt-hts flite sox fortunes"
         )
     return path

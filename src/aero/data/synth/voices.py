@@ -97,7 +97,8 @@ RATE_LABELS = {
 
 @cache
 def flite_voices() -> tuple[str, ...]:
-    """The voices built into flite (`flite -lv`); flite itself falls back to `kal` on any other name."""
+    """The voices built into flite (`flite -lv`); flite itself falls back to `kal` on any other
+    name."""
     out = subprocess.run(
         [require("flite"), "-lv"], check=True, capture_output=True, text=True
     ).stdout
@@ -271,7 +272,8 @@ def _run_program(speech: Speech, workdir: str) -> tuple[np.ndarray, int]:
                 os.path.getsize(wav) == 0
             ):  # text2wave exits 0 without writing when the voice is unknown
                 raise ToolMissing(
-                    f"{v.key} wrote no audio: {(done.stdout + done.stderr).decode(errors='replace').strip()[-300:]}"
+                    f"{v.key} wrote no audio: "
+                    f"{(done.stdout + done.stderr).decode(errors='replace').strip()[-300:]}"
                 )
         return _read_wav(wav)
     finally:
