@@ -14,7 +14,6 @@ Notable choices:
 from __future__ import annotations
 
 import logging
-import os
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -31,6 +30,7 @@ from aero.data.manifest import read_dataset
 from aero.processing import IGNORE_INDEX
 from aero.train import checkpoint as ckpt
 from aero.train.config import TrainConfig
+from aero.train.distributed import Distributed, shard
 from aero.train.flops import flop_model
 from aero.train.logs import JsonlLog, MetricsLog, due
 from aero.train.presets import apply_preset, continue_from_adapter, lora_settings
@@ -51,59 +51,6 @@ def load_model_and_processor(name: str):
     from aero.models import load
 
     return load(name)
-
-
-class Distributed:
-    def __init__(self):
-        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        self.enabled = self.world_size > 1
-        if torch.cuda.is_available():
-            torch.cuda.set_device(self.local_rank)
-            self.device = torch.device("cuda", self.local_rank)
-        else:
-            self.device = torch.device("cpu")
-        if self.enabled and not torch.distributed.is_initialized():
-            torch.distributed.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def sum(self, value: float) -> float:
-        if not self.enabled:
-            return value
-        t = torch.tensor(
-            [value],
-            dtype=torch.float64,
-            device=self.device if self.device.type == "cuda" else "cpu",
-        )
-        torch.distributed.all_reduce(t)
-        return float(t.item())
-
-    def barrier(self) -> None:
-        if self.enabled:
-            torch.distributed.barrier()
-
-    def close(self) -> None:
-        if self.enabled and torch.distributed.is_initialized():
-            # every rank waits for the others (rank 0 may still be writing the export): a rank
-            # that tore gloo down while its peer still used it aborted ("terminate called
-            # without an active exception") once in CI on a loaded machine
-            torch.distributed.barrier()
-            torch.distributed.destroy_process_group()
-
-
-def shard(module: TrainingModule) -> None:
-    """FSDP2: every encoder and decoder layer is its own unit, the rest lives in the root."""
-    from torch.distributed.fsdp import fully_shard
-
-    for layer in module.model.audio_tower.layers:
-        fully_shard(layer)
-    for layer in module.model.language_model.get_decoder().layers:
-        fully_shard(layer)
-    fully_shard(module)
 
 
 def choose_attention(model, device, packed: bool) -> str:

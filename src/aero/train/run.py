@@ -11,7 +11,8 @@ import json
 from pathlib import Path
 
 from aero.train.config import ConfigError, TrainConfig, to_dict
-from aero.train.loop import Distributed, load_model_and_processor, seed_everything, train_lm
+from aero.train.distributed import Distributed
+from aero.train.loop import load_model_and_processor, seed_everything, train_lm
 from aero.train.presets import apply_preset, continue_from_adapter
 
 
