@@ -112,7 +112,7 @@ def test_transcribe_help_states_timestamp_precision():
     result = runner.invoke(app, ["transcribe", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
     text = " ".join(result.output.replace("\u2502", " ").split())  # rich wraps help inside a box
-    assert "window boundaries" in text and "precision is 30 s" in text
+    assert "cues follow the speech" in text and "timing precision 30 s" in text
 
 
 def test_chat_ask_and_interactive(model_dir, audio_dir):

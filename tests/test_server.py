@@ -317,3 +317,50 @@ def test_fallback_server_redecodes_a_looping_transcription(tmp_path):
         )  # a client's own temperature gets no fallback
     finally:
         next(servers, None)
+
+
+def test_word_timestamps_on_a_model_with_an_aligner(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from aero.timestamps import ALIGNER_FILE, CtcAligner
+
+    make_tiny_model().save_pretrained(tmp_path)
+    make_tiny_processor().save_pretrained(tmp_path)
+    torch.manual_seed(0)
+    save_file(CtcAligner(32, hidden=16).state_dict(), str(tmp_path / ALIGNER_FILE))
+    servers = start_server(tmp_path)
+    base = next(servers)
+    try:
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key=KEY, max_retries=0, timeout=60)
+        verbose = client.audio.transcriptions.create(
+            model=MODEL,
+            file=("a.wav", wav_bytes(35.0)),
+            response_format="verbose_json",
+            timestamp_granularities=["word", "segment"],
+        ).model_dump()
+        words = verbose["words"]
+        assert [w["word"] for w in words] == verbose["text"].split()
+        assert all(0 <= w["start"] < w["end"] <= 35.0 for w in words)
+        assert verbose["segments"] and verbose["segments"][-1]["end"] <= 35.0
+        srt = client.audio.transcriptions.create(
+            model=MODEL, file=("a.wav", wav_bytes(35.0)), response_format="srt"
+        )
+        times = cue_times(srt, ",")
+        assert times == sorted(times) and times[-1] <= 35.0
+        for block, start, end in zip(srt.strip().split("\n\n"), times[::2], times[1::2]):
+            cue_words = " ".join(block.splitlines()[2:]).split()
+            assert len(cue_words) == 1 or end - start <= 7.0  # one word cannot be cut shorter
+        import httpx
+
+        form = {"model": MODEL, "response_format": "json", "timestamp_granularities[]": "word"}
+        reply = httpx.post(
+            f"{base}/v1/audio/transcriptions",
+            headers={"Authorization": f"Bearer {KEY}"},
+            files={"file": ("a.wav", wav_bytes(2.0))},
+            data=form,
+            timeout=60,
+        )
+        assert reply.status_code == 400 and "verbose_json" in reply.json()["error"]["message"]
+    finally:
+        next(servers, None)

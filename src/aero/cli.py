@@ -49,10 +49,15 @@ MODEL_HELP = (
     "aero-mini (stderr says which and why)."
 )
 TIMESTAMP_HELP = (
-    "Output format: txt, json, srt or vtt. srt/vtt transcribe each 30 s window separately and give "
-    "one cue per window: cue times are the exact window boundaries, so timing precision is 30 s "
-    "(nothing finer inside a window; a word spoken across a boundary may be cut or repeated). "
-    "txt/json transcribe the whole recording in one generation."
+    "Output format: txt, json, srt or vtt. Every format transcribes the whole recording in one "
+    "generation; with word timestamps (the default for srt/vtt when the model has a word aligner, "
+    "as aero-mini does) srt/vtt cues follow the speech (<= 7 s, <= 2 lines of <= 42 characters) "
+    "and json lists every word's time. A model without an aligner gives srt/vtt one cue per 30 s "
+    "window, each window transcribed on its own (timing precision 30 s)."
+)
+WORD_TIMESTAMPS_HELP = (
+    "Time every word by aligning the transcript to the audio (aero.timestamps); default: on for "
+    "srt/vtt when the model has a word aligner."
 )
 
 
@@ -101,7 +106,9 @@ def _options(
         raise typer.Exit(2)
 
 
-def _transcribe_files(engine, paths, targets, format: str, prompt, options, console) -> int:
+def _transcribe_files(
+    engine, paths, targets, format: str, prompt, options, console, words: bool = False
+) -> int:
     """Transcribe `paths` into `targets`, each written as soon as it is done, with a progress bar;
     a file that fails is reported and the rest go on. Returns how many failed."""
     from rich.markup import escape
@@ -115,7 +122,10 @@ def _transcribe_files(engine, paths, targets, format: str, prompt, options, cons
         task = progress.add_task("transcribing", total=len(paths))
         sources = [str(p) for p in paths]
         timestamps = format in ("srt", "vtt")
-        for i, result in engine.transcribe_iter(sources, prompt, options, timestamps=timestamps):
+        results = engine.transcribe_iter(
+            sources, prompt, options, timestamps, word_timestamps=words
+        )
+        for i, result in results:
             if isinstance(result, Exception):
                 failed += 1
                 line = f"[red]failed[/red] {escape(str(paths[i]))}: {escape(str(result))}"
@@ -167,6 +177,9 @@ def transcribe(
         "temperature fallback).",
     ),
     beam_size: int = typer.Option(1, help="Beam search with this many beams (1: greedy)."),
+    word_timestamps: bool | None = typer.Option(
+        None, "--word-timestamps/--no-word-timestamps", help=WORD_TIMESTAMPS_HELP
+    ),
 ) -> None:
     """Transcribe recordings, each result written as soon as it is done (exit 1 if any failed)."""
     from pathlib import Path
@@ -187,11 +200,61 @@ def transcribe(
     options = _options(max_new_tokens, fallback=fallback, beam_size=beam_size)
     engine = _load_engine(model, batch_size, int8, threads)
     targets = output_paths(paths, Path(output_dir), format)
+    if word_timestamps is None:
+        word_timestamps = format in ("srt", "vtt") and engine.has_word_aligner
+    elif word_timestamps and not engine.has_word_aligner:
+        typer.echo(
+            f"error: {engine.name} has no word aligner; see scripts/train_aligner.py.", err=True
+        )
+        raise typer.Exit(2)
     console = Console(stderr=True)
-    failed = _transcribe_files(engine, paths, targets, format, prompt, options, console)
+    failed = _transcribe_files(
+        engine, paths, targets, format, prompt, options, console, words=word_timestamps
+    )
     console.print(f"{len(paths) - failed} transcribed, {failed} failed", highlight=False)
     if failed:
         raise typer.Exit(1)
+
+
+@app.command()
+def align(
+    audio: str = typer.Argument(..., help="An audio file."),
+    transcript: str = typer.Argument(..., help="The words spoken in it, or a text file of them."),
+    model: str | None = typer.Option(None, help=MODEL_HELP),
+    format: str = typer.Option("json", "--format", "-f", help="json (every word), srt or vtt."),
+    output: str | None = typer.Option(None, "--output", "-o", help="File (default: stdout)."),
+    threads: int | None = typer.Option(None, help="CPU threads for torch."),
+) -> None:
+    """Forced alignment: the time of every word of TRANSCRIPT in AUDIO (no transcription)."""
+    from pathlib import Path
+
+    from aero.audio import AudioError, duration_seconds, load_audio
+    from aero.engine import Result, audio_info
+    from aero.formats import to_json, to_srt, to_vtt
+
+    writers = {"json": to_json, "srt": to_srt, "vtt": to_vtt}
+    if format not in writers:
+        typer.echo(f"error: --format must be json, srt or vtt, not {format!r}.", err=True)
+        raise typer.Exit(2)
+    text = Path(transcript).read_text() if Path(transcript).is_file() else transcript
+    try:
+        samples = load_audio(audio)
+    except AudioError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2)
+    engine = _load_engine(model, threads=threads)
+    try:
+        words = engine.word_aligner().align(samples, text)
+    except (FileNotFoundError, ValueError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2)
+    info = [audio_info(duration_seconds(samples))]
+    result = Result(" ".join(text.split()), [], "stop", 0, audios=info, words=words)
+    rendered = writers[format](result)
+    if output:
+        Path(output).write_text(rendered)
+    else:
+        typer.echo(rendered, nl=False)
 
 
 @app.command()

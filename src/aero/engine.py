@@ -49,6 +49,7 @@ from aero.audio import (
 )
 from aero.decoding import DEFAULT_MAX_NEW_TOKENS, Decoded, Decoder, GenerationOptions, Prefill
 from aero.processing import AeroProcessor
+from aero.timestamps import ALIGNER_FILE, Word, WordAligner
 
 TRANSCRIPT_BASE_TOKENS = 32  # transcription budget when max_new_tokens is None: this many ...
 TRANSCRIPT_TOKENS_PER_SECOND = 8  # ... plus this many per audio second (Whisper: 224 per 30 s)
@@ -86,8 +87,10 @@ class Result:
     segments: list[Segment] = field(default_factory=list)
     # The temperature of the decode that gave this reply (> 0 after a fallback).
     temperature: float = 0.0
-    # What the input lost on the way (a dropped 20 ms tail).
+    # What the input lost on the way (a dropped 20 ms tail), or what could not be done.
     warnings: list[str] = field(default_factory=list)
+    # Every word of `text` with its time, when word timestamps were asked (aero.timestamps).
+    words: list[Word] = field(default_factory=list)
 
     @property
     def stopped_by_repetition(self) -> bool:
@@ -145,8 +148,11 @@ class Engine:
         name: str = "model",
         batch_size: int = 8,
         max_batch_tokens: int = 16384,
+        aligner_path: str | os.PathLike | None = None,
     ):
         self.model = model.eval()
+        self.aligner_path = aligner_path  # the word aligner's weights (None: no word timestamps)
+        self._aligner: WordAligner | None = None
         self.processor = processor
         self.name = name
         self.batch_size = batch_size
@@ -162,14 +168,38 @@ class Engine:
     def load(
         cls, name_or_path: str | os.PathLike = "aero-mini", quantize: bool = False, **kwargs
     ) -> Engine:
-        from aero.models import load
+        from aero.models import aligner_file, load
 
         model, processor = load(name_or_path)
         if quantize:
             from aero.quantize import quantize_dynamic_int8
 
             model = quantize_dynamic_int8(model)
+        kwargs.setdefault("aligner_path", aligner_file(name_or_path))
         return cls(model, processor, name=str(name_or_path), **kwargs)
+
+    @property
+    def has_word_aligner(self) -> bool:
+        return self._aligner is not None or bool(self.aligner_path)
+
+    def word_aligner(self) -> WordAligner:
+        """The model's word aligner (loaded on first use); an error names the missing file."""
+        if self._aligner is None:
+            if not self.aligner_path:
+                raise FileNotFoundError(
+                    f"Model {self.name} has no word aligner ({ALIGNER_FILE} beside its weights); "
+                    "train one with scripts/train_aligner.py."
+                )
+            self._aligner = WordAligner.from_file(self.model, self.processor, self.aligner_path)
+        return self._aligner
+
+    def add_word_times(self, result: Result, samples: np.ndarray) -> Result:
+        """`result.words` from aligning its text to `samples`; a failure becomes a warning."""
+        try:
+            result.words = self.word_aligner().align(samples, result.text)
+        except ValueError as err:  # e.g. a looping reply longer than the audio can hold
+            result.warnings.append(f"No word timestamps: {err}")
+        return result
 
     # ----- requests -> model inputs --------------------------------------------------------
 
@@ -354,10 +384,12 @@ class Engine:
         prompt: str | None = None,
         options: GenerationOptions | None = None,
         timestamps: bool = False,
+        word_timestamps: bool = False,
     ) -> list[Result]:
         """Audio sources (paths, bytes, 16 kHz arrays, ...) -> one Result each; errors raise."""
         out: list[Result | None] = [None] * len(audios)
-        for i, result in self.transcribe_iter(audios, prompt, options, timestamps):
+        results = self.transcribe_iter(audios, prompt, options, timestamps, word_timestamps)
+        for i, result in results:
             if isinstance(result, Exception):
                 raise result
             out[i] = result
@@ -369,15 +401,21 @@ class Engine:
         prompt: str | None = None,
         options: GenerationOptions | None = None,
         timestamps: bool = False,
+        word_timestamps: bool = False,
         lookahead: int = 4,
     ) -> Iterator[tuple[int, Result | Exception]]:
         """(index, Result) as each recording finishes; an unusable one gives (index, error).
 
         Recordings are read `lookahead` batches at a time and batched by prompt length.
         With `timestamps`, each 30 s window is its own request and becomes one Segment; the
-        Result's text is the segments' texts joined.
+        Result's text is the segments' texts joined. With `word_timestamps` (which takes
+        precedence), each recording is one generation and its words are then aligned to the
+        audio (`Result.words`).
         """
         options = options or GenerationOptions()
+        if word_timestamps:
+            self.word_aligner()  # a model without an aligner fails here, before any decoding
+            timestamps = False
         chunk = max(1, self.batch_size * lookahead)
         for start in range(0, len(audios), chunk):
             requests: list[Prepared] = []
@@ -399,7 +437,10 @@ class Engine:
                 pending[i] -= 1
                 if pending[i] == 0:
                     finished = [res for _, res in sorted(done.pop(i), key=lambda p: p[0])]
-                    yield i, _combine(finished, timestamps)
+                    result = _combine(finished, timestamps)
+                    if word_timestamps:
+                        self.add_word_times(result, np.concatenate(requests[r].windows))
+                    yield i, result
 
     def _transcription_requests(
         self, source: Any, prompt: str | None, options: GenerationOptions, timestamps: bool

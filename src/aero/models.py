@@ -152,6 +152,19 @@ def load(
     )
 
 
+def aligner_file(name_or_path: str | os.PathLike) -> Path | None:
+    """The word aligner for a model: aero-mini's shipped one, or `aligner.safetensors` in a
+    checkpoint directory; None when there is none (hub ids: none yet)."""
+    from aero.timestamps import ALIGNER_FILE
+
+    name = str(name_or_path)
+    if name in (AERO_MINI, AERO_MINI_BASE):  # one encoder, one aligner
+        path = ADAPTER_FILE.parent / ALIGNER_FILE
+    else:
+        path = Path(name).expanduser() / ALIGNER_FILE
+    return path if path.is_file() else None
+
+
 @dataclass(frozen=True)
 class ModelChoice:
     """The model a command runs: `name` to show and serve as, `source` to load, and why."""

@@ -21,8 +21,10 @@ Notable choices:
   means greedy (0), not 1; any `model` name is accepted and answered by the served model.
   With `fallback` (`aero serve --fallback`), a transcription at temperature 0 whose greedy decode
   loops is decoded again at rising temperatures, like OpenAI's temperature 0.
-- verbose_json, srt and vtt transcribe each 30 s window on its own; segment times are the
-  window boundaries (see aero.engine).
+- srt and vtt: with a model that has a word aligner, one generation whose words are aligned to
+  the audio, and cues that follow the speech; without one, each 30 s window is transcribed on
+  its own and cue times are the window boundaries. verbose_json: window segments, or with
+  `timestamp_granularities[]=word` one generation, `words`, and segments cut from them.
 """
 
 from __future__ import annotations
@@ -50,11 +52,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from aero.audio import AudioError, decode_base64_audio, duration_seconds, load_audio
 from aero.decoding import FALLBACK_TEMPERATURES, GenerationOptions
 from aero.engine import ContextLengthError, Engine, Result
-from aero.formats import to_srt, to_vtt
+from aero.formats import cues, to_srt, to_vtt
 from aero.server_settings import ServerSettings  # noqa: F401 - part of this module's API
 
 RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
-TIMESTAMPED_FORMATS = ("verbose_json", "srt", "vtt")  # transcribed window by window
+TIMESTAMPED_FORMATS = ("verbose_json", "srt", "vtt")  # by window, or by aligned words
 FORM_OVERHEAD_BYTES = 64 * 1024  # multipart boundaries and text fields beside the file
 
 
@@ -95,6 +97,7 @@ class Job:
     # A timestamped transcription: audio + prompt instead of messages.
     audio: np.ndarray | None = None
     prompt: str | None = None
+    word_timestamps: bool = False  # one generation, words aligned (else one request per window)
     stream: bool = False
     future: asyncio.Future | None = None  # non-streaming: the Result (or an exception)
     # Streaming: "start" or an exception, then text pieces, then the Result.
@@ -162,9 +165,9 @@ class Worker:
             elif job.audio is not None:
                 self.run_guarded(
                     [job],
-                    lambda j=job: [
-                        self.engine.transcribe([j.audio], j.prompt, j.options, timestamps=True)[0]
-                    ],
+                    lambda j=job: self.engine.transcribe(
+                        [j.audio], j.prompt, j.options, not j.word_timestamps, j.word_timestamps
+                    ),
                 )
             else:
                 groups.setdefault(job.options, []).append(job)
@@ -423,6 +426,7 @@ class TranscriptionForm:
     stream: bool
     options: GenerationOptions
     prompt: str | None
+    words: bool = False  # timestamp_granularities includes "word"
 
 
 async def _transcription_form(request: Request, settings: ServerSettings) -> TranscriptionForm:
@@ -458,10 +462,22 @@ async def _transcription_form(request: Request, settings: ServerSettings) -> Tra
         raise APIError(
             400, "Streaming is available for response_format json or text only.", param="stream"
         )
+    granularities = form.getlist("timestamp_granularities[]") + form.getlist(
+        "timestamp_granularities"
+    )
+    if set(granularities) - {"word", "segment"}:
+        raise APIError(
+            400, "timestamp_granularities may hold 'word' and 'segment'.", "timestamp_granularities"
+        )
+    if granularities and fmt != "verbose_json":
+        raise APIError(
+            400, "timestamp_granularities needs response_format verbose_json.", "response_format"
+        )
     options = _options(temperature=form.get("temperature"))
     if settings.fallback and not stream and options.temperature == 0:
         options = replace(options, fallback_temperatures=FALLBACK_TEMPERATURES)
-    return TranscriptionForm(data, fmt, stream, options, form.get("prompt") or None)
+    prompt = form.get("prompt") or None
+    return TranscriptionForm(data, fmt, stream, options, prompt, "word" in granularities)
 
 
 async def _json_body(request: Request) -> dict:
@@ -498,7 +514,11 @@ def _usage(result: Result, kind: str) -> dict:
     }
 
 
-def _transcription_response(result: Result, fmt: str) -> Any:
+def _word(word) -> dict:
+    return {"word": word.text, "start": round(word.start, 3), "end": round(word.end, 3)}
+
+
+def _transcription_response(result: Result, fmt: str, words: bool = False) -> Any:
     if fmt == "text":
         return PlainTextResponse(result.text + "\n")
     if fmt == "srt":
@@ -516,9 +536,11 @@ def _transcription_response(result: Result, fmt: str) -> Any:
                 "tokens": [],
                 "temperature": s.temperature,
             }
-            for i, s in enumerate(result.segments)
+            for i, s in enumerate(cues(result) if result.words else result.segments)
         ]
+        extra = {"words": [_word(w) for w in result.words]} if words else {}
         return {
+            **extra,
             "task": "transcribe",
             "language": "english",
             "duration": round(result.duration, 3),
@@ -609,15 +631,21 @@ async def transcriptions(request: Request, settings: SettingsDep, worker: Worker
     samples = await _decode_audio(form.data, "file")
     _check_duration(duration_seconds(samples), settings, "file")
     loop = asyncio.get_running_loop()
+    if form.words and not worker.engine.has_word_aligner:
+        raise APIError(
+            400, f"Model {worker.engine.name} has no word aligner.", "timestamp_granularities"
+        )
     if form.fmt in TIMESTAMPED_FORMATS:
-        job = Job(form.options, loop, audio=samples, prompt=form.prompt)
+        # Words (and cues that follow them) when asked, or for srt/vtt when the model can.
+        words = form.words or (form.fmt != "verbose_json" and worker.engine.has_word_aligner)
+        job = Job(form.options, loop, audio=samples, prompt=form.prompt, word_timestamps=words)
     else:
         messages = worker.engine.processor.transcription_messages(samples, form.prompt)
         job = Job(form.options, loop, messages=messages, transcription=True, stream=form.stream)
     if form.stream:
         await _open_stream(worker, job)
         return StreamingResponse(_transcription_events(job), media_type="text/event-stream")
-    return _transcription_response(await _run_job(worker, job), form.fmt)
+    return _transcription_response(await _run_job(worker, job), form.fmt, form.words)
 
 
 @router.post("/v1/chat/completions")
