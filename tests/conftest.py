@@ -28,10 +28,10 @@ TINY_QWEN2_TOKENIZER = ASSETS / "tiny-qwen2-tokenizer"  # Qwen2's pre-tokenizer:
 N_MELS = 16
 
 
-def tiny_config(**overrides) -> AeroConfig:
+def tiny_config(tokenizer: Path = TINY_TOKENIZER, **overrides) -> AeroConfig:
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(TINY_TOKENIZER)
+    tok = AutoTokenizer.from_pretrained(tokenizer)
     text = dict(
         model_type="qwen2",
         vocab_size=len(tok),
@@ -188,33 +188,10 @@ def make_published_checkpoint(path: Path, seed: int = 0) -> Path:
     from transformers import AutoTokenizer, WhisperFeatureExtractor
 
     tok = AutoTokenizer.from_pretrained(TINY_QWEN2_TOKENIZER)
-    text = dict(
-        model_type="qwen2",
-        vocab_size=-(-len(tok) // 64) * 64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=32768,
-        tie_word_embeddings=True,
-        eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
-        pad_token_id=tok.pad_token_id,
-    )
-    audio = dict(
-        model_type="qwen2_audio_encoder",
-        d_model=32,
-        encoder_layers=2,
-        encoder_attention_heads=2,
-        encoder_ffn_dim=64,
-        num_mel_bins=N_MELS,
-    )
-    config = AeroConfig(
-        text_config=text,
-        audio_config=audio,
-        audio_token_index=tok.convert_tokens_to_ids("<|AUDIO|>"),
-        tie_word_embeddings=True,
-    )
+    tied = dict(tie_word_embeddings=True, eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"))
+    padded = -(-len(tok) // 64) * 64  # the published 151,668 entries -> 152,000 rows
+    text = dict(vocab_size=padded, **tied)
+    config = tiny_config(TINY_QWEN2_TOKENIZER, text=text, tie_word_embeddings=True)
     torch.manual_seed(seed)
     model = AeroForConditionalGeneration(config).eval()
     with torch.no_grad():  # a larger logit spread keeps greedy choices away from ties

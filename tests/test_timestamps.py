@@ -121,3 +121,11 @@ def test_aero_align_command(checkpoint, tmp_path):
         app, ["align", str(tmp_path / "missing.wav"), "x", "--model", str(checkpoint)]
     )
     assert bad.exit_code == 2 and "does not exist" in bad.stderr
+
+
+def test_a_word_without_letters_at_the_very_end_still_gets_time():
+    words, targets, spans = transcript_targets("go 2026.")
+    frames = np.array([[20, 20], [21, 24]])  # "go" runs to the end of a 1 s recording
+    placed = word_times(words, spans, frames, np.ones(len(targets)), duration=1.0)
+    assert [(round(w.start, 2), round(w.end, 2)) for w in placed] == [(0.8, 0.96), (0.96, 1.0)]
+    assert all(w.end > w.start for w in placed)

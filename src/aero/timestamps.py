@@ -40,16 +40,23 @@ class Word:
 
 
 class CtcAligner(nn.Module):
-    """(T, D) encoder frames -> (T, 29) log-probabilities over blank + ALPHABET."""
+    """(T, D) or (T, B, D) encoder frames -> (T, [B,] 29) log-probabilities over blank + ALPHABET.
 
-    def __init__(self, d_model: int, hidden: int = 256):
+    A convolution over `kernel` neighbouring frames (kernel 5: 200 ms of context), GELU, then a
+    linear layer to the classes.
+    """
+
+    def __init__(self, d_model: int, hidden: int = 256, kernel: int = 5):
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(d_model, hidden), nn.GELU(), nn.Linear(hidden, len(ALPHABET) + 1)
-        )
+        self.kernel = kernel
+        self.conv = nn.Conv1d(d_model, hidden, kernel, padding=kernel // 2)
+        self.out = nn.Linear(hidden, len(ALPHABET) + 1)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        return self.net(frames).log_softmax(-1)
+        x = frames if frames.dim() == 3 else frames[:, None]  # T, B, D
+        h = self.conv(x.permute(1, 2, 0)).permute(2, 0, 1)  # B, D, T -> T, B, H
+        y = self.out(nn.functional.gelu(h)).log_softmax(-1)
+        return y if frames.dim() == 3 else y[:, 0]
 
 
 def letters(word: str) -> str:
@@ -140,6 +147,13 @@ def _fill_gaps(words: list[Word], duration: float) -> None:
             j += 1
         lo = words[i - 1].end if i > 0 else 0.0
         hi = words[j].start if j < len(words) else duration
+        need = (j - i) * FRAME_SECONDS  # no room between the neighbours: take half of theirs
+        if hi - lo < need and i > 0:
+            prev = words[i - 1]
+            prev.end = lo = max((prev.start + prev.end) / 2, hi - need)
+        if hi - lo < need and j < len(words):
+            nxt = words[j]
+            nxt.start = hi = min((nxt.start + nxt.end) / 2, lo + need)
         step = max(hi - lo, 0.0) / (j - i)
         for k in range(i, j):
             words[k].start, words[k].end = lo + (k - i) * step, lo + (k - i + 1) * step
@@ -162,7 +176,13 @@ class WordAligner:
                 "scripts/train_aligner.py."
             )
         weights = load_file(str(path))
-        head = CtcAligner(model.config.audio_config.d_model, weights["net.0.weight"].shape[0])
+        hidden, d_model, kernel = weights["conv.weight"].shape
+        if d_model != model.config.audio_config.d_model:
+            raise ValueError(
+                f"The word aligner at {path} is for an encoder of width {d_model}, not "
+                f"{model.config.audio_config.d_model}: it belongs to another model."
+            )
+        head = CtcAligner(d_model, hidden, kernel)
         head.load_state_dict(weights)
         return cls(model, processor, head)
 

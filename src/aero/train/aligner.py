@@ -1,8 +1,9 @@
 """Training the word aligner: a CTC head over a frozen encoder, predicting characters.
 
 Notable choices:
-- The encoder is frozen, so every clip's frames are computed once and kept in memory (7 h of
-  audio at 25 frames/s and width 384 is ~1 GB); an epoch then costs only the head.
+- The encoder is frozen, so every clip's frames are computed once, kept in memory (7 h of
+  audio at 25 frames/s and width 384 is ~1 GB) and saved to OUT/frames.pt for reruns; an
+  epoch then costs only the head.
 - Transcription samples only (one audio, a text reply), the same selection as the CTC stage;
   targets are the reply's letters with single spaces between words (`transcript_targets`).
 - The last `val_clips` clips are held out; greedy CTC decoding of them gives a character error
@@ -78,6 +79,7 @@ def train_aligner(
     batch_size: int = 32,
     lr: float = 2e-3,
     hidden: int = 256,
+    kernel: int = 5,
     val_clips: int = 200,  # held out from the end of the manifest (at most a tenth of it)
     eval_every: int = 500,
     seed: int = 0,
@@ -93,9 +95,14 @@ def train_aligner(
     out.mkdir(parents=True, exist_ok=True)
     samples = read_dataset(DatasetSpec(str(manifest)))
     pairs = [p for p in map(transcription_pair, samples) if p]
-    head = CtcAligner(model.config.audio_config.d_model, hidden)
+    head = CtcAligner(model.config.audio_config.d_model, hidden, kernel)
     started = time.perf_counter()
-    data = encode_clips(WordAligner(model.eval(), processor, head), pairs)
+    cache = out / "frames.pt"  # the frozen encoder's frames: a rerun (other head, steps) skips them
+    if cache.is_file():
+        data = torch.load(cache)
+    else:
+        data = encode_clips(WordAligner(model.eval(), processor, head), pairs)
+        torch.save(data, cache)
     val_clips = min(val_clips, len(data) // 10 or 1)
     train, val = data[:-val_clips], data[-val_clips:]
     optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=0.01)
@@ -118,9 +125,7 @@ def train_aligner(
         metrics.write([record])
     hours = sum(f.shape[0] for f, _ in data) * FRAME_SECONDS / 3600
     lineage = {"steps": steps, "clips": len(train), "hours": f"{hours:.2f}", "data": str(manifest)}
-    lineage.update(
-        seed=seed, val_cer=f"{record['val_cer']:.4f}", encoder=model.config._name_or_path
-    )
+    lineage.update(seed=seed, val_cer=f"{record['val_cer']:.4f}", encoder=model_name, kernel=kernel)
     path = out / "aligner.safetensors"
     save_file(head.state_dict(), str(path), {k: str(v) for k, v in lineage.items()})
     return {**lineage, "seconds": time.perf_counter() - started, "path": str(path)}
