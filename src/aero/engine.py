@@ -525,4 +525,5 @@ def model_facts(engine: Engine) -> dict[str, Any]:
         "end of turn": ", ".join(eos),
         "system prompt": repr(processor.system_prompt),
         "dtype": str(next(model.parameters()).dtype),
+        "word timestamps": str(engine.aligner_path) if engine.aligner_path else "none (no aligner)",
     }
