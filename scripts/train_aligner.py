@@ -24,6 +24,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--kernel", type=int, default=1, help="Frames the head sees at once.")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -40,6 +41,7 @@ def main() -> None:
         args.steps,
         args.batch_size,
         args.lr,
+        kernel=args.kernel,
         seed=args.seed,
         model_name=args.model,
     )

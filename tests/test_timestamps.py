@@ -129,3 +129,18 @@ def test_a_word_without_letters_at_the_very_end_still_gets_time():
     placed = word_times(words, spans, frames, np.ones(len(targets)), duration=1.0)
     assert [(round(w.start, 2), round(w.end, 2)) for w in placed] == [(0.8, 0.96), (0.96, 1.0)]
     assert all(w.end > w.start for w in placed)
+
+
+def test_aero_mini_ships_an_aligner_with_its_lineage():
+    from safetensors import safe_open
+
+    from aero.models import AERO_MINI, aligner_file
+
+    path = aligner_file(AERO_MINI)
+    assert path is not None and path.name == ALIGNER_FILE
+    with safe_open(str(path), "pt") as f:
+        lineage = f.metadata()
+        shape = f.get_tensor("conv.weight").shape
+    assert shape == (256, 384, 1)  # Whisper tiny.en's width, one frame at a time
+    assert {"steps", "clips", "hours", "seed", "val_cer", "encoder"} <= set(lineage)
+    assert lineage["encoder"] == "aero-mini" and float(lineage["val_cer"]) < 0.35

@@ -79,7 +79,7 @@ def train_aligner(
     batch_size: int = 32,
     lr: float = 2e-3,
     hidden: int = 256,
-    kernel: int = 5,
+    kernel: int = 1,
     val_clips: int = 200,  # held out from the end of the manifest (at most a tenth of it)
     eval_every: int = 500,
     seed: int = 0,
