@@ -5,11 +5,14 @@ temporary folder before transformers is imported (a test that needs the Hub's ab
 cached model sets those up itself).
 """
 
+import atexit
 import os
+import shutil
 import tempfile
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HUB_CACHE"] = tempfile.mkdtemp(prefix="aero-test-hf-cache-")
+atexit.register(shutil.rmtree, os.environ["HF_HUB_CACHE"], ignore_errors=True)
 os.environ.pop("AERO_MODEL", None)
 
 import json  # noqa: E402 - after the environment above
