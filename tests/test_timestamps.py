@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from aero.audio import SAMPLE_RATE
 from aero.cli import app
+from aero.decoding import GenerationOptions
 from aero.engine import Engine
 from aero.timestamps import (
     ALIGNER_FILE,
@@ -87,7 +88,7 @@ def test_transcribe_with_word_timestamps_times_the_reply(checkpoint):
     result = engine.transcribe([tone(4.0)], options=None, word_timestamps=True)[0]
     assert [w.text for w in result.words] == result.text.split()
     assert all(0 <= w.start < w.end <= 4.0 for w in result.words)
-    no_aligner = Engine(engine.model, engine.processor)
+    no_aligner = Engine(engine.model, engine.processor, bundled_aligner=False)
     with pytest.raises(FileNotFoundError, match="no word aligner"):
         no_aligner.transcribe([tone(1.0)], word_timestamps=True)
 
@@ -144,3 +145,18 @@ def test_aero_mini_ships_an_aligner_with_its_lineage():
     assert shape == (256, 384, 1)  # Whisper tiny.en's width, one frame at a time
     assert {"steps", "clips", "hours", "seed", "val_cer", "encoder"} <= set(lineage)
     assert lineage["encoder"] == "aero-mini" and float(lineage["val_cer"]) < 0.35
+
+
+@pytest.mark.slow
+def test_a_model_without_an_aligner_borrows_aero_minis(checkpoint, tmp_path):
+    """Forced alignment needs the audio and the words: any model's transcript is timed by
+    aero-mini's encoder and head (loaded once, on first use)."""
+    engine = Engine(make_tiny_model(), make_tiny_processor())
+    assert not engine.has_word_aligner
+    samples = tone(3.0)
+    words = engine.word_aligner().align(samples, "one two three")
+    assert [w.text for w in words] == ["one", "two", "three"]
+    assert all(0 <= w.start < w.end <= 3.0 for w in words)
+    options = GenerationOptions(max_new_tokens=3)  # a short reply: its letters fit 3 s of frames
+    result = engine.transcribe([samples], options=options, word_timestamps=True)[0]
+    assert [w.text for w in result.words] == result.text.split() and not result.warnings

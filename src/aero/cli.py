@@ -56,8 +56,8 @@ TIMESTAMP_HELP = (
     "window, each window transcribed on its own (timing precision 30 s)."
 )
 WORD_TIMESTAMPS_HELP = (
-    "Time every word by aligning the transcript to the audio (aero.timestamps); default: on for "
-    "srt/vtt when the model has a word aligner."
+    "Time every word by aligning the transcript to the audio (aero.timestamps; a model without "
+    "its own word aligner borrows aero-mini's); default: on for srt/vtt when the model has one."
 )
 
 
@@ -200,13 +200,8 @@ def transcribe(
     options = _options(max_new_tokens, fallback=fallback, beam_size=beam_size)
     engine = _load_engine(model, batch_size, int8, threads)
     targets = output_paths(paths, Path(output_dir), format)
-    if word_timestamps is None:
+    if word_timestamps is None:  # a model without its own aligner borrows aero-mini's on request
         word_timestamps = format in ("srt", "vtt") and engine.has_word_aligner
-    elif word_timestamps and not engine.has_word_aligner:
-        typer.echo(
-            f"error: {engine.name} has no word aligner; see scripts/train_aligner.py.", err=True
-        )
-        raise typer.Exit(2)
     console = Console(stderr=True)
     failed = _transcribe_files(
         engine, paths, targets, format, prompt, options, console, words=word_timestamps

@@ -149,9 +149,13 @@ class Engine:
         batch_size: int = 8,
         max_batch_tokens: int = 16384,
         aligner_path: str | os.PathLike | None = None,
+        bundled_aligner: bool = True,
     ):
         self.model = model.eval()
-        self.aligner_path = aligner_path  # the word aligner's weights (None: no word timestamps)
+        self.aligner_path = aligner_path  # this model's own word aligner (None: it has none)
+        # Without one, word timestamps come from aero-mini's (its Whisper tiny.en encoder and head,
+        # loaded on first use): alignment needs the audio and the words, not this model.
+        self.bundled_aligner = bundled_aligner
         self._aligner: WordAligner | None = None
         self.processor = processor
         self.name = name
@@ -180,17 +184,24 @@ class Engine:
 
     @property
     def has_word_aligner(self) -> bool:
-        return self._aligner is not None or bool(self.aligner_path)
+        """Whether this model has its own aligner (then srt/vtt follow the words by default)."""
+        return bool(self.aligner_path)
 
     def word_aligner(self) -> WordAligner:
-        """The model's word aligner (loaded on first use); an error names the missing file."""
+        """This model's word aligner, else aero-mini's (loaded on first use); an error names what
+        is missing."""
         if self._aligner is None:
-            if not self.aligner_path:
+            if self.aligner_path:
+                self._aligner = WordAligner.from_file(self.model, self.processor, self.aligner_path)
+            elif self.bundled_aligner:
+                from aero.models import bundled_aligner
+
+                self._aligner = bundled_aligner()
+            else:
                 raise FileNotFoundError(
                     f"Model {self.name} has no word aligner ({ALIGNER_FILE} beside its weights); "
                     "train one with scripts/train_aligner.py."
                 )
-            self._aligner = WordAligner.from_file(self.model, self.processor, self.aligner_path)
         return self._aligner
 
     def add_word_times(self, result: Result, samples: np.ndarray) -> Result:
@@ -525,5 +536,5 @@ def model_facts(engine: Engine) -> dict[str, Any]:
         "end of turn": ", ".join(eos),
         "system prompt": repr(processor.system_prompt),
         "dtype": str(next(model.parameters()).dtype),
-        "word timestamps": str(engine.aligner_path) if engine.aligner_path else "none (no aligner)",
+        "word timestamps": str(engine.aligner_path or "aero-mini's aligner (on request)"),
     }

@@ -19,6 +19,7 @@ Notable choices:
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -163,6 +164,19 @@ def aligner_file(name_or_path: str | os.PathLike) -> Path | None:
     else:
         path = Path(name).expanduser() / ALIGNER_FILE
     return path if path.is_file() else None
+
+
+@functools.cache
+def bundled_aligner():
+    """aero-mini's word aligner with its own encoder (Whisper tiny.en): word times for any model's
+    transcript, since forced alignment needs only the audio and the words."""
+    from aero.timestamps import WordAligner
+
+    path = aligner_file(AERO_MINI)
+    if path is None:
+        raise FileNotFoundError(f"aero-mini's word aligner is missing from {ADAPTER_FILE.parent}.")
+    model, processor = load(AERO_MINI)
+    return WordAligner.from_file(model, processor, path)
 
 
 @dataclass(frozen=True)

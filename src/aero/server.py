@@ -631,10 +631,6 @@ async def transcriptions(request: Request, settings: SettingsDep, worker: Worker
     samples = await _decode_audio(form.data, "file")
     _check_duration(duration_seconds(samples), settings, "file")
     loop = asyncio.get_running_loop()
-    if form.words and not worker.engine.has_word_aligner:
-        raise APIError(
-            400, f"Model {worker.engine.name} has no word aligner.", "timestamp_granularities"
-        )
     if form.fmt in TIMESTAMPED_FORMATS:
         # Words (and cues that follow them) when asked, or for srt/vtt when the model can.
         words = form.words or (form.fmt != "verbose_json" and worker.engine.has_word_aligner)
