@@ -231,8 +231,9 @@ def test_repeated_ngram_rules():
 
 def test_context_limit_is_an_error_not_truncation():
     engine = Engine(make_tiny_model(text={"max_position_embeddings": 512}), make_tiny_processor())
-    with pytest.raises(ContextLengthError, match=r"33\.0 s of audio.*at most ~1[0-9] s"):
+    with pytest.raises(ContextLengthError, match=r"33\.0 s of audio.*at most ~1[0-9] s") as err:
         engine.transcribe([tone(33.0)])
+    assert "needs -" not in str(err.value) and "0 left for the reply" in str(err.value)
     with pytest.raises(ContextLengthError, match="lower max_new_tokens"):
         engine.transcribe([tone(5.0)], options=GenerationOptions(max_new_tokens=400))
     assert (

@@ -243,12 +243,13 @@ class Engine:
         if budget > room or room < MIN_REPLY_TOKENS:
             rate = audio_tokens_per_second(self.processor.audio_stack)
             text_tokens = len(ids) - sum(self.processor.tokens_per_window(audio.windows))
-            fits = max(0.0, (self.context - text_tokens - max(budget, MIN_REPLY_TOKENS)) / rate)
+            reply = max(budget, MIN_REPLY_TOKENS)  # never a negative "request" in the message
+            fits = max(0.0, (self.context - text_tokens - reply) / rate)
             raise ContextLengthError(
                 f"The request's prompt is {len(ids)} tokens ({seconds:.1f} s of audio at "
-                f"{rate:g} tokens/s) and asks for {budget} new tokens, but the model's context "
-                f"holds {self.context}; send at most ~{fits:.0f} s of audio per request (split "
-                "the recording) or lower max_new_tokens."
+                f"{rate:g} tokens/s) and needs {reply} new tokens, but the model's context "
+                f"holds {self.context} ({max(room, 0)} left for the reply); send at most "
+                f"~{fits:.0f} s of audio per request (split the recording) or lower max_new_tokens."
             )
         return Prepared(ids, list(audio.windows), audios, budget, list(audio.warnings))
 
