@@ -17,10 +17,11 @@ Notable choices:
   length); files are read a few batches ahead, never all at once.
 - Audio is never truncated: a prompt whose audio does not fit the LM context (with the
   requested `max_new_tokens`) is a `ContextLengthError` naming the duration that fits.
-- Timestamps: one segment per 30 s encoder window, transcribed as its own request. The
-  model emits no time tokens, so this is the precision we can state honestly: segment
-  boundaries are exact window boundaries; inside a window there is no timing, and a word
-  spoken across a boundary may be cut or appear in both segments.
+- Timestamps: the model emits no time tokens. Word timestamps align the whole recording's
+  reply to the audio afterwards (aero.timestamps; the model's own aligner, else aero-mini's).
+  Without them, `timestamps` gives one segment per 30 s window, each window its own request:
+  exact window boundaries, no timing inside a window, and a word spoken across a boundary may
+  be cut or appear in both segments.
 - No prompt-prefix KV cache shared across requests: with aero-mini the text before the first
   audio placeholder is 3 tokens (`<|im_start|>user\\n`, no system turn), a few percent of a
   short clip's prompt, while sharing it would force a fixed padding layout on every batch.
