@@ -196,9 +196,8 @@ def word_cues(
 def cues(result: Result) -> list[Segment]:
     """Subtitle cues: from the words when there are any, else from the segments, else one cue
     for the whole recording."""
-    words = getattr(result, "words", None)
-    if words:
-        return word_cues(words)
+    if result.words:
+        return word_cues(result.words)
     if result.segments:
         return [s for s in result.segments if s.text.strip()]
     return [Segment(0.0, result.duration, result.text)] if result.text.strip() else []
@@ -255,7 +254,7 @@ def to_dict(result: Result) -> dict:
                 "word": w.text,
                 "probability": round(float(w.probability), 3),
             }
-            for w in getattr(result, "words", None) or []
+            for w in result.words
         ],
         "warnings": result.warnings,
     }

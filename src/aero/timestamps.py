@@ -81,6 +81,11 @@ def transcript_targets(text: str) -> tuple[list[str], list[int], list[tuple[int,
     return words, targets, spans
 
 
+def min_frames(targets: list[int]) -> int:
+    """Frames CTC needs for `targets`: one per letter, plus a blank between two equal letters."""
+    return len(targets) + sum(a == b for a, b in zip(targets, targets[1:]))
+
+
 def forced_align(log_probs: np.ndarray, targets: list[int]) -> np.ndarray:
     """Viterbi path of `targets` through (T, C) CTC log-probabilities: for each target, the
     first and last frame it occupies, as a (len(targets), 2) array. Raises if T is too short."""
@@ -88,7 +93,7 @@ def forced_align(log_probs: np.ndarray, targets: list[int]) -> np.ndarray:
     ext = np.zeros(2 * len(targets) + 1, dtype=np.int64)  # blank, t1, blank, t2, ..., blank
     ext[1::2] = targets
     S = len(ext)
-    need = len(targets) + sum(a == b for a, b in zip(targets, targets[1:]))
+    need = min_frames(targets)
     if T < need:
         raise ValueError(
             f"The audio is too short for its transcript: {T} frames for {need} letters."

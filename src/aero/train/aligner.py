@@ -24,7 +24,14 @@ from torch import nn
 
 from aero.audio import load_audio
 from aero.data.manifest import DatasetSpec, read_dataset
-from aero.timestamps import ALPHABET, FRAME_SECONDS, CtcAligner, WordAligner, transcript_targets
+from aero.timestamps import (
+    ALPHABET,
+    FRAME_SECONDS,
+    CtcAligner,
+    WordAligner,
+    min_frames,
+    transcript_targets,
+)
 from aero.train.align import transcription_pair
 from aero.train.logs import JsonlLog
 from aero.train.schedule import cosine_schedule
@@ -36,8 +43,7 @@ def encode_clips(aligner: WordAligner, pairs: list[tuple[str, str]], log_every: 
     for i, (path, text) in enumerate(pairs):
         targets = transcript_targets(text)[1]
         frames = aligner.encoder_frames(load_audio(path)).clone()  # a normal tensor: autograd-safe
-        repeats = sum(a == b for a, b in zip(targets, targets[1:]))  # CTC needs a blank between
-        if targets and len(targets) + repeats <= frames.shape[0]:
+        if targets and min_frames(targets) <= frames.shape[0]:
             data.append((frames, torch.tensor(targets)))
         if log_every and (i + 1) % log_every == 0:
             print(f"encoded {i + 1}/{len(pairs)} clips", flush=True)
