@@ -11,10 +11,16 @@ Notable choices:
   repeatable mode would give every clip the same noise. Their level is set by an exact SNR
   against the speech's power.
 - Gain is a final peak level in dBFS; every clip is kept below full scale (no clipping).
+- A recording channel (`plan_channel`) is what real recordings pass through after the room and
+  the noise: a telephone line (300-3400 Hz at 8 kHz, then G.711 mu-law/A-law or AMR-NB at
+  4.75-12.2 kbit/s) or a wideband codec (Opus, MP3, AAC at low bit rates), plus a room more
+  often than the plain plan. Codecs run in PyAV (ffmpeg's own encoders), encoded and decoded
+  back to 16 kHz, after the noise is mixed in, as a phone or a streaming app would.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import random
 import subprocess
@@ -74,6 +80,74 @@ def plan(
     if augmented:
         effects.append({"effect": "gain", "peak_db": round(rng.uniform(-25, -1), 1)})
     return effects
+
+
+# (codec, sample rate, bit rates to draw from; None: the codec's only rate)
+NARROWBAND_CODECS = (
+    ("pcm_mulaw", 8000, None),
+    ("pcm_alaw", 8000, None),
+    ("libopencore_amrnb", 8000, (4750, 5900, 7400, 10200, 12200)),
+)
+AAC_PRIMING = 1024  # samples
+WIDEBAND_CODECS = (
+    ("libopus", 16000, (8000, 12000, 16000, 24000)),
+    ("libmp3lame", 16000, (16000, 24000, 32000, 48000)),
+    ("aac", 16000, (24000, 32000, 48000)),
+)
+
+
+def plan_channel(rng: random.Random, effects: list[dict]) -> list[dict]:
+    """The effect list with a recording channel added: a room (if none) with probability 0.4,
+    then a telephone line with its codec (half the time) or a wideband codec. The codec comes
+    last but before the final gain, so it encodes the speech, room and noise together."""
+    out = [e for e in effects if e["effect"] != "gain"]
+    gain = [e for e in effects if e["effect"] == "gain"]
+    if not any(e["effect"] == "reverb" for e in out) and rng.random() < 0.4:
+        room = {"effect": "reverb", "reverberance": rng.randint(10, 70)}
+        out.append({**room, "room_scale": rng.randint(10, 80)})
+    narrow = rng.random() < 0.5
+    if narrow and not any(e["effect"] == "telephone" for e in out):
+        out.append({"effect": "telephone", "band_hz": list(TELEPHONE_BAND), "rate": TELEPHONE_RATE})
+    codec, rate, bitrates = rng.choice(NARROWBAND_CODECS if narrow else WIDEBAND_CODECS)
+    out.append(
+        {
+            "effect": "codec",
+            "codec": codec,
+            "rate": rate,
+            "bitrate": rng.choice(bitrates) if bitrates else None,
+        }
+    )
+    if not gain:
+        gain = [{"effect": "gain", "peak_db": round(rng.uniform(-25, -1), 1)}]
+    return out + gain
+
+
+def codec(audio: np.ndarray, effect: dict) -> np.ndarray:
+    """16 kHz float32 audio encoded with `effect`'s codec and decoded back to 16 kHz."""
+    import av
+
+    from aero.audio import load_audio
+
+    buffer = io.BytesIO()
+    container_format = {"libopus": "ogg", "libmp3lame": "mp3", "aac": "adts"}.get(
+        effect["codec"], "wav" if effect["codec"].startswith("pcm_") else "amr"
+    )
+    with av.open(buffer, "w", format=container_format) as out:
+        stream = out.add_stream(effect["codec"], rate=effect["rate"], layout="mono")
+        if effect["bitrate"]:
+            stream.bit_rate = effect["bitrate"]
+        resampler = av.AudioResampler(format=stream.format.name, layout="mono", rate=effect["rate"])
+        pcm = np.clip(audio, -1, 1).astype(np.float32)[None]
+        frame = av.AudioFrame.from_ndarray(pcm, format="flt", layout="mono")
+        frame.sample_rate = SAMPLE_RATE
+        for piece in [*resampler.resample(frame), *resampler.resample(None)]:
+            out.mux(stream.encode(piece))
+        out.mux(stream.encode(None))
+    # AAC's decoder output starts with one frame of encoder priming (1024 samples) that players
+    # skip; the others start within a few ms
+    decoded = load_audio(buffer.getvalue())[AAC_PRIMING if effect["codec"] == "aac" else 0 :]
+    n = len(audio)
+    return np.pad(decoded, (0, max(0, n - len(decoded))))[:n].astype(np.float32)
 
 
 def background_of(effects: list[dict]) -> str | None:
@@ -178,6 +252,9 @@ def apply(audio: np.ndarray, effects: list[dict], workdir: str) -> np.ndarray:
             p_speech, p_bg = np.mean(audio**2), np.mean(bg**2)
             if p_bg > 0 and p_speech > 0:
                 audio = audio + bg * np.sqrt(p_speech / p_bg / 10 ** (e["snr_db"] / 10))
+    for e in effects:
+        if e["effect"] == "codec":
+            audio = codec(audio.astype(np.float32), e).astype(np.float64)
     peak = float(np.max(np.abs(audio))) or 1.0
     gain = next((e for e in effects if e["effect"] == "gain"), None)
     target = 10 ** (gain["peak_db"] / 20) if gain else min(peak, 0.95)

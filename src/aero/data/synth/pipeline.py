@@ -25,7 +25,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
 
-from aero.data.synth import tasks
+from aero.data.synth import augment, tasks
 from aero.data.synth.llm import AnswerCache, AnswerFn
 from aero.data.synth.questions import questions
 from aero.data.synth.recipes import Recipe, Split
@@ -117,6 +117,10 @@ def plan_split(split: Split, seed: int, samples: int | None = None) -> list[Job]
                 *split.voice_shift
             )
             job.effects.insert(0, {"effect": "pitch", "cents": cents})
+        if split.channel:  # its own stream too
+            channel_rng = random.Random(f"aero-synth:{seed}:{split.name}:channel:{i}")
+            if channel_rng.random() < split.channel and job.task != "understand":
+                job.effects = augment.plan_channel(channel_rng, job.effects)
         job.id = f"{split.name}-{i:06d}"
         job.audio = f"audio/{job.id}.flac"
         jobs.append(job)

@@ -33,6 +33,9 @@ class Split:
     # (low, high) cents: every clip's pitch and formants are shifted by a draw from this range
     # (sox `pitch`, a vocal-tract-length change: male voices made higher, for more speakers)
     voice_shift: tuple = ()
+    # probability that a clip also passes through a recording channel (augment.plan_channel: a
+    # room, then a telephone line and its codec or a wideband codec)
+    channel: float = 0.0
 
     def __post_init__(self):  # YAML gives a list; a frozen split keeps a tuple
         object.__setattr__(self, "long_seconds", tuple(self.long_seconds))
@@ -56,6 +59,8 @@ class Split:
                 f"split {self.name}: a shifted voice has no honest gender label; "
                 "leave gender out of understand_kinds or drop voice_shift."
             )
+        if not 0 <= self.channel <= 1:
+            raise RecipeError(f"split {self.name}: channel must be within [0, 1]; got {self.channel}.")
         unknown = set(self.understand_kinds) - set(UNDERSTAND_KINDS)
         if unknown or not self.understand_kinds:
             raise RecipeError(

