@@ -72,7 +72,9 @@ def test_transcriber_batches_and_answers(saved):
 
 def test_aero_mini_without_adapter_warns_and_returns_the_base(monkeypatch, tmp_path, caplog):
     model, processor = make_tiny_model(), make_tiny_processor()
-    monkeypatch.setattr(models, "build_aero_mini_base", lambda cache_dir=None: (model, processor))
+    monkeypatch.setattr(
+        models, "build_aero_mini_base", lambda cache_dir=None, projector=None: (model, processor)
+    )
     monkeypatch.setattr(models, "ADAPTER_FILE", tmp_path / "adapter.safetensors")
     with caplog.at_level(logging.WARNING, logger="aero.models"):
         got, _ = load("aero-mini")
@@ -81,7 +83,9 @@ def test_aero_mini_without_adapter_warns_and_returns_the_base(monkeypatch, tmp_p
 
 def test_aero_mini_applies_the_shipped_adapter(monkeypatch, tmp_path):
     model, processor = make_tiny_model(), make_tiny_processor()
-    monkeypatch.setattr(models, "build_aero_mini_base", lambda cache_dir=None: (model, processor))
+    monkeypatch.setattr(
+        models, "build_aero_mini_base", lambda cache_dir=None, projector=None: (model, processor)
+    )
     adapter = tmp_path / "adapter.safetensors"
     trained = torch.full_like(model.audio_modal_projector.linear.bias, 0.5)
     save_file({"audio_modal_projector.linear.bias": trained}, adapter)

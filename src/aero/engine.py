@@ -49,7 +49,7 @@ from aero.audio import (
     window_tokens,
 )
 from aero.decoding import DEFAULT_MAX_NEW_TOKENS, Decoded, Decoder, GenerationOptions, Prefill
-from aero.processing import AeroProcessor
+from aero.processing import AeroProcessor, count_audio_tokens_with
 from aero.timestamps import ALIGNER_FILE, Word, WordAligner
 
 TRANSCRIPT_BASE_TOKENS = 32  # transcription budget when max_new_tokens is None: this many ...
@@ -168,6 +168,8 @@ class Engine:
         eos = eos if eos is not None else tok.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos])
         self.pad_id = tok.pad_token_id
+        # a "ctc" projector: token counts come from the audio itself
+        self.compressed = count_audio_tokens_with(model, processor)
 
     @classmethod
     def load(
@@ -359,7 +361,9 @@ class Engine:
         attention_mask = batch["attention_mask"].to(device)
         embeds = model.get_input_embeddings()(input_ids)
         windows = [w for p in prepared for w in p.windows]
-        if windows:
+        if windows and self.compressed is not None:
+            embeds = model.merge_audio(input_ids, embeds, self.compressed.features(windows))
+        elif windows:
             values, frames = self.processor.audio_features(windows)
             features = model.get_audio_features(values.to(device), frames.to(device))
             embeds = model.merge_audio(input_ids, embeds, features)

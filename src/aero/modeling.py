@@ -70,6 +70,9 @@ class AeroConfig(PreTrainedConfig):
     # "linear" or two-layer "mlp" projector.
     projector_stack: int = 1
     projector_type: str = "linear"
+    # projector_type "ctc" (aero-mini v2): this many transformer layers over the stacked frames,
+    # trained with CTC onto the LM's embeddings; the LM reads one token per CTC emission.
+    connector_layers: int = 2
 
     def __post_init__(self, **kwargs):
         # Published configs carry remote-code pointers; we are the local code for them.
@@ -77,14 +80,18 @@ class AeroConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
 
 
+PROJECTOR_TYPES = ("linear", "mlp", "ctc")
+
+
 class AeroAudioProjector(nn.Module):
     """N, k*D -> N, H. Published: one linear layer (`linear`), k = 1. Option: Linear-GELU-Linear."""
 
     def __init__(self, config: AeroConfig):
         super().__init__()
-        if config.projector_type not in ("linear", "mlp"):
+        if config.projector_type not in PROJECTOR_TYPES:
             raise ValueError(
-                f"projector_type must be 'linear' or 'mlp', not {config.projector_type!r}."
+                f"projector_type must be one of {', '.join(PROJECTOR_TYPES)}, "
+                f"not {config.projector_type!r}."
             )
         hidden = config.text_config.hidden_size
         self.linear = nn.Linear(
@@ -97,6 +104,77 @@ class AeroAudioProjector(nn.Module):
     def forward(self, audio_features: torch.Tensor) -> torch.Tensor:
         x = self.linear(audio_features)
         return self.linear2(nn.functional.gelu(x)) if self.linear2 is not None else x
+
+
+class CtcConnector(nn.Module):
+    """projector_type "ctc": stacked encoder frames -> Linear -> transformer layers -> vectors in
+    the LM's embedding space, plus a CTC head over the LM's own embeddings and one blank.
+
+    Trained with CTC alone (no LM; `objective: ctc`), so most of the learning happens without
+    the LM's forward and backward. At inference it compresses: a frame whose most likely class
+    is the blank is dropped, a run of frames with the same most likely token becomes one, and
+    each kept token is the posterior-weighted mix of the LM's embeddings (as in LegoSLM), so
+    the LM reads about one position per spoken sub-word instead of a fixed frame rate. The
+    number of audio tokens therefore depends on the audio, not only its length.
+    """
+
+    def __init__(self, config: AeroConfig):
+        super().__init__()
+        hidden = config.text_config.hidden_size
+        self.linear = nn.Linear(config.audio_config.d_model * config.projector_stack, hidden)
+        self.layers = nn.ModuleList(
+            nn.TransformerEncoderLayer(
+                hidden,
+                max(1, hidden // 64),
+                2 * hidden,
+                dropout=0.1,
+                activation="gelu",
+                batch_first=True,
+                norm_first=True,
+            )
+            for _ in range(config.connector_layers)
+        )
+        self.norm = nn.LayerNorm(hidden)
+        self.out = nn.Linear(hidden, hidden)
+        self.blank = nn.Parameter(torch.zeros(hidden))
+        self.log_scale = nn.Parameter(torch.tensor(0.0))
+
+    def frames(self, windows: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Per-window stacked frames [(n_i, k*D)] -> per-frame vectors [(n_i, H)]; each window
+        is attended on its own."""
+        lengths = [w.shape[0] for w in windows]
+        x = self.linear(nn.utils.rnn.pad_sequence(windows, batch_first=True))
+        pad = (
+            torch.arange(x.shape[1], device=x.device)[None]
+            >= torch.tensor(lengths, device=x.device)[:, None]
+        )
+        for layer in self.layers:
+            x = layer(x, src_key_padding_mask=pad)
+        x = self.out(self.norm(x))
+        return [row[:n] for row, n in zip(x, lengths)]
+
+    def logits(self, h: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+        """(n, H) -> (n, V + 1) CTC logits; the blank is the last class."""
+        table = torch.cat([embeddings, self.blank[None].to(embeddings.dtype)])
+        return self.log_scale.exp() * (h.to(table.dtype) @ table.T)
+
+    def compress(self, h: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+        """(n, H) frames -> (m, H) LM inputs, one per CTC emission (m <= n)."""
+        logits = self.logits(h, embeddings).float()
+        best = logits.argmax(-1)
+        blank = embeddings.shape[0]
+        starts = torch.ones_like(best, dtype=torch.bool)
+        starts[1:] = best[1:] != best[:-1]
+        keep = starts & (best != blank)
+        if not bool(keep.any()):
+            return h.new_zeros((0, embeddings.shape[1]))
+        # a run of frames emitting one token: average its posteriors over the real tokens
+        run = torch.cumsum(starts.long(), 0) - 1
+        probs = logits[:, :blank].softmax(-1)
+        pooled = torch.zeros(int(run[-1]) + 1, blank, device=h.device).index_add_(0, run, probs)
+        pooled = pooled[run[keep]]
+        pooled = pooled / pooled.sum(-1, keepdim=True)
+        return (pooled.to(embeddings.dtype) @ embeddings).to(h.dtype)
 
 
 class AeroPreTrainedModel(PreTrainedModel):
@@ -116,7 +194,9 @@ class AeroForConditionalGeneration(AeroPreTrainedModel, GenerationMixin):
     def __init__(self, config: AeroConfig):
         super().__init__(config)
         self.audio_tower = Qwen2AudioEncoder(config.audio_config)
-        self.audio_modal_projector = AeroAudioProjector(config)
+        self.audio_modal_projector = (
+            CtcConnector(config) if config.projector_type == "ctc" else AeroAudioProjector(config)
+        )
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)
         self.post_init()
 
@@ -221,15 +301,31 @@ class AeroForConditionalGeneration(AeroPreTrainedModel, GenerationMixin):
 
     def project_audio(self, windows: list[torch.Tensor]) -> torch.Tensor:
         """Per-window encoder outputs [(n_i, D)] -> (N, H): stack k frames per token, project."""
+        return torch.cat(self.project_windows(windows))
+
+    def stack_frames(self, windows: list[torch.Tensor]) -> list[torch.Tensor]:
+        """[(n_i, D)] -> [(ceil(n_i / k), k*D)]: k adjacent encoder frames per audio token."""
         k = self.config.projector_stack
-        if k > 1:
-            stacked = []
-            for feats in windows:
-                pad = (-feats.shape[0]) % k  # zero-pad the last group: no frame is dropped
-                feats = nn.functional.pad(feats, (0, 0, 0, pad))
-                stacked.append(feats.reshape(-1, k * feats.shape[-1]))  # n, D -> n/k, k*D
-            windows = stacked
-        return self.audio_modal_projector(torch.cat(windows))
+        if k == 1:
+            return windows
+        stacked = []
+        for feats in windows:
+            pad = (-feats.shape[0]) % k  # zero-pad the last group: no frame is dropped
+            feats = nn.functional.pad(feats, (0, 0, 0, pad))
+            stacked.append(feats.reshape(-1, k * feats.shape[-1]))  # n, D -> n/k, k*D
+        return stacked
+
+    def project_windows(self, windows: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Per-window encoder outputs -> per-window LM inputs [(m_i, H)]. m_i is the window's
+        token count (`aero.audio.window_tokens`), or for the "ctc" projector its number of CTC
+        emissions."""
+        stacked = self.stack_frames(windows)
+        projector = self.audio_modal_projector
+        if not isinstance(projector, CtcConnector):
+            out = projector(torch.cat(stacked))
+            return list(out.split([s.shape[0] for s in stacked]))
+        embeddings = self.get_input_embeddings().weight
+        return [projector.compress(h, embeddings) for h in projector.frames(stacked)]
 
     def merge_audio(
         self, input_ids: torch.Tensor, inputs_embeds: torch.Tensor, audio_features: torch.Tensor
@@ -237,6 +333,13 @@ class AeroForConditionalGeneration(AeroPreTrainedModel, GenerationMixin):
         """Put the (N, H) audio features at the N `<|AUDIO|>` positions of the prompt."""
         placeholders = input_ids == self.config.audio_token_index
         n_placeholders, n_features = int(placeholders.sum()), audio_features.shape[0]
+        if n_placeholders != n_features and self.config.projector_type == "ctc":
+            raise ValueError(
+                f"The prompt has {n_placeholders} {AUDIO_TOKEN} positions but the audio gives "
+                f"{n_features} features: with projector_type 'ctc' the count depends on the "
+                "audio; build inputs with aero.Engine, or call "
+                "aero.processing.count_audio_tokens_with(model, processor) first."
+            )
         if n_placeholders != n_features:
             raise ValueError(
                 f"The prompt has {n_placeholders} {AUDIO_TOKEN} positions "

@@ -35,7 +35,7 @@ from transformers import (
     WhisperFeatureExtractor,
 )
 
-from aero.adapter import apply_adapter
+from aero.adapter import adapter_metadata, apply_adapter
 from aero.convert.gguf import smollm2_dir
 from aero.convert.whisper_ct2 import encoder_config, whisper_tiny_en_dir
 from aero.modeling import AUDIO_TOKEN, AeroConfig, AeroForConditionalGeneration
@@ -49,6 +49,12 @@ AERO_MINI_BASE = "aero-mini-base"  # the untrained starting point of the aero-mi
 # 8,192 positions hold ~20 minutes of audio instead of ~5, and training reads 4x fewer positions.
 MINI_PROJECTOR_STACK = 4
 MINI_PROJECTOR_TYPE = "mlp"
+# aero-mini v2's starting point: a CTC-trained connector of 2 transformer layers over pairs of
+# encoder frames (12.5 frames/s), whose CTC emissions are what the LM reads (~text rate).
+AERO_MINI_CTC_BASE = "aero-mini-ctc-base"
+MINI_CTC_PROJECTOR = {"projector_type": "ctc", "projector_stack": 2, "connector_layers": 2}
+# adapter metadata that names the projector it was trained with (absent: the v1 MLP)
+PROJECTOR_KEYS = ("projector_type", "projector_stack", "connector_layers")
 ADAPTER_FILE = Path(__file__).parent / "assets" / AERO_MINI / "adapter.safetensors"
 PROJECTOR_SEED = 0  # the untrained projector is reproducible
 PUBLISHED_MODEL = (
@@ -63,14 +69,25 @@ HUB_TIMEOUT_S = (
 SOURCE_ONLY_KEYS = ("_name_or_path", "architectures", "transformers_version", "dtype")
 
 
+def projector_settings(metadata: dict) -> dict:
+    """The projector an adapter was trained with, from its metadata (v1 adapters name none)."""
+    settings = {"projector_type": MINI_PROJECTOR_TYPE, "projector_stack": MINI_PROJECTOR_STACK}
+    for key in PROJECTOR_KEYS:
+        if key in metadata:
+            settings[key] = metadata[key] if key == "projector_type" else int(metadata[key])
+    return settings
+
+
 def build_aero_mini_base(
-    cache_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None, projector: dict | None = None
 ) -> tuple[AeroForConditionalGeneration, AeroProcessor]:
     """The untrained aero-mini: Whisper tiny.en encoder -> fresh projector -> SmolLM2-135M-Instruct.
 
-    The first call converts both parts from their PyPI packages (~30 s); later calls load the
+    `projector`: projector settings (`PROJECTOR_KEYS`; default the v1 MLP over 4 frames). The
+    first call converts both parts from their PyPI packages (~30 s); later calls load the
     cached conversions (a few seconds).
     """
+    projector = projector or projector_settings({})
     whisper_dir, lm_dir = whisper_tiny_en_dir(cache_dir), smollm2_dir(cache_dir)
     whisper = WhisperConfig.from_pretrained(whisper_dir)
     encoder = {
@@ -86,16 +103,17 @@ def build_aero_mini_base(
         text_config=text_config,
         audio_config=encoder_config(whisper),
         audio_token_index=tokenizer.convert_tokens_to_ids(AUDIO_TOKEN),
-        projector_stack=MINI_PROJECTOR_STACK,
-        projector_type=MINI_PROJECTOR_TYPE,
+        **projector,
     )
-    model = AeroForConditionalGeneration(config)
+    with torch.random.fork_rng():
+        torch.manual_seed(PROJECTOR_SEED)  # the fresh projector is reproducible
+        model = AeroForConditionalGeneration(config)
     model.audio_tower.load_state_dict(encoder, strict=True)
     model.language_model.load_state_dict(lm.state_dict(), strict=True)
     generator = torch.Generator().manual_seed(PROJECTOR_SEED)
-    with torch.no_grad():
+    with torch.no_grad():  # v1's own seeded initialisation, kept so its recipe reproduces
         for layer in model.audio_modal_projector.modules():
-            if isinstance(layer, torch.nn.Linear):
+            if isinstance(layer, torch.nn.Linear) and config.projector_type != "ctc":
                 bound = layer.in_features**-0.5  # nn.Linear's own default range, seeded
                 layer.weight.uniform_(-bound, bound, generator=generator)
                 layer.bias.zero_()
@@ -108,7 +126,7 @@ def build_aero_mini_base(
         tokenizer,
         WhisperFeatureExtractor(feature_size=whisper.num_mel_bins),
         system_prompt=None,
-        audio_stack=MINI_PROJECTOR_STACK,
+        audio_stack=config.projector_stack,
     )
     return model.eval(), processor
 
@@ -131,8 +149,12 @@ def load(
         ).eval(), AeroProcessor.from_pretrained(directory)
     if name == AERO_MINI_BASE:
         return build_aero_mini_base(cache_dir)
+    if name == AERO_MINI_CTC_BASE:
+        return build_aero_mini_base(cache_dir, MINI_CTC_PROJECTOR)
     if name == AERO_MINI:
-        model, processor = build_aero_mini_base(cache_dir)
+        shipped = ADAPTER_FILE.is_file()
+        settings = projector_settings(adapter_metadata(ADAPTER_FILE)) if shipped else None
+        model, processor = build_aero_mini_base(cache_dir, settings)
         if ADAPTER_FILE.is_file():
             apply_adapter(model, ADAPTER_FILE)
         else:

@@ -25,7 +25,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -231,6 +232,9 @@ class AeroProcessor(ProcessorMixin):
         )
         self.system_prompt = system_prompt
         self.audio_token = audio_token
+        # windows -> audio tokens of each, for a projector whose counts depend on the audio (the
+        # engine sets it for "ctc" models); None: counts from lengths (`window_tokens`)
+        self.token_counter: TokenCounter | None = None
         if self.chat_template is None:
             self.chat_template = self.default_chat_template
         self.audio_token_id = tokenizer.convert_tokens_to_ids(audio_token)
@@ -331,19 +335,22 @@ class AeroProcessor(ProcessorMixin):
             samples = load_audio(source, sampling_rate)
             windows = split_windows(samples)
             tokens = [window_tokens(len(w), self.audio_stack) for w in windows]
-            if not any(tokens):
+            if self.token_counter is not None:  # content-dependent counts (a "ctc" projector)
+                counted = iter(self.token_counter([w for w, n in zip(windows, tokens) if n]))
+                tokens = [next(counted) if n else 0 for n in tokens]
+            if not any(window_tokens(len(w), self.audio_stack) for w in windows):
                 raise AudioError(
                     f"Audio {k + 1} is {len(samples)} samples "
                     f"({1000 * duration_seconds(samples):.0f} ms) at 16 kHz: "
                     f"too short for one audio token; send at least {MIN_TOKEN_SAMPLES} samples."
                 )
-            if tokens[-1] == 0:
+            if tokens[-1] == 0 and self.token_counter is None:
                 out.warnings.append(
                     f"The last {1000 * len(windows[-1]) / SAMPLE_RATE:.0f} ms of audio {k + 1} "
                     f"({len(windows[-1])} samples after its last 30 s window) "
                     "give no audio token and were left out, as in the reference."
                 )
-            out.windows += [w for w, n in zip(windows, tokens) if n]
+            out.windows += [w for w in windows if window_tokens(len(w), self.audio_stack)]
             out.tokens += tokens
             out.per_audio.append(len(windows))
             out.durations.append(duration_seconds(samples))
@@ -664,6 +671,72 @@ class AeroProcessor(ProcessorMixin):
 
     def decode(self, ids, skip_special_tokens: bool = True, **kwargs) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens, **kwargs)
+
+
+class TokenCounter:
+    """A callable windows -> audio tokens per window, held by a processor but not part of its
+    saved state (copying a processor shares it, as it shares the model it runs)."""
+
+    def __init__(self, count: Callable[[Sequence[np.ndarray]], list[int]]):
+        self.count = count
+
+    def __call__(self, windows: Sequence[np.ndarray]) -> list[int]:
+        return self.count(windows)
+
+    def __deepcopy__(self, memo) -> TokenCounter:
+        return self
+
+
+class CompressedAudio:
+    """Audio inputs of a "ctc" projector, whose token count per window depends on the audio:
+    counting computes them, and the prefill takes the same tensors (computing them again in
+    another batch could move a near-tie between blank and token, and with it the count)."""
+
+    def __init__(self, model, processor: AeroProcessor, keep: int = 8192):
+        self.model, self.processor, self.keep = model, processor, keep
+        self._done: OrderedDict[int, tuple[np.ndarray, torch.Tensor]] = OrderedDict()
+
+    @torch.no_grad()
+    def count(self, windows: Sequence[np.ndarray]) -> list[int]:
+        if not windows:
+            return []
+        device = next(self.model.parameters()).device
+        values, frames = self.processor.audio_features(windows)
+        training = self.model.training
+        self.model.eval()  # no dropout: the emissions are the connector's own (a frozen part)
+        try:
+            encoded = self.model.encode_windows(values.to(device), frames.to(device))
+            projected = self.model.project_windows(encoded)
+        finally:
+            self.model.train(training)
+        for window, tensor in zip(windows, projected):
+            self._done[id(window)] = (window, tensor)
+            self._done.move_to_end(id(window))
+        while len(self._done) > self.keep:
+            self._done.popitem(last=False)
+        return [t.shape[0] for t in projected]
+
+    def features(self, windows: Sequence[np.ndarray]) -> torch.Tensor:
+        """(N, H) inputs of the windows, in order, as counted."""
+        missing = [w for w in windows if self._done.get(id(w), (None,))[0] is not w]
+        if missing:
+            self.count(missing)  # not counted through this engine's processor: count now
+        taken: dict[int, torch.Tensor] = {}
+        for w in windows:  # each is used once, so it leaves the store
+            if id(w) not in taken:
+                taken[id(w)] = self._done.pop(id(w))[1]
+        return torch.cat([taken[id(w)] for w in windows])
+
+
+def count_audio_tokens_with(model, processor: AeroProcessor) -> CompressedAudio | None:
+    """For a model whose audio token count depends on the audio (projector_type "ctc"): make the
+    processor count with it, and return the store its prefill/training step reads the audio
+    inputs from. None for every other model (counts follow the audio's length)."""
+    if getattr(model.config, "projector_type", None) != "ctc":
+        return None
+    compressed = CompressedAudio(model, processor)
+    processor.token_counter = TokenCounter(compressed.count)
+    return compressed
 
 
 def add_audio_token(tokenizer) -> int:

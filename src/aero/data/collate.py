@@ -62,6 +62,9 @@ class Collator:
     processor: object
     packed: bool = True
     pad_audio_to_30s: bool = False
+    # a "ctc" connector's store (aero.processing.CompressedAudio): the audio inputs were
+    # computed when the ids were counted, and the batch carries them instead of log-mels
+    compressed: object = None
 
     def __call__(self, items: list[dict]) -> dict:
         errors = [it["error"] for it in items if "error" in it]
@@ -92,7 +95,12 @@ class Collator:
             batch["position_ids"] = torch.arange(L)[None].expand(rows, L).contiguous()
             slots = rows * L
         windows = [w for it in items for w in it["windows"]]
-        if windows:
+        if windows and self.compressed is not None:
+            batch["audio_features"] = self.compressed.features(windows)
+            batch["audio_frames"] = batch["audio_frame_slots"] = sum(
+                mel_frames(len(w)) for w in windows
+            )
+        elif windows:
             values, mask = self.processor.audio_features(windows, pad_to_30s=self.pad_audio_to_30s)
             batch["audio_values"], batch["audio_attention_mask"] = values, mask
             frames = [mel_frames(len(w)) for w in windows]

@@ -39,7 +39,9 @@ from aero.data.manifest import (
     read_dataset,
     with_resolved_audio,
 )
+from aero.modeling import CtcConnector
 from aero.processing import content_text, is_audio_part
+from aero.train.lineage import leg, lineage_metadata, projector_metadata
 from aero.train.logs import JsonlLog, due
 from aero.train.schedule import cosine_schedule
 
@@ -71,17 +73,31 @@ def transcription_pair(sample: Sample) -> tuple[str, str] | None:
 
 
 class CTCHead(nn.Module):
-    """Logits over the LM vocabulary + blank, from dot products with the frozen embeddings."""
+    """Logits over the LM vocabulary + blank, from dot products with the frozen embeddings.
 
-    def __init__(self, embeddings: torch.Tensor):
+    With `connector` (a "ctc" projector, which carries its own blank and scale for inference)
+    the head uses that module's parameters, so they are trained and exported with it."""
+
+    def __init__(self, embeddings: torch.Tensor, connector: nn.Module | None = None):
         super().__init__()
         self.register_buffer("embeddings", embeddings.detach().float(), persistent=False)
         norms = self.embeddings.norm(dim=-1)
         self.reference_norm = float(norms.median())
+        if connector is not None:
+            self._owner = [connector]  # a list: not a submodule, its parameters stay its own
+            if not connector.blank.any():  # a fresh connector (not one trained before)
+                with torch.no_grad():
+                    connector.blank.normal_(0, self.reference_norm / embeddings.shape[1] ** 0.5)
+            return
         self.blank = nn.Parameter(
             torch.randn(embeddings.shape[1]) * self.reference_norm / embeddings.shape[1] ** 0.5
         )
         self.log_scale = nn.Parameter(torch.tensor(0.0))
+
+    def __getattr__(self, name: str):
+        if name in ("blank", "log_scale") and "_owner" in self.__dict__:
+            return getattr(self.__dict__["_owner"][0], name)
+        return super().__getattr__(name)
 
     @property
     def blank_index(self) -> int:
@@ -124,7 +140,9 @@ def _batches(lengths: list[int], budget: int, seed: int, epoch: int) -> list[lis
 class _Stage:
     def __init__(self, model, processor, config):
         self.model, self.processor, self.config = model, processor, config
-        self.head = CTCHead(model.get_input_embeddings().weight)
+        projector = model.audio_modal_projector
+        self.connector = projector if isinstance(projector, CtcConnector) else None
+        self.head = CTCHead(model.get_input_embeddings().weight, self.connector)
         self.autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(config.bf16))
 
     def forward(self, pairs: list[tuple[str, str]], failed: list | None = None):
@@ -151,17 +169,20 @@ class _Stage:
         projected, start = [], 0
         with self.autocast:
             for n in per_audio:
-                projected.append(
-                    self.model.project_audio(
-                        [e.float() for e in encoded[start : start + n]]
-                    ).float()
-                )
+                projected.append(self.project([e.float() for e in encoded[start : start + n]]))
                 start += n
         targets = [
             self.processor.tokenizer(text, add_special_tokens=False)["input_ids"]
             for _, text in pairs
         ]
         return projected, targets, [text for _, text in pairs]
+
+    def project(self, windows: list[torch.Tensor]) -> torch.Tensor:
+        """One recording's encoder windows -> (n, H) per-frame vectors the CTC loss reads (the
+        "ctc" connector's uncompressed frames)."""
+        if self.connector is None:
+            return self.model.project_audio(windows).float()
+        return torch.cat(self.connector.frames(self.model.stack_frames(windows))).float()
 
     def loss(self, projected, targets, penalty_weight: float):
         lengths = torch.tensor([p.shape[0] for p in projected])
@@ -296,7 +317,7 @@ def train_ctc(config, model, processor, out: Path, stop_after: int | None = None
     summary["seconds"] = time.perf_counter() - started
     if state.step < config.max_steps:
         return summary
-    return {**summary, "adapter": str(_export(model, config, out, state.step))}
+    return {**summary, "adapter": str(_export(model, config, out, state))}
 
 
 def _heldout_pairs(config) -> list[tuple[str, str]]:
@@ -307,12 +328,21 @@ def _heldout_pairs(config) -> list[tuple[str, str]]:
     return [p for p in pairs if p][: config.eval_samples]
 
 
-def _export(model, config, out: Path, step: int) -> Path:
-    """`final/adapter.safetensors`: the projector's weights (preset `projector`)."""
+def _export(model, config, out: Path, state: CtcState) -> Path:
+    """`final/adapter.safetensors`: the projector's weights (preset `projector`), with the
+    projector's settings and the lineage in its metadata."""
     projector = model.audio_modal_projector.state_dict()
     weights = {f"audio_modal_projector.{k}": v for k, v in projector.items()}
     metadata = {"preset": "projector", "objective": "ctc", "base_model": config.model}
-    return save_adapter(out / "final" / ADAPTER_FILENAME, weights, {**metadata, "step": step})
+    this = leg(
+        config,
+        "ctc",
+        steps=state.step,
+        samples=state.seen_samples,
+        audio_hours=state.seen_seconds / 3600,
+    )
+    metadata.update(projector_metadata(model.config), **lineage_metadata(config, this))
+    return save_adapter(out / "final" / ADAPTER_FILENAME, weights, {**metadata, "step": state.step})
 
 
 def _ctc_record(

@@ -27,11 +27,12 @@ from aero.data.batching import BatchPlan
 from aero.data.collate import Collator, TrainDataset
 from aero.data.lengths import cached_lengths
 from aero.data.manifest import read_dataset
-from aero.processing import IGNORE_INDEX
+from aero.processing import IGNORE_INDEX, count_audio_tokens_with
 from aero.train import checkpoint as ckpt
 from aero.train.config import TrainConfig
 from aero.train.distributed import Distributed, shard
 from aero.train.flops import flop_model
+from aero.train.lineage import leg, lineage_metadata, projector_metadata
 from aero.train.logs import JsonlLog, MetricsLog, due
 from aero.train.presets import apply_preset, continue_from_adapter, lora_settings
 from aero.train.schedule import cosine_schedule
@@ -125,7 +126,10 @@ def train_lm(
     with the model loaded and the run folder made."""
     model, module, attention, flops = _prepare_model(config, model, dist)
     skips = JsonlLog(out / "skipped.jsonl", dist.is_main)
-    plan, dataset, collate, unreadable = _data_pipeline(config, processor, dist, skips)
+    # a "ctc" connector (frozen here): the collator takes its emissions, counted when the
+    # sample's ids are built
+    compressed = count_audio_tokens_with(model, processor)
+    plan, dataset, collate, unreadable = _data_pipeline(config, processor, dist, skips, compressed)
     if dist.enabled:
         shard(module)
     optimizer, scheduler, params = _optimizer(config, module)
@@ -182,7 +186,7 @@ def train_lm(
         "seconds": time.perf_counter() - started,
     }
     if state.step >= config.max_steps:
-        export(module, model, processor, config, out, dist)
+        export(module, model, processor, config, out, dist, state)
         summary["model_dir"] = str(out / "final" / "model")
         summary["adapter"] = str(out / "final" / ADAPTER_FILENAME)
     dist.close()
@@ -220,7 +224,9 @@ def _prepare_model(config: TrainConfig, model, dist: Distributed):
     return model, module, attention, flop_model(model)
 
 
-def _data_pipeline(config: TrainConfig, processor, dist: Distributed, skips: JsonlLog):
+def _data_pipeline(
+    config: TrainConfig, processor, dist: Distributed, skips: JsonlLog, compressed=None
+):
     """Every dataset read and measured once (lengths cached per manifest) -> the batch plan, the
     dataset and the collator; samples that cannot be measured are logged and counted."""
     samples, lengths, sizes, unreadable = [], [], [], 0
@@ -249,7 +255,10 @@ def _data_pipeline(config: TrainConfig, processor, dist: Distributed, skips: Jso
     )
     dataset = TrainDataset(samples, processor, strict=config.strict_data)
     collate = Collator(
-        processor, packed=config.batching == "pack", pad_audio_to_30s=config.pad_audio_to_30s
+        processor,
+        packed=config.batching == "pack",
+        pad_audio_to_30s=config.pad_audio_to_30s,
+        compressed=compressed,
     )
     return plan, dataset, collate, unreadable
 
@@ -430,7 +439,9 @@ def _window_positions(batch: dict) -> list[int]:
     return encoder_output_lengths(batch["audio_attention_mask"].sum(-1))[0].tolist()
 
 
-def export(module, model, processor, config: TrainConfig, out: Path, dist: Distributed) -> None:
+def export(
+    module, model, processor, config: TrainConfig, out: Path, dist: Distributed, state: RunState
+) -> None:
     """`final/adapter.safetensors`: the trained weights only; `final/model`: base + adapter merged,
     a normal save_pretrained directory."""
     # Gathered full tensors, named as in the model (LoRA factors under peft's names).
@@ -444,6 +455,8 @@ def export(module, model, processor, config: TrainConfig, out: Path, dist: Distr
     }
     if config.preset == "lora":
         metadata.update(lora_r=config.lora_r, lora_alpha=config.lora_alpha)
+    this = leg(config, "lm", steps=state.step, samples=state.seen_samples, tokens=state.seen_tokens)
+    metadata.update(projector_metadata(model.config), **lineage_metadata(config, this))
     save_adapter(out / "final" / ADAPTER_FILENAME, weights, metadata)
     # Rebuilt from the base rather than saved from the live model: sharded (FSDP) or LoRA-wrapped
     # parameters cannot be saved as a plain checkpoint, and this checks the adapter file itself.

@@ -28,7 +28,9 @@ class TrainingModule(nn.Module):
         device = aero.get_input_embeddings().weight.device
         input_ids = batch["input_ids"].to(device)
         embeds = aero.get_input_embeddings()(input_ids)
-        if "audio_values" in batch:
+        if "audio_features" in batch:  # a frozen "ctc" connector's emissions, made by the collator
+            embeds = aero.merge_audio(input_ids, embeds, batch["audio_features"].to(device))
+        elif "audio_values" in batch:
             values, mask = (
                 batch["audio_values"].to(device),
                 batch["audio_attention_mask"].to(device),

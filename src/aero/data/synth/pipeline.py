@@ -256,6 +256,9 @@ def synthesize(
             failures.write_text("".join(json.dumps(r) + "\n" for r in failed))
         elif failures.exists():
             failures.unlink()
+        # how the manifest was made, for the lineage of what is trained on it
+        record = {"recipe": recipe.name, "split": name, "seed": seed, "samples": len(jobs)}
+        path.with_suffix(".synth.json").write_text(json.dumps(record) + "\n")
         summary[name] = {
             "samples": len(ok),
             "failed": len(failed),

@@ -60,7 +60,9 @@ class Split:
                 "leave gender out of understand_kinds or drop voice_shift."
             )
         if not 0 <= self.channel <= 1:
-            raise RecipeError(f"split {self.name}: channel must be within [0, 1]; got {self.channel}.")
+            raise RecipeError(
+                f"split {self.name}: channel must be within [0, 1]; got {self.channel}."
+            )
         unknown = set(self.understand_kinds) - set(UNDERSTAND_KINDS)
         if unknown or not self.understand_kinds:
             raise RecipeError(

@@ -1,0 +1,139 @@
+"""The "ctc" projector (aero-mini v2): CTC emissions decide how many tokens the LM reads, the
+engine and the training stages use the same emissions as the ids count, the published path is
+unchanged, and every export records its projector and lineage."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from aero.adapter import adapter_metadata
+from aero.engine import Engine
+from aero.modeling import CtcConnector
+from aero.models import projector_settings
+from aero.train.config import TrainConfig, apply_overrides
+from aero.train.lineage import lineage_of
+from aero.train.run import train
+from conftest import make_tiny_model, make_tiny_processor, tiny_config, tone, write_manifest
+
+CTC = dict(projector_type="ctc", projector_stack=2, connector_layers=1)
+
+
+def test_compress_keeps_one_token_per_emission_weighted_by_the_posteriors():
+    connector = CtcConnector(tiny_config(**CTC))
+    H = 32
+    embeddings = torch.eye(H)[:6] * 3  # V = 6 tokens; the blank is the basis vector 6
+    with torch.no_grad():
+        connector.blank.copy_(torch.eye(H)[6] * 3)
+    # frames whose most likely class is: blank, 2, 2, blank, 4, 1, 1, 1, blank, 2
+    best = [6, 2, 2, 6, 4, 1, 1, 1, 6, 2]
+    h = torch.stack([torch.eye(H)[b] * 2 + 0.01 * i for i, b in enumerate(best)])
+    out = connector.compress(h, embeddings)
+    assert out.shape == (4, H)  # emissions 2, 4, 1, 2: runs merged, blanks dropped
+    logits = connector.logits(h, embeddings)
+    probs = logits[:, :6].softmax(-1)
+    runs = [[1, 2], [4], [5, 6, 7], [9]]
+    for row, frames in zip(out, runs):
+        p = probs[frames].sum(0)
+        torch.testing.assert_close(row, (p / p.sum()) @ embeddings)
+    # the most likely token of each emission is the one its frames emitted
+    assert (out @ embeddings.T).argmax(-1).tolist() == [2, 4, 1, 2]
+    # nothing but blanks: no token at all
+    assert connector.compress(torch.eye(H)[6].expand(5, H) * 2, embeddings).shape == (0, H)
+
+
+def test_published_linear_path_is_unchanged_by_the_per_window_projection():
+    model = make_tiny_model()
+    windows = [torch.randn(7, 32), torch.randn(3, 32)]
+    expected = model.audio_modal_projector(torch.cat(windows))
+    torch.testing.assert_close(model.project_audio(windows), expected)
+    stacked = make_tiny_model(projector_stack=4, projector_type="mlp")
+    got = stacked.project_windows(windows)
+    assert [g.shape[0] for g in got] == [2, 1]  # ceil(7/4), ceil(3/4): no frame dropped
+
+
+@pytest.fixture(scope="module")
+def ctc_engine():
+    torch.manual_seed(0)
+    model = make_tiny_model(**CTC)
+    with torch.no_grad():  # a blank that wins about half the frames: some emissions, not all
+        model.audio_modal_projector.blank.copy_(model.get_input_embeddings().weight.mean(0) * 4)
+    return Engine(model, make_tiny_processor(audio_stack=2), batch_size=4)
+
+
+def test_engine_reads_the_connector_emissions_and_batches_equal_one_by_one(ctc_engine):
+    audios = [tone(2.0, 300), tone(33.0, 500, seed=1), tone(1.2, 700, seed=2)]
+    model, processor = ctc_engine.model, ctc_engine.processor
+    prepared = ctc_engine.prepare(processor.transcription_messages(audios[1]))
+    placeholders = prepared.input_ids.count(processor.audio_token_id)
+    with torch.no_grad():
+        values, frames = processor.audio_features(prepared.windows)
+        emitted = model.project_windows(model.encode_windows(values, frames))
+    positional = sum(((f // 2 + 1) // 2 + 1) // 2 for f in frames.sum(-1).tolist())
+    assert placeholders == sum(e.shape[0] for e in emitted)
+    assert 0 < placeholders < positional  # compressed below the 12.5/s frame rate
+    together = ctc_engine.transcribe(audios)
+    alone = [ctc_engine.transcribe([a])[0] for a in audios]
+    assert [r.token_ids for r in together] == [r.token_ids for r in alone]
+    # every window counted for a decoded request was used once, then let go; only the windows of
+    # the request prepared above and never decoded are still held
+    assert set(ctc_engine.compressed._done) == {id(w) for w in prepared.windows}
+
+
+def test_hf_style_call_without_the_counter_is_a_clear_error(ctc_engine):
+    model = ctc_engine.model
+    processor = make_tiny_processor(audio_stack=2)  # no counter: ids from lengths
+    inputs = processor(messages=processor.transcription_messages(tone(33.0, 500, seed=1)))
+    with pytest.raises(ValueError, match="projector_type 'ctc'"):
+        model(**inputs)
+
+
+def test_projector_settings_from_adapter_metadata():
+    assert projector_settings({}) == {"projector_type": "mlp", "projector_stack": 4}
+    meta = {"projector_type": "ctc", "projector_stack": "2", "connector_layers": "2"}
+    assert projector_settings(meta) == {
+        "projector_type": "ctc",
+        "projector_stack": 2,
+        "connector_layers": 2,
+    }
+
+
+def test_ctc_then_lm_stage_on_the_connector_with_lineage(tmp_path, monkeypatch):
+    monkeypatch.setenv("AERO_CACHE", str(tmp_path / "cache"))
+    base = tmp_path / "base"
+    make_tiny_model(**CTC).save_pretrained(base)
+    make_tiny_processor(system_prompt=None, audio_stack=2).save_pretrained(base)
+    data = write_manifest(tmp_path / "data", [1.0, 2.5, 0.8, 3.1, 1.7, 0.6])
+    (tmp_path / "data" / "train.synth.json").write_text(
+        json.dumps({"recipe": "r", "split": "train", "seed": 7, "samples": 6})
+    )
+    common = dict(model=str(base), data=[{"path": str(data)}], progress=False, bf16=False)
+    ctc = apply_overrides(
+        TrainConfig(),
+        {**common, "output_dir": str(tmp_path / "ctc"), "objective": "ctc", "token_budget": 200,
+         "max_steps": 4, "lr": 1e-2, "save_every": 2},
+    )  # fmt: skip
+    train(ctc)
+    first = tmp_path / "ctc" / "final" / "adapter.safetensors"
+    weights = load_file(first)
+    assert "audio_modal_projector.blank" in weights and "audio_modal_projector.log_scale" in weights
+    assert any(k.startswith("audio_modal_projector.layers.0.") for k in weights)
+    meta = adapter_metadata(first)
+    assert projector_settings(meta) == CTC
+    (only,) = lineage_of(first)
+    assert only["objective"] == "ctc" and only["steps"] == 4 and only["data"][0]["seed"] == 7
+
+    lm = apply_overrides(
+        TrainConfig(),
+        {**common, "output_dir": str(tmp_path / "lm"), "preset": "lora", "lora_r": 4,
+         "pack_length": 2048, "max_steps": 2, "lr": 1e-2, "projector_lr": 0.0,
+         "init_adapter": str(first)},
+    )  # fmt: skip
+    summary = train(lm)
+    assert len(summary["losses"]) == 2 and all(torch.isfinite(torch.tensor(summary["losses"])))
+    legs = lineage_of(tmp_path / "lm" / "final")
+    assert [leg["objective"] for leg in legs] == ["ctc", "lm"] and legs[1]["tokens"] > 0
+    exported = load_file(tmp_path / "lm" / "final" / "adapter.safetensors")
+    for name, tensor in weights.items():  # the connector is frozen in the LM stage
+        torch.testing.assert_close(exported[name], tensor)
