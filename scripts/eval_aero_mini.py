@@ -49,16 +49,15 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    from aero.adapter import apply_adapter
     from aero.decoding import FALLBACK_TEMPERATURES
     from aero.evaluation.transcriber import AeroTranscriber
-    from aero.models import load
+    from aero.models import load, load_with_adapter
 
     def load_model():
         """aero-mini in full precision: the shipped adapter, or --adapter on the base."""
-        model, processor = load("aero-mini-base" if args.adapter else "aero-mini")
-        if args.adapter:
-            apply_adapter(model, args.adapter)
+        if args.adapter:  # on the base with the projector the adapter was trained with
+            return load_with_adapter(args.adapter)
+        model, processor = load("aero-mini")
         return model.eval(), processor
 
     if "aero" in args.skip:

@@ -35,7 +35,7 @@ from transformers import (
     WhisperFeatureExtractor,
 )
 
-from aero.adapter import adapter_metadata, apply_adapter
+from aero.adapter import adapter_file, adapter_metadata, apply_adapter
 from aero.convert.gguf import smollm2_dir
 from aero.convert.whisper_ct2 import encoder_config, whisper_tiny_en_dir
 from aero.modeling import AUDIO_TOKEN, AeroConfig, AeroForConditionalGeneration
@@ -128,6 +128,16 @@ def build_aero_mini_base(
         system_prompt=None,
         audio_stack=config.projector_stack,
     )
+    return model.eval(), processor
+
+
+def load_with_adapter(
+    path: str | os.PathLike, cache_dir: str | os.PathLike | None = None
+) -> tuple[AeroForConditionalGeneration, AeroProcessor]:
+    """aero-mini's base with the projector the adapter names, and the adapter applied."""
+    settings = projector_settings(adapter_metadata(adapter_file(path)))
+    model, processor = build_aero_mini_base(cache_dir, settings)
+    apply_adapter(model, path)
     return model.eval(), processor
 
 

@@ -26,7 +26,7 @@ import json
 import logging
 import os
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -674,14 +674,14 @@ class AeroProcessor(ProcessorMixin):
 
 
 class TokenCounter:
-    """A callable windows -> audio tokens per window, held by a processor but not part of its
-    saved state (copying a processor shares it, as it shares the model it runs)."""
+    """Counts audio tokens per window through a `CompressedAudio` store; held by a processor but
+    not part of its saved state (copying a processor shares it, as it shares the model)."""
 
-    def __init__(self, count: Callable[[Sequence[np.ndarray]], list[int]]):
-        self.count = count
+    def __init__(self, store: CompressedAudio):
+        self.store = store
 
     def __call__(self, windows: Sequence[np.ndarray]) -> list[int]:
-        return self.count(windows)
+        return self.store.count(windows)
 
     def __deepcopy__(self, memo) -> TokenCounter:
         return self
@@ -734,8 +734,11 @@ def count_audio_tokens_with(model, processor: AeroProcessor) -> CompressedAudio 
     inputs from. None for every other model (counts follow the audio's length)."""
     if getattr(model.config, "projector_type", None) != "ctc":
         return None
+    current = processor.token_counter
+    if current is not None and current.store.model is model:
+        return current.store  # one store per model and processor: counted ids meet their inputs
     compressed = CompressedAudio(model, processor)
-    processor.token_counter = TokenCounter(compressed.count)
+    processor.token_counter = TokenCounter(compressed)
     return compressed
 
 
