@@ -306,8 +306,9 @@ def chat(
         question = None
 
 
-@app.command()
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def serve(
+    ctx: typer.Context,
     model: str | None = typer.Option(None, help=MODEL_HELP),
     host: str = typer.Option(
         "127.0.0.1", help="Interface to bind (0.0.0.0 exposes it to the network)."
@@ -343,8 +344,31 @@ def serve(
         "--fallback/--no-fallback",
         help="Transcriptions at temperature 0 that loop are decoded again at 0.2 ... 1.0.",
     ),
+    engine_name: str = typer.Option(
+        "aero",
+        "--engine",
+        help="'aero' (this process, the light default) or 'vllm': start `vllm serve` from "
+        "vLLM's own environment (scripts/vllm_env.sh) on the same model; options after the "
+        "known ones go to vLLM as they are.",
+    ),
+    vllm_python: str | None = typer.Option(
+        None, help="vLLM's python (default: $AERO_VLLM_PYTHON, else .vllm-venv/bin/python)."
+    ),
 ) -> None:
     """OpenAI-compatible server: /v1/audio/transcriptions, /v1/chat/completions, /v1/models."""
+    if engine_name not in ("aero", "vllm"):
+        typer.echo(f"error: --engine must be 'aero' or 'vllm', not {engine_name!r}.", err=True)
+        raise typer.Exit(2)
+    if engine_name == "vllm":
+        if int8 or fallback:
+            typer.echo("error: --int8 and --fallback are aero's engine's options.", err=True)
+            raise typer.Exit(2)
+        raise typer.Exit(_serve_vllm(model, host, port, api_key, vllm_python, ctx.args))
+    if ctx.args:
+        typer.echo(
+            f"error: unknown options {' '.join(ctx.args)} (vLLM's need --engine vllm).", err=True
+        )
+        raise typer.Exit(2)
     import uvicorn
 
     from aero.server import create_app
@@ -361,6 +385,30 @@ def serve(
         fallback=fallback,
     )
     uvicorn.run(create_app(engine, settings), host=host, port=port, log_level="info")
+
+
+def _serve_vllm(model, host, port, api_key, vllm_python, extra) -> int:
+    """vLLM's OpenAI server on the model, as a child process; its exit status."""
+    import subprocess
+
+    from aero.models import choose_model
+    from aero.vllm.launch import VllmNotFound, checkpoint_dir, find_vllm_python, serve_command
+
+    choice = choose_model(model)
+    if not model:
+        typer.echo(choice.notice, err=True)
+    try:
+        python = find_vllm_python(vllm_python)
+    except VllmNotFound as err:
+        typer.echo(f"error: {err}", err=True)
+        return 2
+    source = checkpoint_dir(choice.source)
+    command = serve_command(python, source, choice.name, host, port, api_key, extra)
+    typer.echo(f"aero: serving {source} with vLLM ({python}) at http://{host}:{port}", err=True)
+    try:
+        return subprocess.run(command).returncode
+    except KeyboardInterrupt:  # the terminal's Ctrl-C reached vLLM too; it stops itself
+        return 130
 
 
 @app.command()

@@ -63,6 +63,9 @@ class AeroVllmConfig(PretrainedConfig):
         self.audio_token_index = audio_token_index
         self.projector_stack = projector_stack
         self.projector_type = projector_type
+        # vLLM copies this flag into the LM's config; aero's LM ties when either config says so
+        # (aero-mini: only SmolLM2's text_config does).
+        tie_word_embeddings = tie_word_embeddings or self.text_config.tie_word_embeddings
         super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
 
 
