@@ -99,3 +99,30 @@ def apply_adapter(model, path: str | os.PathLike) -> None:
                 )
             weight = model.get_parameter(f"{module}.weight")
             weight += scale * (factors["B"].float() @ factors["A"].float()).to(weight.dtype)
+
+
+def is_lora_entry(name: str) -> bool:
+    return ".lora_" in name
+
+
+def adapter_part(
+    source: str | os.PathLike, target: str | os.PathLike, lora_from: str | os.PathLike | None = None
+) -> Path:
+    """A projector-only adapter from `source` (its LoRA factors left out, its metadata and lineage
+    kept), or with `lora_from` the projector of `source` plus the LoRA factors (and LoRA settings)
+    of another adapter: how a model trained in stages goes on with a newly trained projector."""
+    weights = {
+        k: v for k, v in load_file(str(adapter_file(source))).items() if not is_lora_entry(k)
+    }
+    metadata = {
+        k: v
+        for k, v in adapter_metadata(adapter_file(source)).items()
+        if k not in ("lora_r", "lora_alpha", "format")
+    }
+    metadata["preset"] = "projector"
+    if lora_from is not None:
+        donor = adapter_file(lora_from)
+        weights.update({k: v for k, v in load_file(str(donor)).items() if is_lora_entry(k)})
+        theirs = adapter_metadata(donor)
+        metadata.update(preset="lora", lora_r=theirs["lora_r"], lora_alpha=theirs["lora_alpha"])
+    return save_adapter(target, weights, metadata)

@@ -138,6 +138,11 @@ class CtcConnector(nn.Module):
         self.out = nn.Linear(hidden, hidden)
         self.blank = nn.Parameter(torch.zeros(hidden))
         self.log_scale = nn.Parameter(torch.tensor(0.0))
+        # the LM tokens the CTC head may emit: the tokens of its training transcripts (a third
+        # of SmolLM2's vocabulary for aero-mini's text, and three times cheaper to train)
+        self.register_buffer(
+            "vocab_mask", torch.ones(config.text_config.vocab_size, dtype=torch.bool)
+        )
 
     def frames(self, windows: list[torch.Tensor]) -> list[torch.Tensor]:
         """Per-window stacked frames [(n_i, k*D)] -> per-frame vectors [(n_i, H)]; each window
@@ -153,13 +158,19 @@ class CtcConnector(nn.Module):
         x = self.out(self.norm(x))
         return [row[:n] for row, n in zip(x, lengths)]
 
-    def logits(self, h: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
-        """(n, H) -> (n, V + 1) CTC logits; the blank is the last class."""
-        table = torch.cat([embeddings, self.blank[None].to(embeddings.dtype)])
+    def emittable(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """The (S, H) embedding rows of the tokens the head may emit (`vocab_mask`)."""
+        return embeddings[self.vocab_mask[: embeddings.shape[0]]]
+
+    def logits(self, h: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        """(n, H) -> (n, S + 1) CTC logits over the rows of `table` (the emittable embeddings);
+        the blank is the last class."""
+        table = torch.cat([table, self.blank[None].to(table.dtype)])
         return self.log_scale.exp() * (h.to(table.dtype) @ table.T)
 
     def compress(self, h: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
         """(n, H) frames -> (m, H) LM inputs, one per CTC emission (m <= n)."""
+        embeddings = self.emittable(embeddings)
         logits = self.logits(h, embeddings).float()
         best = logits.argmax(-1)
         blank = embeddings.shape[0]

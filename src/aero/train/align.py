@@ -80,6 +80,14 @@ class CTCHead(nn.Module):
 
     def __init__(self, embeddings: torch.Tensor, connector: nn.Module | None = None):
         super().__init__()
+        # token id -> class (None: every token is its own class); the connector's head emits
+        # only the tokens of its `vocab_mask`, in id order
+        self.tokens = self.to_class = None
+        if connector is not None:
+            self.tokens = connector.vocab_mask[: embeddings.shape[0]].nonzero()[:, 0]
+            self.to_class = torch.full((embeddings.shape[0],), -1, dtype=torch.long)
+            self.to_class[self.tokens] = torch.arange(len(self.tokens))
+            embeddings = embeddings[self.tokens]
         self.register_buffer("embeddings", embeddings.detach().float(), persistent=False)
         norms = self.embeddings.norm(dim=-1)
         self.reference_norm = float(norms.median())
@@ -106,6 +114,15 @@ class CTCHead(nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         table = torch.cat([self.embeddings, self.blank[None].float()])
         return self.log_scale.exp() * (h.float() @ table.T)
+
+    def classes(self, ids: list[int]) -> list[int]:
+        """Token ids -> class indices (tokens the head cannot emit are left out)."""
+        if self.to_class is None:
+            return ids
+        return [c for c in self.to_class[ids].tolist() if c >= 0]
+
+    def ids(self, classes: list[int]) -> list[int]:
+        return classes if self.tokens is None else self.tokens[classes].tolist()
 
     def norm_penalty(self, h: torch.Tensor) -> torch.Tensor:
         return ((h.float().norm(dim=-1) / self.reference_norm - 1) ** 2).mean()
@@ -172,7 +189,7 @@ class _Stage:
                 projected.append(self.project([e.float() for e in encoded[start : start + n]]))
                 start += n
         targets = [
-            self.processor.tokenizer(text, add_special_tokens=False)["input_ids"]
+            self.head.classes(self.processor.tokenizer(text, add_special_tokens=False)["input_ids"])
             for _, text in pairs
         ]
         return projected, targets, [text for _, text in pairs]
@@ -230,7 +247,9 @@ class _Stage:
 
     def decode(self, logits, lengths) -> list[str]:
         return [
-            self.processor.tokenizer.decode(greedy_ctc(l, int(n), self.head.blank_index)).strip()
+            self.processor.tokenizer.decode(
+                self.head.ids(greedy_ctc(l, int(n), self.head.blank_index))
+            ).strip()
             for l, n in zip(logits, lengths)
         ]
 
@@ -254,8 +273,10 @@ def train_ctc(config, model, processor, out: Path, stop_after: int | None = None
 
     model.requires_grad_(False)
     model.audio_modal_projector.requires_grad_(True)
-    stage = _Stage(model, processor, config)
     pairs, lengths, unreadable = _transcription_pairs(config, processor)
+    if isinstance(model.audio_modal_projector, CtcConnector):
+        grow_vocabulary(model.audio_modal_projector, pairs, processor.tokenizer)
+    stage = _Stage(model, processor, config)
     heldout = _heldout_pairs(config)
     params = list(model.audio_modal_projector.parameters()) + list(stage.head.parameters())
     optimizer = torch.optim.AdamW(
@@ -318,6 +339,19 @@ def train_ctc(config, model, processor, out: Path, stop_after: int | None = None
     if state.step < config.max_steps:
         return summary
     return {**summary, "adapter": str(_export(model, config, out, state))}
+
+
+def grow_vocabulary(connector: CtcConnector, pairs: list[tuple[str, str]], tokenizer) -> int:
+    """Let the connector emit every token of these transcripts: a fresh connector (all tokens
+    allowed) is narrowed to them, one trained before keeps its tokens and adds these. Returns
+    the number of emittable tokens."""
+    ids = {i for _, text in pairs for i in tokenizer(text, add_special_tokens=False)["input_ids"]}
+    mask = connector.vocab_mask
+    with torch.no_grad():
+        if bool(mask.all()):
+            mask.zero_()
+        mask[torch.tensor(sorted(ids), dtype=torch.long)] = True
+    return int(mask.sum())
 
 
 def _heldout_pairs(config) -> list[tuple[str, str]]:

@@ -32,7 +32,17 @@ FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
 def trainable_names(model: torch.nn.Module) -> set[str]:
-    return {name for name, p in model.named_parameters() if p.requires_grad}
+    """The trainable parameters, and the persistent buffers of the modules that own them (a
+    trained "ctc" connector's `vocab_mask` belongs with its weights)."""
+    names = {name for name, p in model.named_parameters() if p.requires_grad}
+    for prefix, module in model.named_modules():
+        if any(p.requires_grad for p in module.parameters(recurse=False)):
+            names |= {
+                f"{prefix}.{name}" if prefix else name
+                for name, _ in module.named_buffers(recurse=False)
+                if name not in module._non_persistent_buffers_set
+            }
+    return names
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

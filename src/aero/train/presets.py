@@ -61,6 +61,7 @@ def continue_from_adapter(model, path, preset: str, lora: dict | None) -> None:
     from safetensors.torch import load_file
 
     from aero.adapter import adapter_file, adapter_metadata, apply_adapter
+    from aero.train.checkpoint import trainable_names
     from aero.train.config import ConfigError
 
     path = adapter_file(path)
@@ -83,7 +84,13 @@ def continue_from_adapter(model, path, preset: str, lora: dict | None) -> None:
                 f"lora_r={lora['r']}, lora_alpha={lora['alpha']}: set them to match."
             )
     params = dict(model.named_parameters())
-    for name, tensor in weights.items():
+    # the persistent buffers of trained modules travel with their weights (a connector's vocab)
+    kept = trainable_names(model)
+    buffers = {name: b for name, b in model.named_buffers() if name in kept}
+    for name, tensor in list(weights.items()):
+        if name in buffers:
+            buffers[name].copy_(weights.pop(name).to(buffers[name].dtype))
+            continue
         if name not in params:
             hint = " (set lora_targets to the ones it was trained with)" if ".lora_" in name else ""
             raise ConfigError(
