@@ -41,6 +41,12 @@ def test_compress_keeps_one_token_per_emission_weighted_by_the_posteriors():
     assert (out @ embeddings.T).argmax(-1).tolist() == [2, 4, 1, 2]
     # nothing but blanks: no token at all
     assert connector.compress(torch.eye(H)[6].expand(5, H) * 2, embeddings).shape == (0, H)
+    # tokens outside the vocabulary the head was trained on are never emitted
+    with torch.no_grad():
+        connector.vocab_mask.zero_()
+        connector.vocab_mask[[1, 2]] = True
+    out = connector.compress(h, embeddings)
+    assert (out @ embeddings.T).argmax(-1).tolist() == [2, 1, 2]  # token 4 is not emittable
 
 
 def test_published_linear_path_is_unchanged_by_the_per_window_projection():
@@ -121,6 +127,11 @@ def test_ctc_then_lm_stage_on_the_connector_with_lineage(tmp_path, monkeypatch):
     assert any(k.startswith("audio_modal_projector.layers.0.") for k in weights)
     meta = adapter_metadata(first)
     assert projector_settings(meta) == CTC
+    texts = [
+        json.loads(r)["messages"][1]["content"][0]["text"] for r in data.read_text().splitlines()
+    ]
+    ids = {i for t in texts for i in make_tiny_processor()._encode(t)}
+    assert weights["audio_modal_projector.vocab_mask"].nonzero()[:, 0].tolist() == sorted(ids)
     (only,) = lineage_of(first)
     assert only["objective"] == "ctc" and only["steps"] == 4 and only["data"][0]["seed"] == 7
 

@@ -34,7 +34,11 @@ def data_record(manifest: str) -> dict:
 
 
 def leg(config, objective: str, **seen) -> dict:
-    """One training leg: `seen` holds what it read (steps, samples, audio_hours, tokens)."""
+    """One training leg: `seen` holds what it read (steps, samples, audio_hours, tokens); the
+    leg's whole config is kept, so the leg can be run again."""
+    from aero.train.config import to_dict
+
+    settings = {k: v for k, v in to_dict(config).items() if k != "data"}
     return {
         "run": Path(config.output_dir).name,
         "objective": objective,
@@ -42,6 +46,7 @@ def leg(config, objective: str, **seen) -> dict:
         "seed": config.seed,
         "data": [data_record(spec.path) for spec in config.data],
         "date": date.today().isoformat(),
+        "config": settings,
     }
 
 

@@ -1,0 +1,184 @@
+"""aero-mini v2 training that accumulates across sessions, and the replay of a shipped lineage.
+
+    python scripts/aero_mini_v2.py session --seed 6 [--workdir W] [--ctc-steps 400]
+        [--lm-steps 150] [--smoke] [--ship]
+    python scripts/aero_mini_v2.py replay [ADAPTER] [--workdir W] [--smoke]
+
+A session continues the shipped model:
+1. new data: `configs/data/aero-mini-v2.yaml` with a seed no earlier leg used;
+2. the connector stage (CTC, no LM) from the shipped connector (the fresh one the first time),
+   `configs/aero-mini-v2-ctc.yaml`;
+3. the LM stage from that connector plus the shipped LoRA (fresh LoRA the first time),
+   `configs/aero-mini-v2-lm.yaml`;
+4. the held-out table (`scripts/eval_aero_mini.py`) of the new adapter, beside Whisper tiny.en;
+5. with --ship, the new adapter replaces the shipped one when its held-out WER is lower than
+   the shipped adapter's on both short sets (slt and espeak); either way the lineage is in the
+   new adapter's metadata (steps, samples, tokens, data recipe and seed, the whole config).
+
+`replay` runs every leg of an adapter's lineage again, in order, from its recorded data recipes,
+seeds, configs and step counts (each leg starting from the legs before it, as the sessions did).
+Finished steps are skipped on a rerun (WORKDIR/runs/.done/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from aero.adapter import adapter_metadata, adapter_part
+from aero.models import ADAPTER_FILE, projector_settings
+from aero.train.lineage import lineage_of
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "configs" / "data" / "aero-mini-v2.yaml"
+FINAL = "final/adapter.safetensors"
+
+
+class Work:
+    def __init__(self, root: Path, smoke: bool):
+        self.root, self.smoke = root.resolve(), smoke
+        (self.root / "runs" / ".done").mkdir(parents=True, exist_ok=True)
+
+    def step(self, name: str, command: list[str]) -> None:
+        """Run a command once; a finished step leaves runs/.done/NAME."""
+        done = self.root / "runs" / ".done" / name
+        if done.exists():
+            print(f"== {name}: done earlier")
+            return
+        print(f"== {name}: {' '.join(command)}", flush=True)
+        subprocess.run(command, check=True, cwd=self.root)
+        done.touch()
+
+    def synth(self, out: str, recipe: str, seed: int, samples: int | None = None) -> None:
+        extra = ["--samples", "6"] if self.smoke else ["--samples", str(samples)] if samples else []
+        command = ["aero", "data", "synth", out, "--recipe", recipe, "--seed", str(seed)]
+        self.step(f"data-{Path(out).name}-{seed}", command + ["--workers", "2", *extra])
+
+    def train(self, name: str, base: Path, settings: dict) -> Path:
+        """A training leg: the base YAML with `settings` over it; returns its final adapter."""
+        config = yaml.safe_load(base.read_text()) | settings
+        if self.smoke:
+            config |= {"max_steps": 2, "save_every": 1, "eval_every": 1, "eval_samples": 2}
+        path = self.root / "runs" / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        self.step(name, ["aero", "train", str(path)])
+        return self.root / config["output_dir"] / FINAL
+
+
+def shipped_is_v2() -> bool:
+    return projector_settings(adapter_metadata(ADAPTER_FILE))["projector_type"] == "ctc"
+
+
+def session(args) -> None:
+    work = Work(args.workdir, args.smoke)
+    legs = lineage_of(ADAPTER_FILE) if shipped_is_v2() else []
+    used = {d.get("seed") for leg in legs for d in leg["data"]}
+    if args.seed in used:
+        sys.exit(f"seed {args.seed} was used by an earlier leg ({sorted(used)}): pick a new one")
+    data = f"data/aero-mini-v2-s{args.seed}"
+    work.synth(data, str(RECIPE), args.seed)
+    work.synth("data/aero-mini-heldout", "heldout", 0)
+    manifests = [{"path": f"{data}/train.jsonl"}, {"path": f"{data}/neural.jsonl"}]
+    ctc = {
+        "output_dir": f"runs/v2-s{args.seed}-ctc",
+        "data": manifests,
+        "max_steps": args.ctc_steps,
+    }
+    lm = {"output_dir": f"runs/v2-s{args.seed}-lm", "data": manifests, "max_steps": args.lm_steps}
+    if legs:  # go on from the shipped connector, and then from its LoRA
+        connector = adapter_part(
+            ADAPTER_FILE, work.root / "runs" / f"v2-s{args.seed}-init.safetensors"
+        )
+        ctc["init_adapter"] = str(connector)
+    ctc_out = work.train(f"v2-s{args.seed}-ctc", REPO / "configs" / "aero-mini-v2-ctc.yaml", ctc)
+    lm["init_adapter"] = str(ctc_out)
+    if legs:
+        both = work.root / "runs" / f"v2-s{args.seed}-lm-init.safetensors"
+        lm["init_adapter"] = str(adapter_part(ctc_out, both, lora_from=ADAPTER_FILE))
+    new = work.train(f"v2-s{args.seed}-lm", REPO / "configs" / "aero-mini-v2-lm.yaml", lm)
+    evaluate(work, new, f"v2-s{args.seed}")
+    if args.ship:
+        ship_if_better(work, new, f"v2-s{args.seed}")
+
+
+def evaluate(work: Work, adapter: Path | None, label: str) -> Path:
+    out = work.root / "eval-results" / label
+    limits = ["--limit", "2", "--long-limit", "1"] if work.smoke else ["--limit", "120"]
+    command = [sys.executable, str(REPO / "scripts" / "eval_aero_mini.py")]
+    command += ["data/aero-mini-heldout", "--output", str(out), *limits]
+    work.step(f"eval-{label}", command + (["--adapter", str(adapter)] if adapter else []))
+    return out
+
+
+def short_wer(results: Path) -> dict[str, float]:
+    out = {}
+    for name in ("slt", "espeak"):
+        path = results / "aero-mini" / name / "results.json"
+        out[name] = json.loads(path.read_text())["wer_percent"]
+    return out
+
+
+def ship_if_better(work: Work, new: Path, label: str) -> None:
+    from aero.adapter import convert_adapter
+
+    ours = short_wer(work.root / "eval-results" / label)
+    theirs = short_wer(evaluate(work, None, "shipped"))
+    print(f"held-out WER, new {ours} vs shipped {theirs}")
+    if all(ours[k] < theirs[k] for k in ours):
+        print(f"shipped: {convert_adapter(new, ADAPTER_FILE)}")
+    else:
+        print("not shipped: the shipped adapter is as good or better on a short set")
+
+
+def replay(args) -> None:
+    """Every leg of the lineage again, in order (see the module docstring)."""
+    work = Work(args.workdir, args.smoke)
+    connector = lora = None  # the latest ctc-leg and lm-leg adapters
+    for k, leg in enumerate(lineage_of(args.adapter)):
+        for record in leg["data"]:
+            recipe = REPO / "configs" / "data" / f"{record['recipe']}.yaml"
+            out = str(Path(record["manifest"]).parent)
+            work.synth(out, str(recipe) if recipe.exists() else record["recipe"], record["seed"])
+        settings = {**leg["config"], "data": [{"path": d["manifest"]} for d in leg["data"]]}
+        settings |= {"max_steps": leg["steps"], "init_adapter": None}
+        name = f"replay-{k}-{leg['run']}"
+        if leg["objective"] == "ctc" and lora is not None:
+            init = adapter_part(lora, work.root / "runs" / f"{name}-init.safetensors")
+            settings["init_adapter"] = str(init)
+        elif leg["objective"] == "lm" and connector is not None:
+            init = connector if lora is None else work.root / "runs" / f"{name}-init.safetensors"
+            if lora is not None:
+                adapter_part(connector, init, lora_from=lora)
+            settings["init_adapter"] = str(init)
+        settings["output_dir"] = f"runs/{name}"
+        base = work.root / "runs" / f"{name}-base.yaml"
+        base.write_text("{}\n")
+        final = work.train(name, base, settings)
+        connector, lora = (final, lora) if leg["objective"] == "ctc" else (connector, final)
+    print(f"replayed: {lora or connector}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    one = sub.add_parser("session", help="one training session from the shipped adapter")
+    one.add_argument("--seed", type=int, required=True, help="data seed, new for each session")
+    one.add_argument("--ctc-steps", type=int, default=400)
+    one.add_argument("--lm-steps", type=int, default=150)
+    one.add_argument("--ship", action="store_true")
+    again = sub.add_parser("replay", help="run an adapter's recorded lineage again")
+    again.add_argument("adapter", nargs="?", default=str(ADAPTER_FILE))
+    for p in (one, again):
+        p.add_argument("--workdir", type=Path, default=Path("."))
+        p.add_argument("--smoke", action="store_true", help="a few samples and steps per leg")
+    args = parser.parse_args()
+    session(args) if args.command == "session" else replay(args)
+
+
+if __name__ == "__main__":
+    main()
