@@ -136,6 +136,10 @@ class CtcConnector(nn.Module):
         )
         self.norm = nn.LayerNorm(hidden)
         self.out = nn.Linear(hidden, hidden)
+        # one token per window ahead of its emissions, from the mean of its stacked encoder
+        # frames: what CTC discards (voice, background, rate) stays readable; trained in the LM
+        # stage, where the rest of the connector is frozen
+        self.summary = nn.Linear(config.audio_config.d_model * config.projector_stack, hidden)
         self.blank = nn.Parameter(torch.zeros(hidden))
         self.log_scale = nn.Parameter(torch.tensor(0.0))
         # the LM tokens the CTC head may emit: the tokens of its training transcripts (a third
@@ -328,15 +332,26 @@ class AeroForConditionalGeneration(AeroPreTrainedModel, GenerationMixin):
 
     def project_windows(self, windows: list[torch.Tensor]) -> list[torch.Tensor]:
         """Per-window encoder outputs -> per-window LM inputs [(m_i, H)]. m_i is the window's
-        token count (`aero.audio.window_tokens`), or for the "ctc" projector its number of CTC
-        emissions."""
+        token count (`aero.audio.window_tokens`), or for the "ctc" projector 1 + its number of
+        CTC emissions (`ctc_parts`)."""
         stacked = self.stack_frames(windows)
         projector = self.audio_modal_projector
         if not isinstance(projector, CtcConnector):
             out = projector(torch.cat(stacked))
             return list(out.split([s.shape[0] for s in stacked]))
+        return [
+            torch.cat([projector.summary(pooled)[None], emitted.to(pooled.dtype)])
+            for pooled, emitted in self.ctc_parts(windows)
+        ]
+
+    def ctc_parts(self, windows: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """ "ctc" projector: per window, the mean of its stacked frames (k*D,) and its CTC
+        emissions (e, H); its LM inputs are `summary(mean)` then the emissions (1 + e tokens)."""
+        stacked = self.stack_frames(windows)
+        projector = self.audio_modal_projector
         embeddings = self.get_input_embeddings().weight
-        return [projector.compress(h, embeddings) for h in projector.frames(stacked)]
+        emitted = [projector.compress(h, embeddings) for h in projector.frames(stacked)]
+        return [(s.mean(0), e) for s, e in zip(stacked, emitted)]
 
     def merge_audio(
         self, input_ids: torch.Tensor, inputs_embeds: torch.Tensor, audio_features: torch.Tensor

@@ -689,12 +689,14 @@ class TokenCounter:
 
 class CompressedAudio:
     """Audio inputs of a "ctc" projector, whose token count per window depends on the audio:
-    counting computes them, and the prefill takes the same tensors (computing them again in
-    another batch could move a near-tie between blank and token, and with it the count)."""
+    counting computes the emissions, and the prefill (or training step) takes the same tensors
+    (computing them again in another batch could move a near-tie between blank and token, and
+    with it the count). Each window's summary token is made when its inputs are taken, so it
+    trains in the LM stage while the emissions come from the frozen connector."""
 
     def __init__(self, model, processor: AeroProcessor, keep: int = 8192):
         self.model, self.processor, self.keep = model, processor, keep
-        self._done: OrderedDict[int, tuple[np.ndarray, torch.Tensor]] = OrderedDict()
+        self._done: OrderedDict[int, tuple] = OrderedDict()  # id -> (window, mean, emissions)
 
     @torch.no_grad()
     def count(self, windows: Sequence[np.ndarray]) -> list[int]:
@@ -706,25 +708,27 @@ class CompressedAudio:
         self.model.eval()  # no dropout: the emissions are the connector's own (a frozen part)
         try:
             encoded = self.model.encode_windows(values.to(device), frames.to(device))
-            projected = self.model.project_windows(encoded)
+            parts = self.model.ctc_parts(encoded)
         finally:
             self.model.train(training)
-        for window, tensor in zip(windows, projected):
-            self._done[id(window)] = (window, tensor)
+        for window, (pooled, emitted) in zip(windows, parts):
+            self._done[id(window)] = (window, pooled, emitted)
             self._done.move_to_end(id(window))
         while len(self._done) > self.keep:
             self._done.popitem(last=False)
-        return [t.shape[0] for t in projected]
+        return [1 + emitted.shape[0] for _, emitted in parts]
 
     def features(self, windows: Sequence[np.ndarray]) -> torch.Tensor:
         """(N, H) inputs of the windows, in order, as counted."""
         missing = [w for w in windows if self._done.get(id(w), (None,))[0] is not w]
         if missing:
             self.count(missing)  # not counted through this engine's processor: count now
+        summary = self.model.audio_modal_projector.summary
         taken: dict[int, torch.Tensor] = {}
         for w in windows:  # each is used once, so it leaves the store
             if id(w) not in taken:
-                taken[id(w)] = self._done.pop(id(w))[1]
+                _, pooled, emitted = self._done.pop(id(w))
+                taken[id(w)] = torch.cat([summary(pooled)[None], emitted.to(pooled.dtype)])
         return torch.cat([taken[id(w)] for w in windows])
 
 
