@@ -1,14 +1,15 @@
 """Serving throughput: aero's own server vs vLLM (CPU build) serving the same model.
 
-    python benchmarks/serve_throughput.py [--model aero-mini] [--requests 32] [--levels 1 8 32]
+    python benchmarks/serve_throughput.py [--model aero-mini] [--levels 1 8 32] [--requests R]
                                           [--vllm-python .vllm-venv/bin/python] [--work DIR]
 
 Both servers answer OpenAI's POST /v1/audio/transcriptions for the same checkpoint directory
 (aero-mini: saved once with its LoRA merged, `aero.vllm.launch.checkpoint_dir`), one server at a
 time on this machine, float32 on both (aero's engine's arithmetic; the two then give the same
 greedy text unless a reply loops). Audio: 32 different real-length clips made offline with
-espeak-ng (2 to 6 spoken sentences each, 16 kHz). For each concurrency level N, the same
-`--requests` requests go out with at most N in flight, after one warm-up request; per level:
+espeak-ng (2 to 6 spoken sentences each, 16 kHz). For each level N, N requests (the first N
+clips) go out at once, after one warm-up request (`--requests R`: R requests, at most N in
+flight); per level:
 requests/s and audio seconds per second (both over the level's wall time), p50/p95 request
 latency, and the server's peak RSS (the whole process tree, sampled every 0.1 s).
 Reply budget: aero's default for transcripts (32 + 8 tokens per audio second), sent to vLLM as
@@ -147,9 +148,9 @@ class PeakRss:
         self._stop.set()
 
 
-async def transcribe(client, url: str, clip: dict, engine: str) -> tuple[float, str]:
+async def transcribe(client, url: str, clip: dict, engine: str, model: str) -> tuple[float, str]:
     budget = 32 + int(8 * clip["seconds"] + 0.999)  # aero's engine's default for transcripts
-    data = {"model": "m", "temperature": "0"}
+    data = {"model": model, "temperature": "0"}  # vLLM answers only its served name
     if engine == "vllm":
         data["max_completion_tokens"] = str(budget)
     with open(clip["path"], "rb") as f:
@@ -160,9 +161,12 @@ async def transcribe(client, url: str, clip: dict, engine: str) -> tuple[float, 
     return time.perf_counter() - start, response.json()["text"]
 
 
-async def run_level(url: str, clips: list[dict], n: int, requests: int, engine: str) -> dict:
+async def run_level(
+    url: str, clips: list[dict], n: int, requests: int | None, engine: str, model: str
+) -> dict:
     import httpx
 
+    requests = requests or n
     jobs = [clips[k % len(clips)] for k in range(requests)]
     latencies, texts = [0.0] * requests, [""] * requests
     gate = asyncio.Semaphore(n)
@@ -170,7 +174,7 @@ async def run_level(url: str, clips: list[dict], n: int, requests: int, engine: 
 
         async def one(k: int) -> None:
             async with gate:
-                latencies[k], texts[k] = await transcribe(client, url, jobs[k], engine)
+                latencies[k], texts[k] = await transcribe(client, url, jobs[k], engine, model)
 
         start = time.perf_counter()
         await asyncio.gather(*(one(k) for k in range(requests)))
@@ -193,17 +197,20 @@ def bench_engine(engine: str, model_dir: str, clips: list[dict], args) -> dict:
     try:
         startup = wait_ready(port, server)
         url = f"http://127.0.0.1:{port}/v1/audio/transcriptions"
-        asyncio.run(run_level(url, clips, 1, 1, engine))  # warm-up
+        asyncio.run(run_level(url, clips, 1, 1, engine, model_dir))  # warm-up
         rss = PeakRss(server.pid)
         levels = []
         for n in args.levels:
             rss.take()
-            level = asyncio.run(run_level(url, clips, n, args.requests, engine))
+            level = asyncio.run(run_level(url, clips, n, args.requests, engine, model_dir))
             level["peak_rss_mb"] = rss.take() / 2**20
+            level["load_avg"] = os.getloadavg()[0]  # other work on the machine, for the record
             levels.append(level)
             print(f"{engine} N={n}: {level['req_per_s']:.2f} req/s", flush=True)
         rss.stop()
-        return {"engine": engine, "startup_s": startup, "levels": levels}
+        result = {"engine": engine, "startup_s": startup, "levels": levels}
+        (Path(args.work) / f"{engine}.json").write_text(json.dumps(result, indent=2))
+        return result
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         try:
@@ -216,8 +223,8 @@ def table(results: list[dict]) -> str:
     reference = {lv["n"]: lv["texts"] for lv in results[0]["levels"]}
     lines = [
         "| engine | N | requests/s | audio s/s | p50 latency s | p95 latency s | peak RSS MB "
-        "| texts = aero's |",
-        "|---|---|---|---|---|---|---|---|",
+        "| texts = aero's | load avg |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for result in results:
         for lv in result["levels"]:
@@ -225,7 +232,7 @@ def table(results: list[dict]) -> str:
             lines.append(
                 f"| {result['engine']} | {lv['n']} | {lv['req_per_s']:.2f} | "
                 f"{lv['audio_s_per_s']:.1f} | {lv['p50_s']:.2f} | {lv['p95_s']:.2f} | "
-                f"{lv['peak_rss_mb']:.0f} | {same}/{len(lv['texts'])} |"
+                f"{lv['peak_rss_mb']:.0f} | {same}/{len(lv['texts'])} | {lv['load_avg']:.1f} |"
             )
     return "\n".join(lines)
 
@@ -233,7 +240,7 @@ def table(results: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="aero-mini")
-    parser.add_argument("--requests", type=int, default=32)
+    parser.add_argument("--requests", type=int, default=None)
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--engines", nargs="+", default=list(ENGINES), choices=ENGINES)
     parser.add_argument("--aero-batch", type=int, default=8)
@@ -247,11 +254,14 @@ def main() -> None:
     model_dir = checkpoint_dir(args.model)
     seconds = sum(c["seconds"] for c in clips)
     print(f"{len(clips)} clips, {seconds:.0f} s of audio; model {args.model} at {model_dir}")
-    results = [bench_engine(engine, model_dir, clips, args) for engine in args.engines]
+    for engine in args.engines:
+        bench_engine(engine, model_dir, clips, args)
+    # Every engine measured into this work folder so far (one run can redo one engine).
+    saved = [Path(args.work) / f"{e}.json" for e in ENGINES]
+    results = [json.loads(p.read_text()) for p in saved if p.is_file()]
     for result in results:
         print(f"{result['engine']}: ready {result['startup_s']:.0f} s after start")
     print(table(results))
-    (Path(args.work) / "results.json").write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":
