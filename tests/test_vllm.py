@@ -240,3 +240,16 @@ def test_aero_mini_greedy_tokens_equal_aeros_engine(tmp_path):
     assert_same(reference[:1], got[0], eos)
     assert_same(reference[1:], got[1], eos)
     assert_same(reference, got[2], eos)
+
+
+def test_a_ctc_projector_is_refused_with_a_clear_message():
+    """A projector whose token count depends on what is said cannot be sized before the encoder
+    runs, which vLLM's prompt replacement needs: the plugin says so and names `aero serve`."""
+    code = (
+        "from types import SimpleNamespace\n"
+        "from aero.vllm.model import check_servable\n"
+        "check_servable(SimpleNamespace(projector_type='ctc'))\n"
+    )
+    run = subprocess.run([str(VLLM_PYTHON), "-c", code], capture_output=True, text=True)
+    assert run.returncode != 0
+    assert "depends on what is said" in run.stderr and "`aero serve`" in run.stderr
