@@ -278,7 +278,10 @@ def train_ctc(config, model, processor, out: Path, stop_after: int | None = None
         grow_vocabulary(model.audio_modal_projector, pairs, processor.tokenizer)
     stage = _Stage(model, processor, config)
     heldout = _heldout_pairs(config)
-    params = list(model.audio_modal_projector.parameters()) + list(stage.head.parameters())
+    # CTC trains what the CTC loss reads (a connector's summary token trains in the LM stage)
+    params = [
+        p for n, p in model.audio_modal_projector.named_parameters() if not n.startswith("summary.")
+    ] + list(stage.head.parameters())
     optimizer = torch.optim.AdamW(
         params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
     )
@@ -445,7 +448,13 @@ def _save_state(path: Path, stage: _Stage, optimizer, scheduler, state: CtcState
 
 def _load_state(path: Path, stage: _Stage, optimizer, scheduler) -> CtcState:
     saved = torch.load(path, weights_only=False)
-    stage.model.audio_modal_projector.load_state_dict(saved["projector"])
+    missing, unexpected = stage.model.audio_modal_projector.load_state_dict(
+        saved["projector"], strict=False
+    )
+    if unexpected or any(
+        not k.startswith("summary.") for k in missing
+    ):  # summary: not trained here
+        raise RuntimeError(f"{path} does not fit this projector: {missing + unexpected}")
     stage.head.load_state_dict(saved["head"])
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
