@@ -12,8 +12,9 @@ A session continues the shipped model:
    `configs/aero-mini-v2-lm.yaml`;
 4. the held-out table (`scripts/eval_aero_mini.py`) of the new adapter, beside Whisper tiny.en;
 5. with --ship, the new adapter replaces the shipped one when its held-out WER is lower than
-   the shipped adapter's on both short sets (slt and espeak); either way the lineage is in the
-   new adapter's metadata (steps, samples, tokens, data recipe and seed, the whole config).
+   the shipped adapter's on both short sets (slt and espeak), else it becomes the candidate
+   (`checkpoints/aero-mini-v2/`) the next session goes on from; either way its lineage is in its
+   metadata (steps, samples, tokens, data recipe and seed, the whole config).
 
 `replay` runs every leg of an adapter's lineage again, in order, from its recorded data recipes,
 seeds, configs and step counts (each leg starting from the legs before it, as the sessions did).
@@ -35,6 +36,8 @@ from aero.models import ADAPTER_FILE, projector_settings
 from aero.train.lineage import lineage_of
 
 REPO = Path(__file__).resolve().parents[1]
+# the newest v2 adapter while the shipped aero-mini is still v1: where the next session goes on
+CANDIDATE = REPO / "checkpoints" / "aero-mini-v2" / "adapter.safetensors"
 RECIPE = REPO / "configs" / "data" / "aero-mini-v2.yaml"
 FINAL = "final/adapter.safetensors"
 
@@ -74,9 +77,17 @@ def shipped_is_v2() -> bool:
     return projector_settings(adapter_metadata(ADAPTER_FILE))["projector_type"] == "ctc"
 
 
+def latest_v2() -> Path | None:
+    """The adapter a session goes on from: the shipped one once it is v2, else the candidate."""
+    if shipped_is_v2():
+        return ADAPTER_FILE
+    return CANDIDATE if CANDIDATE.is_file() else None
+
+
 def session(args) -> None:
     work = Work(args.workdir, args.smoke)
-    legs = lineage_of(ADAPTER_FILE) if shipped_is_v2() else []
+    start = latest_v2()
+    legs = lineage_of(start) if start else []
     used = {d.get("seed") for leg in legs for d in leg["data"]}
     if args.seed in used:
         sys.exit(f"seed {args.seed} was used by an earlier leg ({sorted(used)}): pick a new one")
@@ -97,9 +108,9 @@ def session(args) -> None:
         ctc["init_adapter"] = str(connector)
     ctc_out = work.train(f"v2-s{args.seed}-ctc", REPO / "configs" / "aero-mini-v2-ctc.yaml", ctc)
     lm["init_adapter"] = str(ctc_out)
-    if legs:
+    if start:
         both = work.root / "runs" / f"v2-s{args.seed}-lm-init.safetensors"
-        lm["init_adapter"] = str(adapter_part(ctc_out, both, lora_from=ADAPTER_FILE))
+        lm["init_adapter"] = str(adapter_part(ctc_out, both, lora_from=start))
     new = work.train(f"v2-s{args.seed}-lm", REPO / "configs" / "aero-mini-v2-lm.yaml", lm)
     evaluate(work, new, f"v2-s{args.seed}")
     if args.ship:
@@ -131,15 +142,18 @@ def ship_if_better(work: Work, new: Path, label: str) -> None:
     print(f"held-out WER, new {ours} vs shipped {theirs}")
     if all(ours[k] < theirs[k] for k in ours):
         print(f"shipped: {convert_adapter(new, ADAPTER_FILE)}")
-    else:
-        print("not shipped: the shipped adapter is as good or better on a short set")
+        CANDIDATE.unlink(missing_ok=True)
+    else:  # kept, so that the next session goes on from it
+        print(
+            f"not shipped (no better on a short set); candidate: {convert_adapter(new, CANDIDATE)}"
+        )
 
 
 def replay(args) -> None:
     """Every leg of the lineage again, in order (see the module docstring)."""
     work = Work(args.workdir, args.smoke)
     connector = lora = None  # the latest ctc-leg and lm-leg adapters
-    for k, leg in enumerate(lineage_of(args.adapter)):
+    for k, leg in enumerate(lineage_of(args.adapter or latest_v2())):
         for record in leg["data"]:
             recipe = REPO / "configs" / "data" / f"{record['recipe']}.yaml"
             out = str(Path(record["manifest"]).parent)
@@ -172,7 +186,7 @@ def main() -> None:
     one.add_argument("--lm-steps", type=int, default=150)
     one.add_argument("--ship", action="store_true")
     again = sub.add_parser("replay", help="run an adapter's recorded lineage again")
-    again.add_argument("adapter", nargs="?", default=str(ADAPTER_FILE))
+    again.add_argument("adapter", nargs="?", help="default: the newest v2 adapter")
     for p in (one, again):
         p.add_argument("--workdir", type=Path, default=Path("."))
         p.add_argument("--smoke", action="store_true", help="a few samples and steps per leg")

@@ -151,3 +151,23 @@ def test_ctc_then_lm_stage_on_the_connector_with_lineage(tmp_path, monkeypatch):
             assert not torch.equal(exported[name], tensor)
         else:  # the rest of the connector is frozen there (its emissions carry no gradient)
             torch.testing.assert_close(exported[name], tensor)
+
+
+def test_adapter_part_splits_a_projector_from_its_lora_and_joins_another(tmp_path):
+    from aero.adapter import adapter_part, save_adapter
+
+    projector = {"audio_modal_projector.linear.weight": torch.ones(2, 2)}
+    lora = {"language_model.model.layers.0.self_attn.q_proj.lora_A.weight": torch.ones(1, 2)}
+    lineage = json.dumps([{"run": "a", "objective": "ctc"}])
+    meta = {"preset": "lora", "lora_r": 8, "lora_alpha": 16, "lineage": lineage}
+    full = save_adapter(tmp_path / "full.safetensors", {**projector, **lora}, meta)
+    part = adapter_part(full, tmp_path / "part.safetensors")
+    assert set(load_file(part)) == set(projector)
+    kept = adapter_metadata(part)
+    assert kept["preset"] == "projector" and "lora_r" not in kept and kept["lineage"] == lineage
+    new = save_adapter(tmp_path / "new.safetensors", {k: v * 2 for k, v in projector.items()}, {})
+    joined = adapter_part(new, tmp_path / "joined.safetensors", lora_from=full)
+    weights = load_file(joined)
+    assert torch.equal(weights["audio_modal_projector.linear.weight"], torch.full((2, 2), 2.0))
+    assert set(weights) == set(projector) | set(lora)
+    assert adapter_metadata(joined)["lora_r"] == "8"
