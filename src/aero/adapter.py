@@ -34,8 +34,11 @@ def save_adapter(path: str | os.PathLike, weights: dict[str, torch.Tensor], meta
 def convert_adapter(
     source: str | os.PathLike, target: str | os.PathLike, dtype: torch.dtype = torch.float16
 ) -> Path:
-    """Copy an adapter file with its tensors cast (float16 halves a shipped adapter's size)."""
-    weights = {k: v.to(dtype) for k, v in load_file(str(source)).items()}
+    """Copy an adapter file with its float tensors cast (float16 halves a shipped adapter's size;
+    a connector's boolean vocabulary mask stays boolean)."""
+    weights = {
+        k: v.to(dtype) if v.is_floating_point() else v for k, v in load_file(str(source)).items()
+    }
     return save_adapter(target, weights, adapter_metadata(source))
 
 
