@@ -7,17 +7,12 @@ import pytest
 import torch
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from aero import modeling, processing
+from aero import modeling
 from aero.vllm import prompt
 from conftest import TINY_QWEN2_TOKENIZER, make_tiny_processor, tone
 
 
-def test_restated_constants_are_aeros():
-    assert prompt.CHAT_TEMPLATE == processing.CHAT_TEMPLATE
-    assert prompt.DEFAULT_SYSTEM_PROMPT == processing.DEFAULT_SYSTEM_PROMPT
-    assert prompt.TRANSCRIBE_PROMPT == processing.TRANSCRIBE_PROMPT
-    assert prompt.AUDIO_TOKEN == modeling.AUDIO_TOKEN
-    assert prompt.ENCODER_LOOKAHEAD_FRAMES == modeling.ENCODER_LOOKAHEAD_FRAMES
+def test_vllm_prompt_renders_the_processors_template():
     for system in ("You are a helpful assistant.", None):
         assert (
             prompt.chat_template(system) == make_tiny_processor(system_prompt=system).chat_template

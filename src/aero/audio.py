@@ -41,6 +41,11 @@ AudioSource = Union[
 ]
 
 
+# Mel frames the encoder's convolutions read past a window's last real frame (conv1, k=3, reads
+# one; conv2, k=3 stride 2, one more): inputs are cut this far past the real length, not to 3000.
+ENCODER_LOOKAHEAD_FRAMES = 2
+
+
 class AudioError(ValueError):
     """A user-supplied audio source that cannot be used; the message names the source."""
 

@@ -25,15 +25,12 @@ from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PreT
 from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
 from transformers.models.qwen2_audio.modeling_qwen2_audio import Qwen2AudioEncoder
 
-from aero.audio import N_FRAMES, encoder_output_lengths
+from aero.audio import ENCODER_LOOKAHEAD_FRAMES, N_FRAMES, encoder_output_lengths
+from aero.chat_format import AUDIO_TOKEN
 
-AUDIO_TOKEN = "<|AUDIO|>"
 # Qwen2.5's 151643 base tokens + 22 specials + <image>, <video> -> <|AUDIO|> is id 151667.
 # (The reference default 151648 is stale; scripts that use the release hard-code 151667.)
 DEFAULT_AUDIO_TOKEN_INDEX = 151667
-# Mel frames the encoder's convolutions read past a window's last real frame (conv1, k=3, reads
-# one; conv2, k=3 stride 2, one more): inputs are cut this far past the real length, not to 3000.
-ENCODER_LOOKAHEAD_FRAMES = 2
 
 WHISPER_LARGE_V3_ENCODER = {
     "d_model": 1280,

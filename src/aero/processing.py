@@ -56,31 +56,13 @@ from aero.audio import (
     split_windows,
     window_tokens,
 )
-from aero.modeling import AUDIO_TOKEN, ENCODER_LOOKAHEAD_FRAMES, AeroConfig
+from aero.chat_format import AUDIO_TOKEN, CHAT_TEMPLATE, DEFAULT_SYSTEM_PROMPT, TRANSCRIBE_PROMPT
+from aero.modeling import ENCODER_LOOKAHEAD_FRAMES, AeroConfig
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
-TRANSCRIBE_PROMPT = "Please transcribe the audio"
 IGNORE_INDEX = -100  # label of positions that are not supervised
 AUDIO_PART_TYPES = ("audio", "audio_url", "input_audio")
-
-# The reference chat format as a jinja template, saved beside checkpoints for other tools.
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' and default_system %}"
-    "<|im_start|>system\n{{ default_system }}<|im_end|>\n"
-    "{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] in ('audio', 'audio_url', 'input_audio') %}<|AUDIO|>\n"
-    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}"
-    "<|im_end|>\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 
 
 def content_text(content: Any) -> str:

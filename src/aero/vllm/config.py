@@ -20,7 +20,7 @@ from transformers import AutoConfig, AutoProcessor, ProcessorMixin
 from transformers.configuration_utils import PretrainedConfig
 from transformers.models.auto import CONFIG_MAPPING
 
-from aero.vllm.prompt import AUDIO_TOKEN, DEFAULT_SYSTEM_PROMPT, TRANSCRIBE_PROMPT
+from aero.chat_format import AUDIO_TOKEN, DEFAULT_SYSTEM_PROMPT, TRANSCRIBE_PROMPT
 from aero.vllm.prompt import chat_template as aero_chat_template
 
 WHISPER_LARGE_V3_ENCODER = dict(  # as aero.modeling.WHISPER_LARGE_V3_ENCODER

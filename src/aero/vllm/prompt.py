@@ -3,9 +3,10 @@
 This module runs in both environments: aero's own (transformers >= 5.24) and the vLLM one
 (vLLM pins an older transformers, under which `aero.modeling` and `aero.processing` do not
 import). It therefore imports from aero only `aero.audio`, where the window cut
-(`split_windows`) and THE frames -> tokens arithmetic (`window_tokens`) live; everything else
-here restates AeroProcessor's conventions, and `tests/test_vllm_prompt.py` holds each restated
-piece equal to aero's own (ids, features, template, defaults) in aero's environment.
+(`split_windows`) and THE frames -> tokens arithmetic (`window_tokens`) live, and
+`aero.chat_format` (placeholder, prompts, chat template). The log-mel padding restates
+AeroProcessor's; `tests/test_vllm_prompt.py` holds ids and features equal to aero's own in
+aero's environment.
 
 Notable choices:
 - One audio item of a vLLM request is one whole recording. Its `<|AUDIO|>` placeholder becomes
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 
 from aero.audio import (
+    ENCODER_LOOKAHEAD_FRAMES,
     HOP_LENGTH,
     MIN_TOKEN_SAMPLES,
     N_FFT,
@@ -39,28 +41,9 @@ from aero.audio import (
     split_windows,
     window_tokens,
 )
+from aero.chat_format import CHAT_TEMPLATE
 
-AUDIO_TOKEN = "<|AUDIO|>"  # as aero.modeling.AUDIO_TOKEN
 WINDOW_SEPARATOR = "\n"  # the chat format writes `<|AUDIO|>\n` per window
-ENCODER_LOOKAHEAD_FRAMES = 2  # as aero.modeling.ENCODER_LOOKAHEAD_FRAMES
-DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."  # as aero.processing
-TRANSCRIBE_PROMPT = "Please transcribe the audio"  # as aero.processing
-# aero.processing.CHAT_TEMPLATE (the reference chat format as jinja; a test keeps them equal).
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' and default_system %}"
-    "<|im_start|>system\n{{ default_system }}<|im_end|>\n"
-    "{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] in ('audio', 'audio_url', 'input_audio') %}<|AUDIO|>\n"
-    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}"
-    "<|im_end|>\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 
 
 def chat_template(system_prompt: str | None) -> str:
