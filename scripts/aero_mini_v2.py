@@ -101,10 +101,8 @@ def session(args) -> None:
         "max_steps": args.ctc_steps,
     }
     lm = {"output_dir": f"runs/v2-s{args.seed}-lm", "data": manifests, "max_steps": args.lm_steps}
-    if legs:  # go on from the shipped connector, and then from its LoRA
-        connector = adapter_part(
-            ADAPTER_FILE, work.root / "runs" / f"v2-s{args.seed}-init.safetensors"
-        )
+    if start:  # go on from the newest v2 connector, and then from its LoRA
+        connector = adapter_part(start, work.root / "runs" / f"v2-s{args.seed}-init.safetensors")
         ctc["init_adapter"] = str(connector)
     ctc_out = work.train(f"v2-s{args.seed}-ctc", REPO / "configs" / "aero-mini-v2-ctc.yaml", ctc)
     lm["init_adapter"] = str(ctc_out)
