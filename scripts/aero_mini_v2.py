@@ -150,28 +150,30 @@ def ship_if_better(work: Work, new: Path, label: str) -> None:
 def replay(args) -> None:
     """Every leg of the lineage again, in order (see the module docstring)."""
     work = Work(args.workdir, args.smoke)
-    connector = lora = None  # the latest ctc-leg and lm-leg adapters
-    for k, leg in enumerate(lineage_of(args.adapter or latest_v2())):
+    connector = lora = previous = None  # the latest ctc-leg, lm-leg and any-leg adapters
+    legs = lineage_of(args.adapter or latest_v2())
+    if any(leg["config"].get("eval_data") for leg in legs):  # the curves' held-out checks
+        work.synth("data/aero-mini-heldout", "heldout", 0)
+    for k, leg in enumerate(legs):
         for record in leg["data"]:
             recipe = REPO / "configs" / "data" / f"{record['recipe']}.yaml"
             out = str(Path(record["manifest"]).parent)
             work.synth(out, str(recipe) if recipe.exists() else record["recipe"], record["seed"])
         settings = {**leg["config"], "data": [{"path": d["manifest"]} for d in leg["data"]]}
-        settings |= {"max_steps": leg["steps"], "init_adapter": None}
         name = f"replay-{k}-{leg['run']}"
-        if leg["objective"] == "ctc" and lora is not None:
-            init = adapter_part(lora, work.root / "runs" / f"{name}-init.safetensors")
-            settings["init_adapter"] = str(init)
-        elif leg["objective"] == "lm" and connector is not None:
-            init = connector if lora is None else work.root / "runs" / f"{name}-init.safetensors"
-            if lora is not None:
-                adapter_part(connector, init, lora_from=lora)
-            settings["init_adapter"] = str(init)
+        init = work.root / "runs" / f"{name}-init.safetensors"
+        if leg["objective"] == "ctc":  # from the connector of the leg before, if any
+            init = adapter_part(previous, init) if previous else None
+        elif lora is None:  # the first LM leg: from the connector alone
+            init = connector
+        else:  # the newest connector with the newest LoRA
+            init = adapter_part(connector, init, lora_from=lora)
+        settings |= {"max_steps": leg["steps"], "init_adapter": str(init) if init else None}
         settings["output_dir"] = f"runs/{name}"
         base = work.root / "runs" / f"{name}-base.yaml"
         base.write_text("{}\n")
-        final = work.train(name, base, settings)
-        connector, lora = (final, lora) if leg["objective"] == "ctc" else (connector, final)
+        previous = work.train(name, base, settings)
+        connector, lora = (previous, lora) if leg["objective"] == "ctc" else (connector, previous)
     print(f"replayed: {lora or connector}")
 
 
