@@ -37,18 +37,8 @@ import threading
 import time
 from pathlib import Path
 
-SENTENCES = [
-    "The quick brown fox jumps over the lazy dog.",
-    "Please call Stella and ask her to bring these things with her from the store.",
-    "A large language model can listen to speech and write down what was said.",
-    "The meeting starts at nine o'clock on Monday morning.",
-    "Six spoons of fresh snow peas and five thick slabs of blue cheese.",
-    "We also need a small plastic snake and a big toy frog for the kids.",
-    "She can scoop these things into three red bags.",
-    "The weather today is cloudy with a chance of rain in the afternoon.",
-    "Remember to save your work before you close the program.",
-    "Long recordings are cut into thirty second windows before encoding.",
-]
+from transcribe_speed import SENTENCES  # the same sentences (benchmarks/ is on sys.path)
+
 ENGINES = ("aero", "vllm")
 
 
