@@ -59,6 +59,7 @@ from vllm.sequence import IntermediateTensors
 from vllm.transformers_utils.processor import cached_processor_from_config
 
 from aero.audio import (
+    ENCODER_LOOKAHEAD_FRAMES,
     N_FRAMES,
     N_SAMPLES,
     SAMPLE_RATE,
@@ -67,10 +68,9 @@ from aero.audio import (
     mel_frames,
     window_tokens,
 )
+from aero.chat_format import AUDIO_TOKEN
 from aero.vllm.config import AeroProcessor, AeroVllmConfig
 from aero.vllm.prompt import (
-    AUDIO_TOKEN,
-    ENCODER_LOOKAHEAD_FRAMES,
     WINDOW_SEPARATOR,
     length_groups,
     placeholder_ids,
