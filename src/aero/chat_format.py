@@ -1,5 +1,6 @@
 """The chat format aero's models are trained and prompted with: the audio placeholder, the
-default system and transcription prompts and the reference chat template.
+default system and transcription prompts and the reference chat template; and the published
+checkpoint's encoder shape (the default `audio_config`).
 
 Kept free of torch and transformers, so that every environment aero runs in (its own, and the
 vLLM one, which pins an older transformers) reads the same definitions.
@@ -8,6 +9,17 @@ vLLM one, which pins an older transformers) reads the same definitions.
 AUDIO_TOKEN = "<|AUDIO|>"
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 TRANSCRIBE_PROMPT = "Please transcribe the audio"
+
+WHISPER_LARGE_V3_ENCODER = {
+    "d_model": 1280,
+    "encoder_attention_heads": 20,
+    "encoder_ffn_dim": 5120,
+    "encoder_layers": 32,
+    "num_mel_bins": 128,
+    "max_source_positions": 1500,
+    "scale_embedding": False,
+    "activation_function": "gelu",
+}
 
 # The reference chat format as a jinja template, saved beside checkpoints for other tools.
 CHAT_TEMPLATE = (

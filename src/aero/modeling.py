@@ -26,22 +26,11 @@ from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
 from transformers.models.qwen2_audio.modeling_qwen2_audio import Qwen2AudioEncoder
 
 from aero.audio import ENCODER_LOOKAHEAD_FRAMES, N_FRAMES, encoder_output_lengths
-from aero.chat_format import AUDIO_TOKEN
+from aero.chat_format import AUDIO_TOKEN, WHISPER_LARGE_V3_ENCODER
 
 # Qwen2.5's 151643 base tokens + 22 specials + <image>, <video> -> <|AUDIO|> is id 151667.
 # (The reference default 151648 is stale; scripts that use the release hard-code 151667.)
 DEFAULT_AUDIO_TOKEN_INDEX = 151667
-
-WHISPER_LARGE_V3_ENCODER = {
-    "d_model": 1280,
-    "encoder_attention_heads": 20,
-    "encoder_ffn_dim": 5120,
-    "encoder_layers": 32,
-    "num_mel_bins": 128,
-    "max_source_positions": 1500,
-    "scale_embedding": False,
-    "activation_function": "gelu",
-}
 
 
 class AeroConfig(PreTrainedConfig):

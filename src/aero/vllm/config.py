@@ -20,19 +20,13 @@ from transformers import AutoConfig, AutoProcessor, ProcessorMixin
 from transformers.configuration_utils import PretrainedConfig
 from transformers.models.auto import CONFIG_MAPPING
 
-from aero.chat_format import AUDIO_TOKEN, DEFAULT_SYSTEM_PROMPT, TRANSCRIBE_PROMPT
-from aero.vllm.prompt import chat_template as aero_chat_template
-
-WHISPER_LARGE_V3_ENCODER = dict(  # as aero.modeling.WHISPER_LARGE_V3_ENCODER
-    d_model=1280,
-    encoder_attention_heads=20,
-    encoder_ffn_dim=5120,
-    encoder_layers=32,
-    num_mel_bins=128,
-    max_source_positions=1500,
-    scale_embedding=False,
-    activation_function="gelu",
+from aero.chat_format import (
+    AUDIO_TOKEN,
+    DEFAULT_SYSTEM_PROMPT,
+    TRANSCRIBE_PROMPT,
+    WHISPER_LARGE_V3_ENCODER,
 )
+from aero.vllm.prompt import chat_template as aero_chat_template
 
 
 class AeroVllmConfig(PretrainedConfig):
