@@ -1,7 +1,8 @@
 """aero-mini v2 training that accumulates across sessions, and the replay of a shipped lineage.
 
     python scripts/aero_mini_v2.py session --seed 6 [--workdir W] [--ctc-steps 400]
-        [--lm-steps 150] [--smoke] [--ship]
+        [--lm-steps 150] [--ctc-minutes M] [--lm-minutes M] [--reread MANIFEST ...]
+        [--eval-limit 120] [--smoke] [--ship]
     python scripts/aero_mini_v2.py replay [ADAPTER] [--workdir W] [--smoke]
 
 A session continues the shipped model:
@@ -43,8 +44,8 @@ FINAL = "final/adapter.safetensors"
 
 
 class Work:
-    def __init__(self, root: Path, smoke: bool):
-        self.root, self.smoke = root.resolve(), smoke
+    def __init__(self, root: Path, smoke: bool, limit: int = 120):
+        self.root, self.smoke, self.limit = root.resolve(), smoke, limit
         (self.root / "runs" / ".done").mkdir(parents=True, exist_ok=True)
 
     def step(self, name: str, command: list[str]) -> None:
@@ -85,7 +86,7 @@ def latest_v2() -> Path | None:
 
 
 def session(args) -> None:
-    work = Work(args.workdir, args.smoke)
+    work = Work(args.workdir, args.smoke, args.eval_limit)
     start = latest_v2()
     legs = lineage_of(start) if start else []
     used = {d.get("seed") for leg in legs for d in leg["data"]}
@@ -97,10 +98,12 @@ def session(args) -> None:
     manifests = [{"path": f"{data}/train.jsonl"}, {"path": f"{data}/neural.jsonl"}]
     ctc = {
         "output_dir": f"runs/v2-s{args.seed}-ctc",
-        "data": manifests,
+        "data": manifests + [{"path": p} for p in args.reread],
         "max_steps": args.ctc_steps,
+        "max_minutes": args.ctc_minutes,
     }
     lm = {"output_dir": f"runs/v2-s{args.seed}-lm", "data": manifests, "max_steps": args.lm_steps}
+    lm["max_minutes"] = args.lm_minutes
     if start:  # go on from the newest v2 connector, and then from its LoRA
         connector = adapter_part(start, work.root / "runs" / f"v2-s{args.seed}-init.safetensors")
         ctc["init_adapter"] = str(connector)
@@ -117,7 +120,7 @@ def session(args) -> None:
 
 def evaluate(work: Work, adapter: Path | None, label: str) -> Path:
     out = work.root / "eval-results" / label
-    limits = ["--limit", "2", "--long-limit", "1"] if work.smoke else ["--limit", "120"]
+    limits = ["--limit", "2", "--long-limit", "1"] if work.smoke else ["--limit", str(work.limit)]
     command = [sys.executable, str(REPO / "scripts" / "eval_aero_mini.py")]
     command += ["data/aero-mini-heldout", "--output", str(out), *limits]
     work.step(f"eval-{label}", command + (["--adapter", str(adapter)] if adapter else []))
@@ -168,7 +171,10 @@ def replay(args) -> None:
             init = connector
         else:  # the newest connector with the newest LoRA
             init = adapter_part(connector, init, lora_from=lora)
-        settings |= {"max_steps": leg["steps"], "init_adapter": str(init) if init else None}
+        # the steps it ran, under the cosine it ran with (a leg its clock stopped ran fewer)
+        cosine = leg["config"].get("schedule_steps") or leg["config"]["max_steps"]
+        settings |= {"max_steps": leg["steps"], "schedule_steps": max(cosine, leg["steps"])}
+        settings |= {"max_minutes": None, "init_adapter": str(init) if init else None}
         settings["output_dir"] = f"runs/{name}"
         base = work.root / "runs" / f"{name}-base.yaml"
         base.write_text("{}\n")
@@ -184,6 +190,12 @@ def main() -> None:
     one.add_argument("--seed", type=int, required=True, help="data seed, new for each session")
     one.add_argument("--ctc-steps", type=int, default=400)
     one.add_argument("--lm-steps", type=int, default=150)
+    one.add_argument("--ctc-minutes", type=float, help="end the connector leg after this long")
+    one.add_argument("--lm-minutes", type=float, help="end the LM leg after this long")
+    one.add_argument(
+        "--reread", nargs="*", default=[], help="earlier manifests the connector leg reads again"
+    )
+    one.add_argument("--eval-limit", type=int, default=120, help="held-out items per set")
     one.add_argument("--ship", action="store_true")
     again = sub.add_parser("replay", help="run an adapter's recorded lineage again")
     again.add_argument("adapter", nargs="?", help="default: the newest v2 adapter")

@@ -3,6 +3,7 @@ engine and the training stages use the same emissions as the ids count, the publ
 unchanged, and every export records its projector and lineage."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from aero.adapter import adapter_metadata
 from aero.engine import Engine
 from aero.modeling import CtcConnector
 from aero.models import projector_settings
-from aero.train.config import TrainConfig, apply_overrides
+from aero.train.config import ConfigError, TrainConfig, apply_overrides
 from aero.train.lineage import lineage_of
 from aero.train.run import train
 from conftest import make_tiny_model, make_tiny_processor, tiny_config, tone, write_manifest
@@ -105,7 +106,8 @@ def test_projector_settings_from_adapter_metadata():
     }
 
 
-def test_ctc_then_lm_stage_on_the_connector_with_lineage(tmp_path, monkeypatch):
+def _tiny_connector_run(tmp_path, monkeypatch) -> tuple[dict, Path]:
+    """A tiny ctc-connector base model and a 6-clip manifest made by a recipe with seed 7."""
     monkeypatch.setenv("AERO_CACHE", str(tmp_path / "cache"))
     base = tmp_path / "base"
     make_tiny_model(**CTC).save_pretrained(base)
@@ -114,7 +116,11 @@ def test_ctc_then_lm_stage_on_the_connector_with_lineage(tmp_path, monkeypatch):
     (tmp_path / "data" / "train.synth.json").write_text(
         json.dumps({"recipe": "r", "split": "train", "seed": 7, "samples": 6})
     )
-    common = dict(model=str(base), data=[{"path": str(data)}], progress=False, bf16=False)
+    return dict(model=str(base), data=[{"path": str(data)}], progress=False, bf16=False), data
+
+
+def test_ctc_then_lm_stage_on_the_connector_with_lineage(tmp_path, monkeypatch):
+    common, data = _tiny_connector_run(tmp_path, monkeypatch)
     ctc = apply_overrides(
         TrainConfig(),
         {**common, "output_dir": str(tmp_path / "ctc"), "objective": "ctc", "token_budget": 200,
@@ -151,6 +157,25 @@ def test_ctc_then_lm_stage_on_the_connector_with_lineage(tmp_path, monkeypatch):
             assert not torch.equal(exported[name], tensor)
         else:  # the rest of the connector is frozen there (its emissions carry no gradient)
             torch.testing.assert_close(exported[name], tensor)
+
+
+def test_a_leg_whose_clock_runs_out_exports_what_it_trained(tmp_path, monkeypatch):
+    common, _ = _tiny_connector_run(tmp_path, monkeypatch)
+    legs = {
+        "ctc": {"objective": "ctc", "token_budget": 200, "lr": 1e-2},
+        "lm": {"preset": "lora", "lora_r": 4, "pack_length": 2048, "lr": 1e-2},
+    }
+    for name, settings in legs.items():
+        config = {**common, **settings, "output_dir": str(tmp_path / name)}
+        config |= {"max_steps": 50, "max_minutes": 1e-6, "save_every": 50}
+        summary = train(apply_overrides(TrainConfig(), config))
+        assert summary["step"] == 1  # stopped by the clock after its first step, not at 50
+        (record,) = lineage_of(tmp_path / name / "final" / "adapter.safetensors")
+        assert record["steps"] == 1 and record["config"]["max_minutes"] == 1e-6
+        # saved for a rerun to continue: the checkpoint of that step
+        assert list((tmp_path / name).glob("ctc_state.pt" if name == "ctc" else "checkpoints/step-00000001"))
+    with pytest.raises(ConfigError, match="max_minutes"):
+        apply_overrides(TrainConfig(), {**common, "max_minutes": 0}).validate()
 
 
 def test_adapter_part_splits_a_projector_from_its_lora_and_joins_another(tmp_path):

@@ -299,7 +299,7 @@ def train_ctc(config, model, processor, out: Path, stop_after: int | None = None
             [{"stage": "length", "sample": source, "error": error} for source, error in unreadable]
         )
     batches = _batches(lengths, config.token_budget, config.seed, state.epoch)
-    started, steps_this_call = time.perf_counter(), 0
+    started, steps_this_call, timed_out = time.perf_counter(), 0, False
     while state.step < config.max_steps:
         if state.position >= len(batches):
             state.epoch, state.position = state.epoch + 1, 0
@@ -337,9 +337,13 @@ def train_ctc(config, model, processor, out: Path, stop_after: int | None = None
         steps_this_call += 1
         if stop_after is not None and steps_this_call >= stop_after:
             break
+        if config.out_of_time(started):
+            timed_out = True
+            _save_state(state_path, stage, optimizer, scheduler, state)
+            break
     summary = {"step": state.step, "skipped": state.skipped}
     summary["seconds"] = time.perf_counter() - started
-    if state.step < config.max_steps:
+    if state.step < config.max_steps and not timed_out:
         return summary
     return {**summary, "adapter": str(_export(model, config, out, state))}
 

@@ -7,6 +7,7 @@ name the key, so a typo never silently trains with a default.
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,9 @@ class TrainConfig:
 
     # Optimisation.
     max_steps: int = 100
+    # wall-clock budget of one call: when it runs out the run saves and exports as at max_steps
+    # (the cosine still spans max_steps); a rerun continues from that checkpoint
+    max_minutes: float | None = None
     lr: float = 1e-3
     projector_lr: float | None = None  # the projector's own learning rate (None: `lr`)
     weight_decay: float = 0.0
@@ -116,6 +120,8 @@ class TrainConfig:
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}.")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ConfigError(f"max_minutes must be positive, got {self.max_minutes}.")
         if self.schedule_steps is not None and self.schedule_steps < self.max_steps:
             raise ConfigError(
                 f"schedule_steps ({self.schedule_steps}) "
@@ -123,6 +129,10 @@ class TrainConfig:
                 "it sets how long the cosine is, and a run ends at max_steps."
             )
         return self
+
+    def out_of_time(self, started: float) -> bool:
+        """Whether this call's `max_minutes` has run out since `started` (time.perf_counter())."""
+        return self.max_minutes is not None and time.perf_counter() - started > self.max_minutes * 60
 
     @property
     def cosine_steps(self) -> int:

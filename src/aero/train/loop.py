@@ -145,7 +145,7 @@ def train_lm(
     progress, task = _progress(config.progress and dist.is_main, config.max_steps, state.step)
     data = _batches(plan, dataset, collate, config, state.consumed)
     last_batch, steps_this_call, losses = None, 0, []
-    started = time.perf_counter()
+    started, timed_out = time.perf_counter(), False
     with progress:
         while state.step < config.max_steps:
             t0 = time.perf_counter()
@@ -177,6 +177,11 @@ def train_lm(
             progress.update(task, completed=state.step, info=_progress_info(record))
             if stop_after is not None and steps_this_call >= stop_after:
                 break
+            # every rank stops at the same step: the one whose clock ran out decides
+            if config.max_minutes and dist.sum(float(config.out_of_time(started))) > 0:
+                timed_out = True
+                _save_checkpoint(out, state, module, optimizer, scheduler, config, dist)
+                break
     metrics.close()
 
     summary = {
@@ -185,7 +190,7 @@ def train_lm(
         "skipped": state.skipped,
         "seconds": time.perf_counter() - started,
     }
-    if state.step >= config.max_steps:
+    if state.step >= config.max_steps or timed_out:
         export(module, model, processor, config, out, dist, state)
         summary["model_dir"] = str(out / "final" / "model")
         summary["adapter"] = str(out / "final" / ADAPTER_FILENAME)
