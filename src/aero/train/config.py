@@ -132,7 +132,8 @@ class TrainConfig:
 
     def out_of_time(self, started: float) -> bool:
         """Whether this call's `max_minutes` has run out since `started` (time.perf_counter())."""
-        return self.max_minutes is not None and time.perf_counter() - started > self.max_minutes * 60
+        budget = self.max_minutes
+        return budget is not None and time.perf_counter() - started > budget * 60
 
     @property
     def cosine_steps(self) -> int:
