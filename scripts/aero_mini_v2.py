@@ -2,7 +2,7 @@
 
     python scripts/aero_mini_v2.py session --seed 6 [--workdir W] [--ctc-steps 400]
         [--lm-steps 150] [--ctc-minutes M] [--lm-minutes M] [--reread MANIFEST ...]
-        [--eval-limit 120] [--smoke] [--ship]
+        [--eval-limit 120] [--long-limit N] [--smoke] [--ship]
     python scripts/aero_mini_v2.py replay [ADAPTER] [--workdir W] [--smoke]
 
 A session continues the shipped model:
@@ -44,8 +44,8 @@ FINAL = "final/adapter.safetensors"
 
 
 class Work:
-    def __init__(self, root: Path, smoke: bool, limit: int = 120):
-        self.root, self.smoke, self.limit = root.resolve(), smoke, limit
+    def __init__(self, root: Path, smoke: bool, limit: int = 120, long: int | None = None):
+        self.root, self.smoke, self.limit, self.long = root.resolve(), smoke, limit, long
         (self.root / "runs" / ".done").mkdir(parents=True, exist_ok=True)
 
     def step(self, name: str, command: list[str]) -> None:
@@ -86,7 +86,7 @@ def latest_v2() -> Path | None:
 
 
 def session(args) -> None:
-    work = Work(args.workdir, args.smoke, args.eval_limit)
+    work = Work(args.workdir, args.smoke, args.eval_limit, args.long_limit)
     start = latest_v2()
     legs = lineage_of(start) if start else []
     used = {d.get("seed") for leg in legs for d in leg["data"]}
@@ -120,7 +120,8 @@ def session(args) -> None:
 
 def evaluate(work: Work, adapter: Path | None, label: str) -> Path:
     out = work.root / "eval-results" / label
-    limits = ["--limit", "2", "--long-limit", "1"] if work.smoke else ["--limit", str(work.limit)]
+    limits = ["--limit", str(work.limit)] + (["--long-limit", str(work.long)] if work.long else [])
+    limits = ["--limit", "2", "--long-limit", "1"] if work.smoke else limits
     command = [sys.executable, str(REPO / "scripts" / "eval_aero_mini.py")]
     command += ["data/aero-mini-heldout", "--output", str(out), *limits]
     work.step(f"eval-{label}", command + (["--adapter", str(adapter)] if adapter else []))
@@ -196,6 +197,7 @@ def main() -> None:
         "--reread", nargs="*", default=[], help="earlier manifests the connector leg reads again"
     )
     one.add_argument("--eval-limit", type=int, default=120, help="held-out items per set")
+    one.add_argument("--long-limit", type=int, help="long recordings (default: all 12)")
     one.add_argument("--ship", action="store_true")
     again = sub.add_parser("replay", help="run an adapter's recorded lineage again")
     again.add_argument("adapter", nargs="?", help="default: the newest v2 adapter")
