@@ -6,7 +6,8 @@
 ASR (corpus WER, Whisper normalizer): heldout-espeak, heldout-slt, heldout-long; aero-mini
 decodes each long recording in ONE generation (all its 30 s windows in one prompt), faster-whisper
 with its own sequential 30 s decoding. Also aero-mini with int8 dynamic quantization on the
-short sets. Spoken instructions (heldout-instruct): agreement with the text LLM's answer to the
+short sets. A "ctc" connector is also scored alone (greedy CTC, no LM: what its LM stage reads).
+Spoken instructions (heldout-instruct): agreement with the text LLM's answer to the
 written question. Understanding (heldout-understanding): exact-match accuracy per question kind.
 Writes one results.json + samples.jsonl per (model, set) under --output and prints a markdown table.
 """
@@ -106,6 +107,12 @@ def main() -> None:
     asr_sets = [name for name in ASR_SETS if name not in args.skip and name != "long"]
     for name in asr_sets if "aero" not in args.skip else []:
         asr(aero(ASR_SETS[name]), "aero-mini", name)
+    if model is not None and model.config.projector_type == "ctc":  # what its LM stage reads
+        from aero.train.align import CtcTranscriber
+
+        connector = CtcTranscriber("aero-mini connector (greedy CTC, no LM)", model, processor)
+        for name in asr_sets + ([] if "long" in args.skip else ["long"]):
+            asr(connector, "aero-mini connector alone", name)
     if "whisper" not in args.skip:
         from aero.convert.whisper_ct2 import PACKAGE, package_file
         from aero.evaluation.baselines import FasterWhisperTranscriber

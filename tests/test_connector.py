@@ -88,6 +88,31 @@ def test_engine_reads_the_connector_emissions_and_batches_equal_one_by_one(ctc_e
     assert set(ctc_engine.compressed._done) == {id(w) for w in prepared.windows}
 
 
+def test_connector_alone_transcribes_the_tokens_the_lm_reads(ctc_engine):
+    from aero.train.align import CtcTranscriber
+
+    model, processor = ctc_engine.model, ctc_engine.processor
+    audios = [tone(2.0, 300), tone(1.2, 700, seed=2), tone(0.001, 300)]  # one window each
+    texts = CtcTranscriber("alone", model, processor, batch_size=2).transcribe(audios)
+    projector = model.audio_modal_projector
+    vocabulary = projector.vocab_mask.nonzero()[:, 0]
+    for audio, text in zip(audios[:2], texts):
+        with torch.no_grad():
+            values, frames = processor.audio_features(processor.load_windows([audio]).windows)
+            (window,) = model.stack_frames(model.encode_windows(values, frames))
+            embeddings = model.get_input_embeddings().weight
+            best = projector.logits(projector.frames([window])[0], projector.emittable(embeddings))
+            best = best.argmax(-1).tolist()
+            (_, emitted) = model.ctc_parts(model.encode_windows(values, frames))[0]
+        blank = len(vocabulary)
+        ids = [
+            int(vocabulary[b]) for k, b in enumerate(best) if b != blank and best[k - 1 : k] != [b]
+        ]
+        assert len(ids) == emitted.shape[0] > 0  # one LM position per token of the text
+        assert text == processor.tokenizer.decode(ids).strip()
+    assert texts[2] == ""  # too short for one frame
+
+
 def test_hf_style_call_without_the_counter_is_a_clear_error(ctc_engine):
     model = ctc_engine.model
     processor = make_tiny_processor(audio_stack=2)  # no counter: ids from lengths

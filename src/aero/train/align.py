@@ -31,7 +31,13 @@ import torch
 from torch import nn
 
 from aero.adapter import ADAPTER_FILENAME, save_adapter
-from aero.audio import AudioError, audio_tokens_per_second
+from aero.audio import (
+    AudioError,
+    audio_tokens_per_second,
+    load_audio,
+    split_windows,
+    window_tokens,
+)
 from aero.data.manifest import (
     DatasetSpec,
     ManifestError,
@@ -180,6 +186,16 @@ class _Stage:
         pairs = kept
         if not pairs:
             return [], [], []
+        projected = self.project_recordings(windows, per_audio)
+        targets = [
+            self.head.classes(self.processor.tokenizer(text, add_special_tokens=False)["input_ids"])
+            for _, text in pairs
+        ]
+        return projected, targets, [text for _, text in pairs]
+
+    def project_recordings(self, windows: list, per_audio: list[int]) -> list[torch.Tensor]:
+        """The 30 s windows of several recordings (`per_audio` of them each, in order) -> one
+        (n_i, H) tensor of per-frame vectors per recording."""
         values, mask = self.processor.audio_features(windows)
         with torch.no_grad(), self.autocast:
             encoded = self.model.encode_windows(values, mask)
@@ -188,11 +204,7 @@ class _Stage:
             for n in per_audio:
                 projected.append(self.project([e.float() for e in encoded[start : start + n]]))
                 start += n
-        targets = [
-            self.head.classes(self.processor.tokenizer(text, add_special_tokens=False)["input_ids"])
-            for _, text in pairs
-        ]
-        return projected, targets, [text for _, text in pairs]
+        return projected
 
     def project(self, windows: list[torch.Tensor]) -> torch.Tensor:
         """One recording's encoder windows -> (n, H) per-frame vectors the CTC loss reads (the
@@ -252,6 +264,40 @@ class _Stage:
             ).strip()
             for l, n in zip(logits, lengths)
         ]
+
+
+class CtcTranscriber:
+    """A projector trained by this stage, alone, as a transcriber (the evaluation runner's
+    protocol): greedy CTC over the LM's embeddings, no LM. For a "ctc" connector this is, as
+    text, what the LM stage reads, so a held-out table beside the whole model's shows what the
+    LM stage adds or loses."""
+
+    def __init__(self, name: str, model, processor, batch_size: int = 16):
+        self.name, self.batch_size = name, batch_size
+        self.stage = _Stage(model, processor, _NoAutocast())
+
+    def transcribe(self, audios, prompt: str | None = None) -> list[str]:
+        """16 kHz clips or audio sources (any length) -> transcripts; the prompt is ignored."""
+        stack, texts = self.stage.processor.audio_stack, []
+        for start in range(0, len(audios), self.batch_size):
+            windows, per_audio = [], []
+            for audio in audios[start : start + self.batch_size]:
+                cut = [w for w in split_windows(load_audio(audio)) if window_tokens(len(w), stack)]
+                windows += cut
+                per_audio.append(len(cut))
+            kept = [n for n in per_audio if n]  # a clip too short for one frame reads as ""
+            with torch.no_grad():
+                projected = iter(self.stage.project_recordings(windows, kept) if kept else [])
+                logits = [self.stage.head(next(projected)) if n else None for n in per_audio]
+            texts += [
+                self.stage.decode([l], [l.shape[0]])[0] if l is not None else "" for l in logits
+            ]
+        return texts
+
+
+@dataclass
+class _NoAutocast:
+    bf16: bool = False
 
 
 @dataclass
