@@ -177,9 +177,7 @@ def train_lm(
             progress.update(task, completed=state.step, info=_progress_info(record))
             if stop_after is not None and steps_this_call >= stop_after:
                 break
-            # every rank stops at the same step: the one whose clock ran out decides
-            if config.max_minutes and dist.sum(float(config.out_of_time(started))) > 0:
-                timed_out = True
+            if timed_out := _clock_stops(config, started, dist):
                 _save_checkpoint(out, state, module, optimizer, scheduler, config, dist)
                 break
     metrics.close()
@@ -196,6 +194,12 @@ def train_lm(
         summary["adapter"] = str(out / "final" / ADAPTER_FILENAME)
     dist.close()
     return summary
+
+
+def _clock_stops(config: TrainConfig, started: float, dist: Distributed) -> bool:
+    """Whether `max_minutes` ends the run now; every rank stops at the same step (any rank
+    whose clock ran out decides)."""
+    return bool(config.max_minutes) and dist.sum(float(config.out_of_time(started))) > 0
 
 
 def _progress_info(record: dict) -> str:
