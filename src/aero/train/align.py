@@ -281,17 +281,18 @@ class CtcTranscriber:
         stack, texts = self.stage.processor.audio_stack, []
         for start in range(0, len(audios), self.batch_size):
             windows, per_audio = [], []
+            # cut here rather than by `processor.load_windows`: an engine sharing this processor
+            # gives it a token counter, which would compute and store emissions never read
             for audio in audios[start : start + self.batch_size]:
                 cut = [w for w in split_windows(load_audio(audio)) if window_tokens(len(w), stack)]
                 windows += cut
                 per_audio.append(len(cut))
             kept = [n for n in per_audio if n]  # a clip too short for one frame reads as ""
             with torch.no_grad():
-                projected = iter(self.stage.project_recordings(windows, kept) if kept else [])
-                logits = [self.stage.head(next(projected)) if n else None for n in per_audio]
-            texts += [
-                self.stage.decode([l], [l.shape[0]])[0] if l is not None else "" for l in logits
-            ]
+                projected = self.stage.project_recordings(windows, kept) if kept else []
+                logits = [self.stage.head(p) for p in projected]
+            decoded = iter(self.stage.decode(logits, [l.shape[0] for l in logits]))
+            texts += [next(decoded) if n else "" for n in per_audio]
         return texts
 
 
