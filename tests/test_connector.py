@@ -40,6 +40,10 @@ def test_compress_keeps_one_token_per_emission_weighted_by_the_posteriors():
         torch.testing.assert_close(row, (p / p.sum()) @ embeddings)
     # the most likely token of each emission is the one its frames emitted
     assert (out @ embeddings.T).argmax(-1).tolist() == [2, 4, 1, 2]
+    # "argmax": each emission is its token's own embedding, exactly
+    torch.testing.assert_close(
+        connector.compress(h, embeddings, "argmax"), embeddings[[2, 4, 1, 2]], rtol=0, atol=0
+    )
     # nothing but blanks: no token at all
     assert connector.compress(torch.eye(H)[6].expand(5, H) * 2, embeddings).shape == (0, H)
     # tokens outside the vocabulary the head was trained on are never emitted
@@ -157,7 +161,7 @@ def test_ctc_then_lm_stage_on_the_connector_with_lineage(tmp_path, monkeypatch):
     assert "audio_modal_projector.blank" in weights and "audio_modal_projector.log_scale" in weights
     assert any(k.startswith("audio_modal_projector.layers.0.") for k in weights)
     meta = adapter_metadata(first)
-    assert projector_settings(meta) == CTC
+    assert projector_settings(meta) == CTC | {"ctc_emissions": "mix"}
     texts = [
         json.loads(r)["messages"][1]["content"][0]["text"] for r in data.read_text().splitlines()
     ]
@@ -166,16 +170,25 @@ def test_ctc_then_lm_stage_on_the_connector_with_lineage(tmp_path, monkeypatch):
     (only,) = lineage_of(first)
     assert only["objective"] == "ctc" and only["steps"] == 4 and only["data"][0]["seed"] == 7
 
+    # the LM leg reads the transcription rows only, as argmax emissions
+    rows = [json.loads(r) for r in data.read_text().splitlines()]
+    for k, row in enumerate(rows):
+        row["task"] = "transcribe" if k % 2 else "instruct"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     lm = apply_overrides(
         TrainConfig(),
         {**common, "output_dir": str(tmp_path / "lm"), "preset": "lora", "lora_r": 4,
          "pack_length": 2048, "max_steps": 2, "lr": 1e-2, "projector_lr": 1e-2,
-         "init_adapter": str(first)},
+         "init_adapter": str(first), "ctc_emissions": "argmax",
+         "data": [{"path": str(data), "tasks": ["transcribe"]}]},
     )  # fmt: skip
     summary = train(lm)
     assert len(summary["losses"]) == 2 and all(torch.isfinite(torch.tensor(summary["losses"])))
     legs = lineage_of(tmp_path / "lm" / "final")
     assert [leg["objective"] for leg in legs] == ["ctc", "lm"] and legs[1]["tokens"] > 0
+    assert legs[1]["data"][0]["tasks"] == ["transcribe"] and legs[1]["samples"] % 3 == 0
+    meta = adapter_metadata(tmp_path / "lm" / "final" / "adapter.safetensors")
+    assert meta["ctc_emissions"] == "argmax"
     exported = load_file(tmp_path / "lm" / "final" / "adapter.safetensors")
     for name, tensor in weights.items():
         if ".summary." in name:  # the summary token trains in the LM stage

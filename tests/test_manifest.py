@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from aero.audio import SAMPLE_RATE, audio_tokens_for_samples
-from aero.data.lengths import cached_lengths, estimate_length
+from aero.data.lengths import cached_lengths, estimate_length, measured_dataset
 from aero.data.manifest import (
     DatasetSpec,
     ManifestError,
@@ -78,3 +78,23 @@ def test_length_estimate_is_exact_and_cached(tmp_path, monkeypatch):
     for f in (tmp_path / "d" / "audio").iterdir():
         f.unlink()
     assert cached_lengths(manifest, samples, processor)[0] == lengths
+
+
+def test_a_dataset_can_keep_only_some_tasks(tmp_path, monkeypatch):
+    monkeypatch.setenv("AERO_CACHE", str(tmp_path / "cache"))
+    manifest = write_manifest(tmp_path / "d", [1.0, 2.0, 3.0])
+    rows = [json.loads(r) for r in manifest.read_text().splitlines()]
+    for row, task in zip(rows, ["transcribe", "instruct", "transcribe"]):
+        row["task"] = task
+    rows[2]["messages"][0]["content"][0]["audio_url"]["url"] = "audio/missing.wav"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    processor = make_tiny_processor()
+    everything = measured_dataset(DatasetSpec(str(manifest)), processor)
+    samples, lengths, errors = measured_dataset(
+        DatasetSpec(str(manifest), tasks=["transcribe"]), processor
+    )
+    assert [s.extra["task"] for s in samples] == ["transcribe", "transcribe"]
+    assert lengths == [everything[1][0], None]  # the missing audio is reported, not dropped
+    assert list(errors) == [samples[1].source] and "missing.wav" in errors[samples[1].source]
+    with pytest.raises(ManifestError, match="no row has a task in \\['understand'\\]"):
+        measured_dataset(DatasetSpec(str(manifest), tasks=["understand"]), processor)

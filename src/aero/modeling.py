@@ -59,6 +59,10 @@ class AeroConfig(PreTrainedConfig):
     # projector_type "ctc" (aero-mini v2): this many transformer layers over the stacked frames,
     # trained with CTC onto the LM's embeddings; the LM reads one token per CTC emission.
     connector_layers: int = 2
+    # what each CTC emission puts in front of the LM: "mix", the posterior-weighted mix of the
+    # LM's embeddings (LegoSLM), or "argmax", the most likely token's own embedding (the LM then
+    # reads ordinary, if misspelt, text)
+    ctc_emissions: str = "mix"
 
     def __post_init__(self, **kwargs):
         # Published configs carry remote-code pointers; we are the local code for them.
@@ -67,6 +71,7 @@ class AeroConfig(PreTrainedConfig):
 
 
 PROJECTOR_TYPES = ("linear", "mlp", "ctc")
+CTC_EMISSIONS = ("mix", "argmax")
 
 
 class AeroAudioProjector(nn.Module):
@@ -106,6 +111,10 @@ class CtcConnector(nn.Module):
 
     def __init__(self, config: AeroConfig):
         super().__init__()
+        if config.ctc_emissions not in CTC_EMISSIONS:
+            raise ValueError(
+                f"ctc_emissions must be one of {CTC_EMISSIONS}, not {config.ctc_emissions!r}."
+            )
         hidden = config.text_config.hidden_size
         self.linear = nn.Linear(config.audio_config.d_model * config.projector_stack, hidden)
         self.layers = nn.ModuleList(
@@ -158,8 +167,11 @@ class CtcConnector(nn.Module):
         table = torch.cat([table, self.blank[None].to(table.dtype)])
         return self.log_scale.exp() * (h.to(table.dtype) @ table.T)
 
-    def compress(self, h: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
-        """(n, H) frames -> (m, H) LM inputs, one per CTC emission (m <= n)."""
+    def compress(
+        self, h: torch.Tensor, embeddings: torch.Tensor, emissions: str = "mix"
+    ) -> torch.Tensor:
+        """(n, H) frames -> (m, H) LM inputs, one per CTC emission (m <= n): the posterior mix
+        of the run's tokens ("mix") or the most likely token's own embedding ("argmax")."""
         embeddings = self.emittable(embeddings)
         logits = self.logits(h, embeddings).float()
         best = logits.argmax(-1)
@@ -169,6 +181,8 @@ class CtcConnector(nn.Module):
         keep = starts & (best != blank)
         if not bool(keep.any()):
             return h.new_zeros((0, embeddings.shape[1]))
+        if emissions == "argmax":
+            return embeddings[best[keep]].to(h.dtype)
         # a run of frames emitting one token: average its posteriors over the real tokens
         run = torch.cumsum(starts.long(), 0) - 1
         probs = logits[:, :blank].softmax(-1)
@@ -336,7 +350,8 @@ class AeroForConditionalGeneration(AeroPreTrainedModel, GenerationMixin):
         stacked = self.stack_frames(windows)
         projector = self.audio_modal_projector
         embeddings = self.get_input_embeddings().weight
-        emitted = [projector.compress(h, embeddings) for h in projector.frames(stacked)]
+        mode = self.config.ctc_emissions
+        emitted = [projector.compress(h, embeddings, mode) for h in projector.frames(stacked)]
         return [(s.mean(0), e) for s, e in zip(stacked, emitted)]
 
     def merge_audio(

@@ -54,7 +54,8 @@ MINI_PROJECTOR_TYPE = "mlp"
 AERO_MINI_CTC_BASE = "aero-mini-ctc-base"
 MINI_CTC_PROJECTOR = {"projector_type": "ctc", "projector_stack": 2, "connector_layers": 2}
 # adapter metadata that names the projector it was trained with (absent: the v1 MLP)
-PROJECTOR_KEYS = ("projector_type", "projector_stack", "connector_layers")
+PROJECTOR_KEYS = ("projector_type", "projector_stack", "connector_layers", "ctc_emissions")
+_TEXT_KEYS = ("projector_type", "ctc_emissions")  # the rest are integers
 ADAPTER_FILE = Path(__file__).parent / "assets" / AERO_MINI / "adapter.safetensors"
 PROJECTOR_SEED = 0  # the untrained projector is reproducible
 PUBLISHED_MODEL = (
@@ -74,7 +75,7 @@ def projector_settings(metadata: dict) -> dict:
     settings = {"projector_type": MINI_PROJECTOR_TYPE, "projector_stack": MINI_PROJECTOR_STACK}
     for key in PROJECTOR_KEYS:
         if key in metadata:
-            settings[key] = metadata[key] if key == "projector_type" else int(metadata[key])
+            settings[key] = metadata[key] if key in _TEXT_KEYS else int(metadata[key])
     return settings
 
 

@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 
 from aero.audio import SAMPLE_RATE, audio_tokens_for_samples
-from aero.data.manifest import ManifestError, Sample, audio_paths
+from aero.data.manifest import DatasetSpec, ManifestError, Sample, audio_paths, read_dataset
 from aero.processing import repeat_audio_parts
 
 
@@ -106,3 +106,22 @@ def cached_lengths(path: str | os.PathLike, samples: list[Sample], processor, st
     tmp.write_text(json.dumps({"lengths": lengths, "seconds": seconds, "errors": errors}))
     os.replace(tmp, cache)
     return lengths, seconds, errors
+
+
+def measured_dataset(spec: DatasetSpec, processor, strict: bool = False):
+    """A dataset's samples, their lengths (None where unreadable) and {source: error} of the
+    unreadable ones, restricted to `spec.tasks`; the lengths are cached for the whole manifest."""
+    samples = read_dataset(spec)
+    lengths, _, errors = cached_lengths(spec.path, samples, processor, strict=strict)
+    errors = {samples[int(i)].source: msg for i, msg in errors.items()}
+    if spec.tasks is None:
+        return samples, lengths, errors
+    keep = [i for i, s in enumerate(samples) if s.extra.get("task") in spec.tasks]
+    if not keep:
+        found = sorted({str(s.extra.get("task")) for s in samples})
+        raise ManifestError(
+            f"{spec.path}: no row has a task in {spec.tasks} (its tasks: {', '.join(found)})."
+        )
+    samples, lengths = [samples[i] for i in keep], [lengths[i] for i in keep]
+    sources = {s.source for s in samples}
+    return samples, lengths, {k: v for k, v in errors.items() if k in sources}

@@ -33,6 +33,7 @@ class DatasetSpec:
     root: str | None = None  # audio paths are relative to this (default: the manifest's folder)
     weight: float = 1.0
     name: str | None = None
+    tasks: list[str] | None = None  # only the rows whose `task` is one of these (None: all rows)
 
     def data_root(self) -> Path:
         p = Path(self.path)

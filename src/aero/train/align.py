@@ -458,13 +458,12 @@ def _transcription_pairs(
 ) -> tuple[list[tuple[str, str]], list[int], list[tuple[str, str]]]:
     """The transcription samples of every dataset: (audio, text) pairs, their token lengths, and
     (source, error) of the rows whose audio could not be measured."""
-    from aero.data.lengths import cached_lengths
+    from aero.data.lengths import measured_dataset
 
     pairs, lengths, unreadable = [], [], []
     for spec in config.data:
-        part = read_dataset(spec)
-        n, _, errors = cached_lengths(spec.path, part, processor, strict=config.strict_data)
-        unreadable += [(part[int(i)].source, msg) for i, msg in errors.items()]
+        part, n, errors = measured_dataset(spec, processor, strict=config.strict_data)
+        unreadable += list(errors.items())
         for sample, length in zip(part, n):
             pair = (
                 transcription_pair(sample) if length is not None else None

@@ -38,6 +38,9 @@ class TrainConfig:
     )
     preset: str = "projector"  # projector (stage 1) | lora (projector + LoRA on the LM) | full
     train_audio_tower: bool = False
+    # projector_type "ctc": what the LM reads per CTC emission, "mix" or "argmax"
+    # (AeroConfig.ctc_emissions; None: the init adapter's, else the model's)
+    ctc_emissions: str | None = None
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.0
@@ -103,6 +106,8 @@ class TrainConfig:
             raise ConfigError(f"preset must be one of {', '.join(PRESETS)}, not {self.preset!r}.")
         if self.objective not in ("lm", "ctc"):
             raise ConfigError(f"objective must be lm or ctc, not {self.objective!r}.")
+        if self.ctc_emissions not in (None, "mix", "argmax"):
+            raise ConfigError(f"ctc_emissions must be mix or argmax, not {self.ctc_emissions!r}.")
         if self.batching not in ("pack", "budget", "fixed"):
             raise ConfigError(f"batching must be pack, budget or fixed, not {self.batching!r}.")
         if self.loss_reduction not in ("token", "sample"):
@@ -156,6 +161,11 @@ def _coerce(name: str, value: Any, current: Any) -> Any:
             unknown = set(entry) - {f.name for f in dataclasses.fields(DatasetSpec)}
             if unknown:
                 raise ConfigError(f"Unknown dataset key(s) {sorted(unknown)} in `data`.")
+            tasks = entry.get("tasks")
+            if tasks is not None and (
+                not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks)
+            ):
+                raise ConfigError(f"`tasks` of {entry['path']} must be a list of task names.")
             specs.append(DatasetSpec(**entry))
         return specs
     if name == "betas":

@@ -24,12 +24,15 @@ def lineage_of(path) -> list[dict]:
     return json.loads(adapter_metadata(adapter_file(path)).get(LINEAGE_KEY, "[]"))
 
 
-def data_record(manifest: str) -> dict:
-    """A manifest path with the recipe and seed that made it, when synthesis recorded them."""
+def data_record(manifest: str, tasks: list[str] | None = None) -> dict:
+    """A manifest path with the recipe and seed that made it, when synthesis recorded them, and
+    the tasks the leg kept of it (when it kept only some)."""
     made = Path(manifest).with_suffix(".synth.json")
     record = {"manifest": str(manifest)}
     if made.is_file():
         record.update(json.loads(made.read_text()))
+    if tasks is not None:
+        record["tasks"] = list(tasks)
     return record
 
 
@@ -44,7 +47,7 @@ def leg(config, objective: str, **seen) -> dict:
         "objective": objective,
         **{k: round(v, 3) if isinstance(v, float) else v for k, v in seen.items()},
         "seed": config.seed,
-        "data": [data_record(spec.path) for spec in config.data],
+        "data": [data_record(spec.path, spec.tasks) for spec in config.data],
         "date": date.today().isoformat(),
         "config": settings,
     }
@@ -63,4 +66,5 @@ def projector_metadata(model_config) -> dict:
         "projector_type": model_config.projector_type,
         "projector_stack": model_config.projector_stack,
         "connector_layers": model_config.connector_layers,
+        "ctc_emissions": model_config.ctc_emissions,
     }

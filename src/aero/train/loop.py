@@ -25,8 +25,7 @@ import torch
 from aero.adapter import ADAPTER_FILENAME, apply_adapter, save_adapter
 from aero.data.batching import BatchPlan
 from aero.data.collate import Collator, TrainDataset
-from aero.data.lengths import cached_lengths
-from aero.data.manifest import read_dataset
+from aero.data.lengths import measured_dataset
 from aero.processing import IGNORE_INDEX, count_audio_tokens_with
 from aero.train import checkpoint as ckpt
 from aero.train.config import TrainConfig
@@ -34,7 +33,12 @@ from aero.train.distributed import Distributed, shard
 from aero.train.flops import flop_model
 from aero.train.lineage import leg, lineage_metadata, projector_metadata
 from aero.train.logs import JsonlLog, MetricsLog, due
-from aero.train.presets import apply_preset, continue_from_adapter, lora_settings
+from aero.train.presets import (
+    apply_preset,
+    continue_from_adapter,
+    emission_mode,
+    lora_settings,
+)
 from aero.train.schedule import cosine_schedule
 from aero.train.step import TrainingModule
 
@@ -224,6 +228,7 @@ def _prepare_model(config: TrainConfig, model, dist: Distributed):
     mode."""
     lora = lora_settings(config) if config.preset == "lora" else None
     model = apply_preset(model, config.preset, config.train_audio_tower, lora)
+    model.config.ctc_emissions = emission_mode(config, model.config)
     if config.init_adapter:
         continue_from_adapter(model, config.init_adapter, config.preset, lora)
     model.to(dist.device)
@@ -240,15 +245,9 @@ def _data_pipeline(
     dataset and the collator; samples that cannot be measured are logged and counted."""
     samples, lengths, sizes, unreadable = [], [], [], 0
     for spec in config.data:
-        part = read_dataset(spec)
-        n, _, errors = cached_lengths(spec.path, part, processor, strict=config.strict_data)
+        part, n, errors = measured_dataset(spec, processor, strict=config.strict_data)
         unreadable += len(errors)
-        skips.write(
-            [
-                {"stage": "length", "sample": part[int(i)].source, "error": msg}
-                for i, msg in errors.items()
-            ]
-        )
+        skips.write([{"stage": "length", "sample": k, "error": v} for k, v in errors.items()])
         samples += part
         lengths += n
         sizes.append(len(part))

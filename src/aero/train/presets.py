@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from aero.adapter import adapter_file, adapter_metadata
+
 
 def lora_settings(config) -> dict:
     return {
@@ -60,7 +62,7 @@ def continue_from_adapter(model, path, preset: str, lora: dict | None) -> None:
     """
     from safetensors.torch import load_file
 
-    from aero.adapter import adapter_file, adapter_metadata, apply_adapter
+    from aero.adapter import apply_adapter
     from aero.train.checkpoint import trainable_names
     from aero.train.config import ConfigError
 
@@ -109,3 +111,15 @@ def continue_from_adapter(model, path, preset: str, lora: dict | None) -> None:
     with torch.no_grad():
         for name, tensor in weights.items():
             params[name].copy_(tensor.to(params[name].dtype))
+
+
+def emission_mode(config, model_config) -> str:
+    """What a "ctc" connector hands the LM in this run (`ctc_emissions`): the config's choice,
+    else the one the init adapter was trained with, else the model's."""
+    if config.ctc_emissions:
+        return config.ctc_emissions
+    if config.init_adapter:
+        recorded = adapter_metadata(adapter_file(config.init_adapter)).get("ctc_emissions")
+        if recorded:
+            return recorded
+    return model_config.ctc_emissions
