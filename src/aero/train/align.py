@@ -53,6 +53,7 @@ from aero.train.schedule import cosine_schedule
 
 TRANSCRIPTION_TASKS = ("transcribe", "long")
 PENALTY_WEIGHT = 0.1  # weight of the norm penalty beside the CTC loss
+LOGIT_CHUNK = 2048  # frames per piece of the frames-by-table product (CTC normaliser)
 
 
 def transcription_pair(sample: Sample) -> tuple[str, str] | None:
@@ -117,9 +118,18 @@ class CTCHead(nn.Module):
     def blank_index(self) -> int:
         return self.embeddings.shape[0]
 
+    def table(self) -> torch.Tensor:
+        """(S + 1, H): the emittable embeddings, then the blank."""
+        return torch.cat([self.embeddings, self.blank[None].float()])
+
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        table = torch.cat([self.embeddings, self.blank[None].float()])
-        return self.log_scale.exp() * (h.float() @ table.T)
+        """(n, H) -> (n, S + 1) logits, the blank last. The scale multiplies the n x H frames
+        rather than the n x (S + 1) logits (S is thousands of tokens)."""
+        return (h.float() * self.log_scale.exp()) @ self.table().T
+
+    def best(self, projected: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Each recording's most likely class per frame."""
+        return [self(p).argmax(-1) for p in projected]
 
     def classes(self, ids: list[int]) -> list[int]:
         """Token ids -> class indices (tokens the head cannot emit are left out)."""
@@ -134,10 +144,62 @@ class CTCHead(nn.Module):
         return ((h.float().norm(dim=-1) / self.reference_norm - 1) ** 2).mean()
 
 
-def greedy_ctc(logits: torch.Tensor, length: int, blank: int) -> list[int]:
-    best = logits[:length].argmax(-1).tolist()
+class _RowLogSumExp(torch.autograd.Function):
+    """(N, H) frames, (C, H) table -> per frame the log of the sum of exp(frame . row) over the
+    table, and the row with the largest product; chunk by chunk, forward and backward, so the
+    (N, C) logits (a batch's frames times thousands of tokens) are never held or walked whole."""
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, table: torch.Tensor, chunk: int):
+        norms, best = [], []
+        for start in range(0, h.shape[0], chunk):
+            logits = (h[start : start + chunk] @ table.T).float()
+            norms.append(torch.logsumexp(logits, -1))
+            best.append(logits.argmax(-1))
+        norm = torch.cat(norms) if norms else h.new_zeros(0, dtype=torch.float32)
+        ctx.save_for_backward(h, table, norm)
+        ctx.chunk = chunk
+        best = torch.cat(best) if best else torch.zeros(0, dtype=torch.long)
+        ctx.mark_non_differentiable(best)
+        return norm, best
+
+    @staticmethod
+    def backward(ctx, grad_norm: torch.Tensor, _):
+        h, table, norm = ctx.saved_tensors
+        grad_h, grad_table = torch.empty_like(h), torch.zeros_like(table, dtype=torch.float32)
+        for start in range(0, h.shape[0], ctx.chunk):
+            rows = slice(start, start + ctx.chunk)
+            # d norm / d logits is the softmax over the table
+            weights = torch.exp((h[rows] @ table.T).float() - norm[rows, None])
+            weights = (weights * grad_norm[rows, None]).to(h.dtype)
+            grad_h[rows] = weights @ table
+            grad_table += (weights.T @ h[rows]).float()
+        return grad_h, grad_table.to(table.dtype), None
+
+
+def _gathered_ctc(log_probs: torch.Tensor, target: list[int]) -> torch.Tensor:
+    """CTC of one recording over gathered columns (blank = column 0, the targets' tokens after
+    it; (T, C) log-probabilities normalised over the whole vocabulary, not over these columns)."""
+    ctc = nn.functional.ctc_loss(
+        log_probs[:, None],
+        torch.tensor([target], dtype=torch.long),
+        torch.tensor([log_probs.shape[0]]),
+        torch.tensor([len(target)]),
+        blank=0,
+        reduction="sum",
+        zero_infinity=True,
+    )
+    # PyTorch's CTC backward assumes its input is normalised over the class axis (its gradient
+    # carries an exp(log_prob) term that cancels only then). The gathered columns are not, so
+    # that term is removed here: value unchanged, gradient = the full-vocabulary one.
+    spurious = (log_probs.detach().exp() * log_probs).sum()
+    return ctc - (spurious - spurious.detach())
+
+
+def greedy_ctc(best: torch.Tensor, blank: int) -> list[int]:
+    """Most likely class per frame -> the emitted classes (repeats merged, blanks dropped)."""
     out, previous = [], None
-    for token in best:
+    for token in best.tolist():
         if token != previous and token != blank:
             out.append(token)
         previous = token
@@ -167,6 +229,7 @@ class _Stage:
         self.connector = projector if isinstance(projector, CtcConnector) else None
         self.head = CTCHead(model.get_input_embeddings().weight, self.connector)
         self.autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(config.bf16))
+        self.dtype = torch.bfloat16 if config.bf16 else torch.float32
 
     def forward(self, pairs: list[tuple[str, str]], failed: list | None = None):
         """Per readable sample: projected audio (n_i, H), target ids, reference text. Unreadable
@@ -214,55 +277,42 @@ class _Stage:
         return torch.cat(self.connector.frames(self.model.stack_frames(windows))).float()
 
     def loss(self, projected, targets, penalty_weight: float):
-        lengths = torch.tensor([p.shape[0] for p in projected])
-        logits = [self.head(p) for p in projected]
+        """CTC over the batch -> (loss, ctc, penalty, most likely class per frame of each
+        recording, frame counts)."""
+        sizes = [p.shape[0] for p in projected]
+        lengths = torch.tensor(sizes)
+        # the whole batch's frames against the table at once, in the stage's precision (bf16
+        # where set: ~4x float32 on a CPU with AVX512-BF16), the sums in float32
+        frames = (torch.cat(projected).float() * self.head.log_scale.exp()).to(self.dtype)
+        table = self.head.table().to(self.dtype)
+        log_norm, best = _RowLogSumExp.apply(frames, table, LOGIT_CHUNK)
         # CTC reads only the blank's and the targets' log-probabilities: normalise over the whole
-        # vocabulary, then keep those columns (blank first), so the padded (T, B, S+1) tensor
-        # stays small where (T, B, V) would take gigabytes for a batch with a long recording.
-        # A token repeated in a transcript keeps one column, so CTC still needs a blank between
-        # its repeats, as over the full vocabulary.
+        # vocabulary, then keep those columns (blank first), one recording at a time, so no
+        # recording is padded to the batch's longest or to its largest set of tokens. A token
+        # repeated in a transcript keeps one column, so CTC still needs a blank between its
+        # repeats, as over the full vocabulary.
         uniques = [list(dict.fromkeys(ids)) for ids in targets]
-        columns = [torch.tensor([self.head.blank_index] + u) for u in uniques]
-        width = max(len(c) for c in columns)
-        log_probs = nn.utils.rnn.pad_sequence(
-            [
-                nn.functional.pad(l.log_softmax(-1)[:, c], (0, width - len(c)), value=-1e4)
-                for l, c in zip(logits, columns)
-            ]
-        )  # T, B, S (columns past a sample's own are never read)
-        flat = torch.tensor(
-            [u.index(t) + 1 for ids, u in zip(targets, uniques) for t in ids], dtype=torch.long
-        )
-        target_lengths = torch.tensor([len(ids) for ids in targets])
-        total = max(int(target_lengths.sum()), 1)
-        ctc = (
-            nn.functional.ctc_loss(
-                log_probs,
-                flat,
-                lengths,
-                target_lengths,
-                blank=0,
-                reduction="sum",
-                zero_infinity=True,
-            )
-            / total
-        )
-        # PyTorch's CTC backward assumes its input is normalised over the class axis (its
-        # gradient carries an exp(log_prob) term that cancels only then). The gathered columns
-        # are not, so that term is removed here: value unchanged, gradient = the full-vocabulary
-        # one.
-        valid = (torch.arange(log_probs.shape[0])[:, None] < lengths[None, :])[..., None]
-        spurious = (log_probs.detach().exp() * log_probs * valid).sum() / total
-        ctc = ctc - (spurious - spurious.detach())
+        columns = [[self.head.blank_index] + u for u in uniques]
+        rows = table[torch.tensor([c for cols in columns for c in cols])]  # one gather
+        total = max(sum(len(ids) for ids in targets), 1)
+        ctc = frames.new_zeros((), dtype=torch.float32)
+        offset = 0
+        for f, z, ids, u in zip(frames.split(sizes), log_norm.split(sizes), targets, uniques):
+            own = rows[offset : offset + len(u) + 1]
+            offset += len(u) + 1
+            log_probs = (f @ own.T).float() - z[:, None]  # (T_i, 1 + unique targets)
+            ctc = ctc + _gathered_ctc(log_probs, [u.index(t) + 1 for t in ids])
+        ctc = ctc / total
         penalty = self.head.norm_penalty(torch.cat(projected))
-        return ctc + penalty_weight * penalty, ctc, penalty, logits, lengths
+        return ctc + penalty_weight * penalty, ctc, penalty, best.split(sizes), lengths
 
-    def decode(self, logits, lengths) -> list[str]:
+    def decode(self, best: list[torch.Tensor]) -> list[str]:
+        """Most likely classes per frame, one tensor per recording -> texts."""
         return [
             self.processor.tokenizer.decode(
-                self.head.ids(greedy_ctc(l, int(n), self.head.blank_index))
+                self.head.ids(greedy_ctc(b, self.head.blank_index))
             ).strip()
-            for l, n in zip(logits, lengths)
+            for b in best
         ]
 
 
@@ -290,8 +340,7 @@ class CtcTranscriber:
             kept = [n for n in per_audio if n]  # a clip too short for one frame reads as ""
             with torch.no_grad():
                 projected = self.stage.project_recordings(windows, kept) if kept else []
-                logits = [self.stage.head(p) for p in projected]
-            decoded = iter(self.stage.decode(logits, [l.shape[0] for l in logits]))
+                decoded = iter(self.stage.decode(self.stage.head.best(projected)))
             texts += [next(decoded) if n else "" for n in per_audio]
         return texts
 
@@ -362,7 +411,7 @@ def train_ctc(config, model, processor, out: Path, stop_after: int | None = None
         state.skipped += len(failed)
         if not projected:
             continue
-        loss, ctc, penalty, logits, n_tokens = stage.loss(projected, targets, PENALTY_WEIGHT)
+        loss, ctc, penalty, best, n_tokens = stage.loss(projected, targets, PENALTY_WEIGHT)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
@@ -374,7 +423,7 @@ def train_ctc(config, model, processor, out: Path, stop_after: int | None = None
         state.seen_seconds += sum(float(n) for n in n_tokens) / rate
         record = _ctc_record(stage, state, ctc, penalty, grad_norm, scheduler, len(projected), t0)
         if state.step % config.log_every == 0:
-            decoded = stage.decode(logits, n_tokens)
+            decoded = stage.decode(best)
             record["train_wer"] = corpus_score(score_texts(references, decoded)).error_rate
         if heldout and due(state.step, config.eval_every, config.max_steps):
             record.update(_heldout(stage, heldout))
@@ -518,8 +567,7 @@ def _heldout(stage: _Stage, heldout: list[tuple[str, str]], batch: int = 16) -> 
     with torch.no_grad():
         for start in range(0, len(heldout), batch):
             projected, _, refs = stage.forward(heldout[start : start + batch])
-            logits = [stage.head(p) for p in projected]
-            hypotheses += stage.decode(logits, [p.shape[0] for p in projected])
+            hypotheses += stage.decode(stage.head.best(projected))
             references += refs
     score = corpus_score(score_texts(references, hypotheses))
     return {
