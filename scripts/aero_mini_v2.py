@@ -102,7 +102,11 @@ def session(args) -> None:
         "max_steps": args.ctc_steps,
         "max_minutes": args.ctc_minutes,
     }
-    lm = {"output_dir": f"runs/v2-s{args.seed}-lm", "data": manifests, "max_steps": args.lm_steps}
+    lm = {
+        "output_dir": f"runs/v2-s{args.seed}-lm",
+        "data": lm_data(data),
+        "max_steps": args.lm_steps,
+    }
     lm["max_minutes"] = args.lm_minutes
     if start:  # go on from the newest v2 connector, and then from its LoRA
         connector = adapter_part(start, work.root / "runs" / f"v2-s{args.seed}-init.safetensors")
@@ -116,6 +120,19 @@ def session(args) -> None:
     evaluate(work, new, f"v2-s{args.seed}")
     if args.ship:
         ship_if_better(work, new, f"v2-s{args.seed}")
+
+
+def lm_data(data: str) -> list[dict]:
+    """The LM leg's mixture of one seed's data: every short transcription, the instructions and
+    questions, and a quarter of the long recordings (each a 1-3 minute batch of its own, they took
+    half of session 2's LM steps)."""
+    train = f"{data}/train.jsonl"
+    return [
+        {"path": train, "tasks": ["transcribe"]},
+        {"path": f"{data}/neural.jsonl"},
+        {"path": train, "tasks": ["instruct", "understand"]},
+        {"path": train, "tasks": ["long"], "weight": 0.25},
+    ]
 
 
 def evaluate(work: Work, adapter: Path | None, label: str) -> Path:

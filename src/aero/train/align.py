@@ -222,6 +222,38 @@ def _batches(lengths: list[int], budget: int, seed: int, epoch: int) -> list[lis
     return batches
 
 
+def ctc_batch_loss(
+    head: CTCHead, projected: list[torch.Tensor], targets: list[list[int]], dtype=torch.float32
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """CTC of a batch, per target token, over the whole vocabulary -> (loss, the most likely
+    class per frame of each recording). `projected`: (T_i, H) frames per recording; `targets`:
+    class indices; `dtype`: the precision of the frames-by-table products."""
+    sizes = [p.shape[0] for p in projected]
+    # the whole batch's frames against the table at once, in the stage's precision (bf16
+    # where set: ~4x float32 on a CPU with AVX512-BF16), the sums in float32
+    frames = (torch.cat(projected).float() * head.log_scale.exp()).to(dtype)
+    table = head.table().to(dtype)
+    log_norm, best = _RowLogSumExp.apply(frames, table, LOGIT_CHUNK)
+    # CTC reads only the blank's and the targets' log-probabilities: normalise over the whole
+    # vocabulary, then keep those columns (blank first), one recording at a time, so no
+    # recording is padded to the batch's longest or to its largest set of tokens. A token
+    # repeated in a transcript keeps one column, so CTC still needs a blank between its
+    # repeats, as over the full vocabulary.
+    uniques = [list(dict.fromkeys(ids)) for ids in targets]
+    columns = [[head.blank_index] + u for u in uniques]
+    rows = table[torch.tensor([c for cols in columns for c in cols])]  # one gather
+    total = max(sum(len(ids) for ids in targets), 1)
+    ctc = frames.new_zeros((), dtype=torch.float32)
+    offset = 0
+    for f, z, ids, u in zip(frames.split(sizes), log_norm.split(sizes), targets, uniques):
+        own = rows[offset : offset + len(u) + 1]
+        offset += len(u) + 1
+        log_probs = (f @ own.T).float() - z[:, None]  # (T_i, 1 + unique targets)
+        ctc = ctc + _gathered_ctc(log_probs, [u.index(t) + 1 for t in ids])
+    ctc = ctc / total
+    return ctc, best.split(sizes)
+
+
 class _Stage:
     def __init__(self, model, processor, config):
         self.model, self.processor, self.config = model, processor, config
@@ -279,32 +311,10 @@ class _Stage:
     def loss(self, projected, targets, penalty_weight: float):
         """CTC over the batch -> (loss, ctc, penalty, most likely class per frame of each
         recording, frame counts)."""
-        sizes = [p.shape[0] for p in projected]
-        lengths = torch.tensor(sizes)
-        # the whole batch's frames against the table at once, in the stage's precision (bf16
-        # where set: ~4x float32 on a CPU with AVX512-BF16), the sums in float32
-        frames = (torch.cat(projected).float() * self.head.log_scale.exp()).to(self.dtype)
-        table = self.head.table().to(self.dtype)
-        log_norm, best = _RowLogSumExp.apply(frames, table, LOGIT_CHUNK)
-        # CTC reads only the blank's and the targets' log-probabilities: normalise over the whole
-        # vocabulary, then keep those columns (blank first), one recording at a time, so no
-        # recording is padded to the batch's longest or to its largest set of tokens. A token
-        # repeated in a transcript keeps one column, so CTC still needs a blank between its
-        # repeats, as over the full vocabulary.
-        uniques = [list(dict.fromkeys(ids)) for ids in targets]
-        columns = [[self.head.blank_index] + u for u in uniques]
-        rows = table[torch.tensor([c for cols in columns for c in cols])]  # one gather
-        total = max(sum(len(ids) for ids in targets), 1)
-        ctc = frames.new_zeros((), dtype=torch.float32)
-        offset = 0
-        for f, z, ids, u in zip(frames.split(sizes), log_norm.split(sizes), targets, uniques):
-            own = rows[offset : offset + len(u) + 1]
-            offset += len(u) + 1
-            log_probs = (f @ own.T).float() - z[:, None]  # (T_i, 1 + unique targets)
-            ctc = ctc + _gathered_ctc(log_probs, [u.index(t) + 1 for t in ids])
-        ctc = ctc / total
+        ctc, best = ctc_batch_loss(self.head, projected, targets, self.dtype)
         penalty = self.head.norm_penalty(torch.cat(projected))
-        return ctc + penalty_weight * penalty, ctc, penalty, best.split(sizes), lengths
+        lengths = torch.tensor([p.shape[0] for p in projected])
+        return ctc + penalty_weight * penalty, ctc, penalty, best, lengths
 
     def decode(self, best: list[torch.Tensor]) -> list[str]:
         """Most likely classes per frame, one tensor per recording -> texts."""
