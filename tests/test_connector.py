@@ -114,6 +114,14 @@ def test_connector_alone_transcribes_the_tokens_the_lm_reads(ctc_engine):
         ]
         assert len(ids) == emitted.shape[0] > 0  # one LM position per token of the text
         assert text == processor.tokenizer.decode(ids).strip()
+        # with "argmax" emissions the LM reads exactly those tokens' own embeddings
+        model.config.ctc_emissions = "argmax"
+        try:
+            with torch.no_grad():
+                (_, hard) = model.ctc_parts(model.encode_windows(values, frames))[0]
+        finally:
+            model.config.ctc_emissions = "mix"
+        torch.testing.assert_close(hard, embeddings[ids], rtol=0, atol=0)
     assert texts[2] == ""  # too short for one frame
 
 
@@ -133,6 +141,9 @@ def test_projector_settings_from_adapter_metadata():
         "projector_stack": 2,
         "connector_layers": 2,
     }
+    assert projector_settings(meta | {"ctc_emissions": "argmax"})["ctc_emissions"] == "argmax"
+    with pytest.raises(ValueError, match="ctc_emissions must be one of"):
+        CtcConnector(tiny_config(**CTC, ctc_emissions="soft"))
 
 
 def _tiny_connector_run(tmp_path, monkeypatch) -> tuple[dict, Path]:
@@ -215,6 +226,10 @@ def test_a_leg_whose_clock_runs_out_exports_what_it_trained(tmp_path, monkeypatc
         assert (tmp_path / name / saved).exists()
     with pytest.raises(ConfigError, match="max_minutes"):
         apply_overrides(TrainConfig(), {**common, "max_minutes": 0}).validate()
+    with pytest.raises(ConfigError, match="ctc_emissions must be mix or argmax"):
+        apply_overrides(TrainConfig(), {**common, "ctc_emissions": "soft"}).validate()
+    with pytest.raises(ConfigError, match="`tasks` of .* must be a list of task names"):
+        apply_overrides(TrainConfig(), {**common, "data": [{"path": "x", "tasks": "long"}]})
 
 
 def test_adapter_part_splits_a_projector_from_its_lora_and_joins_another(tmp_path):
