@@ -54,6 +54,20 @@ def test_compress_keeps_one_token_per_emission_weighted_by_the_posteriors():
     assert (out @ embeddings.T).argmax(-1).tolist() == [2, 1, 2]  # token 4 is not emittable
 
 
+def test_a_grown_connector_computes_what_it_did_until_it_trains():
+    model = make_tiny_model(**CTC).eval()
+    windows = [torch.randn(9, 64), torch.randn(4, 64)]
+    before = model.audio_modal_projector.frames(windows)
+    model.grow_connector(3)
+    assert len(model.audio_modal_projector.layers) == 3 and model.config.connector_layers == 3
+    for a, b in zip(before, model.audio_modal_projector.frames(windows)):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="it grows, it does not shrink to 2"):
+        model.grow_connector(2)
+    with pytest.raises(ValueError, match="Only a 'ctc' connector grows"):
+        make_tiny_model().grow_connector(2)
+
+
 def test_published_linear_path_is_unchanged_by_the_per_window_projection():
     model = make_tiny_model()
     windows = [torch.randn(7, 32), torch.randn(3, 32)]
@@ -164,15 +178,15 @@ def test_ctc_then_lm_stage_on_the_connector_with_lineage(tmp_path, monkeypatch):
     ctc = apply_overrides(
         TrainConfig(),
         {**common, "output_dir": str(tmp_path / "ctc"), "objective": "ctc", "token_budget": 200,
-         "max_steps": 4, "lr": 1e-2, "save_every": 2},
+         "max_steps": 4, "lr": 1e-2, "save_every": 2, "connector_layers": 2},
     )  # fmt: skip
-    train(ctc)
+    train(ctc)  # the base's 1-layer connector grown to 2 layers
     first = tmp_path / "ctc" / "final" / "adapter.safetensors"
     weights = load_file(first)
     assert "audio_modal_projector.blank" in weights and "audio_modal_projector.log_scale" in weights
     assert any(k.startswith("audio_modal_projector.layers.0.") for k in weights)
     meta = adapter_metadata(first)
-    assert projector_settings(meta) == CTC | {"ctc_emissions": "mix"}
+    assert projector_settings(meta) == CTC | {"connector_layers": 2, "ctc_emissions": "mix"}
     texts = [
         json.loads(r)["messages"][1]["content"][0]["text"] for r in data.read_text().splitlines()
     ]
@@ -200,6 +214,7 @@ def test_ctc_then_lm_stage_on_the_connector_with_lineage(tmp_path, monkeypatch):
     assert legs[1]["data"][0]["tasks"] == ["transcribe"] and legs[1]["samples"] % 3 == 0
     meta = adapter_metadata(tmp_path / "lm" / "final" / "adapter.safetensors")
     assert meta["ctc_emissions"] == "argmax"
+    assert meta["connector_layers"] == "2"  # the 1-layer base grew to its init adapter's depth
     exported = load_file(tmp_path / "lm" / "final" / "adapter.safetensors")
     for name, tensor in weights.items():
         if ".summary." in name:  # the summary token trains in the LM stage

@@ -97,6 +97,18 @@ class AeroAudioProjector(nn.Module):
         return self.linear2(nn.functional.gelu(x)) if self.linear2 is not None else x
 
 
+def _connector_layer(hidden: int) -> nn.TransformerEncoderLayer:
+    return nn.TransformerEncoderLayer(
+        hidden,
+        max(1, hidden // 64),
+        2 * hidden,
+        dropout=0.1,
+        activation="gelu",
+        batch_first=True,
+        norm_first=True,
+    )
+
+
 class CtcConnector(nn.Module):
     """projector_type "ctc": stacked encoder frames -> Linear -> transformer layers -> vectors in
     the LM's embedding space, plus a CTC head over the LM's own embeddings and one blank.
@@ -118,16 +130,7 @@ class CtcConnector(nn.Module):
         hidden = config.text_config.hidden_size
         self.linear = nn.Linear(config.audio_config.d_model * config.projector_stack, hidden)
         self.layers = nn.ModuleList(
-            nn.TransformerEncoderLayer(
-                hidden,
-                max(1, hidden // 64),
-                2 * hidden,
-                dropout=0.1,
-                activation="gelu",
-                batch_first=True,
-                norm_first=True,
-            )
-            for _ in range(config.connector_layers)
+            _connector_layer(hidden) for _ in range(config.connector_layers)
         )
         self.norm = nn.LayerNorm(hidden)
         self.out = nn.Linear(hidden, hidden)
@@ -156,6 +159,18 @@ class CtcConnector(nn.Module):
             x = layer(x, src_key_padding_mask=pad)
         x = self.out(self.norm(x))
         return [row[:n] for row, n in zip(x, lengths)]
+
+    def grow(self, layers: int) -> None:
+        """Add transformer layers on top up to `layers`. Each new layer starts as the identity
+        (its attention output and second feed-forward projections are zero; the layers are
+        pre-norm residual), so the connector still computes what it was trained to."""
+        hidden = self.norm.normalized_shape[0]
+        while len(self.layers) < layers:
+            layer = _connector_layer(hidden)
+            for linear in (layer.self_attn.out_proj, layer.linear2):
+                nn.init.zeros_(linear.weight)
+                nn.init.zeros_(linear.bias)
+            self.layers.append(layer.to(self.linear.weight.device, self.linear.weight.dtype))
 
     def emittable(self, embeddings: torch.Tensor) -> torch.Tensor:
         """The (S, H) embedding rows of the tokens the head may emit (`vocab_mask`)."""
@@ -317,6 +332,22 @@ class AeroForConditionalGeneration(AeroPreTrainedModel, GenerationMixin):
     def project_audio(self, windows: list[torch.Tensor]) -> torch.Tensor:
         """Per-window encoder outputs [(n_i, D)] -> (N, H): stack k frames per token, project."""
         return torch.cat(self.project_windows(windows))
+
+    def grow_connector(self, layers: int) -> None:
+        """projector_type "ctc": deepen the connector to `layers` transformer layers, the new
+        ones starting as the identity (`CtcConnector.grow`)."""
+        projector = self.audio_modal_projector
+        if not isinstance(projector, CtcConnector):
+            raise ValueError(
+                f"Only a 'ctc' connector grows; this one is {self.config.projector_type!r}."
+            )
+        if layers < len(projector.layers):
+            raise ValueError(
+                f"The connector has {len(projector.layers)} layers; it grows, it does not shrink "
+                f"to {layers}."
+            )
+        projector.grow(layers)
+        self.config.connector_layers = layers
 
     def stack_frames(self, windows: list[torch.Tensor]) -> list[torch.Tensor]:
         """[(n_i, D)] -> [(ceil(n_i / k), k*D)]: k adjacent encoder frames per audio token."""

@@ -41,6 +41,9 @@ class TrainConfig:
     # projector_type "ctc": what the LM reads per CTC emission, "mix" or "argmax"
     # (AeroConfig.ctc_emissions; None: the init adapter's, else the model's)
     ctc_emissions: str | None = None
+    # projector_type "ctc": deepen the connector to this many transformer layers (the new ones
+    # start as the identity); an init adapter trained deeper sets its own depth
+    connector_layers: int | None = None
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.0
@@ -125,6 +128,8 @@ class TrainConfig:
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}.")
+        if self.connector_layers is not None and self.connector_layers <= 0:
+            raise ConfigError(f"connector_layers must be positive, got {self.connector_layers}.")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise ConfigError(f"max_minutes must be positive, got {self.max_minutes}.")
         if self.schedule_steps is not None and self.schedule_steps < self.max_steps:

@@ -28,13 +28,14 @@ from aero.data.collate import Collator, TrainDataset
 from aero.data.lengths import measured_dataset
 from aero.processing import IGNORE_INDEX, count_audio_tokens_with
 from aero.train import checkpoint as ckpt
-from aero.train.config import TrainConfig
+from aero.train.config import ConfigError, TrainConfig
 from aero.train.distributed import Distributed, shard
 from aero.train.flops import flop_model
 from aero.train.lineage import leg, lineage_metadata, projector_metadata
 from aero.train.logs import JsonlLog, MetricsLog, due
 from aero.train.presets import (
     apply_preset,
+    connector_depth,
     continue_from_adapter,
     emission_mode,
     lora_settings,
@@ -56,6 +57,21 @@ def load_model_and_processor(name: str):
     from aero.models import load
 
     return load(name)
+
+
+def load_base(config: TrainConfig):
+    """The run's base model and processor, its "ctc" connector as deep as the run needs
+    (`connector_layers`, or the init adapter's depth)."""
+    model, processor = load_model_and_processor(config.model)
+    layers = connector_depth(config)
+    if layers and model.config.projector_type != "ctc":
+        raise ConfigError(
+            f"connector_layers is for a 'ctc' connector; {config.model} has a "
+            f"{model.config.projector_type!r} projector."
+        )
+    if layers:
+        model.grow_connector(layers)
+    return model, processor
 
 
 def choose_attention(model, device, packed: bool) -> str:
@@ -468,7 +484,7 @@ def export(
     save_adapter(out / "final" / ADAPTER_FILENAME, weights, metadata)
     # Rebuilt from the base rather than saved from the live model: sharded (FSDP) or LoRA-wrapped
     # parameters cannot be saved as a plain checkpoint, and this checks the adapter file itself.
-    base, _ = load_model_and_processor(config.model)
+    base, _ = load_base(config)
     apply_adapter(base, out / "final" / ADAPTER_FILENAME)
     base.save_pretrained(out / "final" / "model")
     processor.save_pretrained(out / "final" / "model")

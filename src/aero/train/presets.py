@@ -123,3 +123,13 @@ def emission_mode(config, model_config) -> str:
         if recorded:
             return recorded
     return model_config.ctc_emissions
+
+
+def connector_depth(config) -> int | None:
+    """How many transformer layers a "ctc" connector needs in this run: the config's
+    `connector_layers`, or more if the init adapter was trained with more; None: as built."""
+    depths = [config.connector_layers] if config.connector_layers else []
+    if config.init_adapter:
+        recorded = adapter_metadata(adapter_file(config.init_adapter)).get("connector_layers")
+        depths += [int(recorded)] if recorded else []
+    return max(depths) if depths else None

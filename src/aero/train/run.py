@@ -12,7 +12,7 @@ from pathlib import Path
 
 from aero.train.config import ConfigError, TrainConfig, to_dict
 from aero.train.distributed import Distributed
-from aero.train.loop import load_model_and_processor, seed_everything, train_lm
+from aero.train.loop import load_base, seed_everything, train_lm
 from aero.train.presets import apply_preset, continue_from_adapter
 
 
@@ -32,7 +32,7 @@ def train(config: TrainConfig, stop_after: int | None = None) -> dict:
         (out / "config.json").write_text(json.dumps(to_dict(config), indent=2, default=str))
     seed_everything(config.seed)
 
-    model, processor = load_model_and_processor(config.model)
+    model, processor = load_base(config)
     if config.objective == "ctc":
         from aero.train.align import train_ctc
 
