@@ -52,7 +52,6 @@ from aero.train.logs import JsonlLog, due
 from aero.train.schedule import cosine_schedule
 
 TRANSCRIPTION_TASKS = ("transcribe", "long")
-PENALTY_WEIGHT = 0.1  # weight of the norm penalty beside the CTC loss
 LOGIT_CHUNK = 2048  # frames per piece of the frames-by-table product (CTC normaliser)
 
 
@@ -421,7 +420,7 @@ def train_ctc(config, model, processor, out: Path, stop_after: int | None = None
         state.skipped += len(failed)
         if not projected:
             continue
-        loss, ctc, penalty, best, n_tokens = stage.loss(projected, targets, PENALTY_WEIGHT)
+        loss, ctc, penalty, best, n_tokens = stage.loss(projected, targets, config.ctc_norm_penalty)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)

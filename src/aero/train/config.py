@@ -41,6 +41,9 @@ class TrainConfig:
     # projector_type "ctc": what the LM reads per CTC emission, "mix" or "argmax"
     # (AeroConfig.ctc_emissions; None: the init adapter's, else the model's)
     ctc_emissions: str | None = None
+    # objective ctc: weight of the penalty that keeps the frames' norms near the embeddings'
+    # (what "mix" emissions are made of; "argmax" emissions read only the argmax)
+    ctc_norm_penalty: float = 0.1
     # projector_type "ctc": deepen the connector to this many transformer layers (the new ones
     # start as the identity); an init adapter trained deeper sets its own depth
     connector_layers: int | None = None
@@ -128,6 +131,8 @@ class TrainConfig:
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}.")
+        if self.ctc_norm_penalty < 0:
+            raise ConfigError(f"ctc_norm_penalty must be >= 0, got {self.ctc_norm_penalty}.")
         if self.connector_layers is not None and self.connector_layers <= 0:
             raise ConfigError(f"connector_layers must be positive, got {self.connector_layers}.")
         if self.max_minutes is not None and self.max_minutes <= 0:

@@ -130,6 +130,7 @@ def connector_depth(config) -> int | None:
     `connector_layers`, or more if the init adapter was trained with more; None: as built."""
     depths = [config.connector_layers] if config.connector_layers else []
     if config.init_adapter:
-        recorded = adapter_metadata(adapter_file(config.init_adapter)).get("connector_layers")
-        depths += [int(recorded)] if recorded else []
+        metadata = adapter_metadata(adapter_file(config.init_adapter))
+        if metadata.get("projector_type") == "ctc" and metadata.get("connector_layers"):
+            depths.append(int(metadata["connector_layers"]))
     return max(depths) if depths else None
