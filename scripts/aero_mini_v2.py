@@ -180,7 +180,10 @@ def replay(args) -> None:
             recipe = REPO / "configs" / "data" / f"{record['recipe']}.yaml"
             out = str(Path(record["manifest"]).parent)
             work.synth(out, str(recipe) if recipe.exists() else record["recipe"], record["seed"])
-        data = [{"path": d["manifest"], "tasks": d.get("tasks")} for d in leg["data"]]
+        data = [
+            {"path": d["manifest"], "tasks": d.get("tasks"), "weight": d.get("weight", 1.0)}
+            for d in leg["data"]
+        ]
         settings = {**leg["config"], "data": data}
         name = f"replay-{k}-{leg['run']}"
         init = work.root / "runs" / f"{name}-init.safetensors"

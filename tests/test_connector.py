@@ -205,13 +205,13 @@ def test_ctc_then_lm_stage_on_the_connector_with_lineage(tmp_path, monkeypatch):
         {**common, "output_dir": str(tmp_path / "lm"), "preset": "lora", "lora_r": 4,
          "pack_length": 2048, "max_steps": 2, "lr": 1e-2, "projector_lr": 1e-2,
          "init_adapter": str(first), "ctc_emissions": "argmax",
-         "data": [{"path": str(data), "tasks": ["transcribe"]}]},
+         "data": [{"path": str(data), "tasks": ["transcribe"], "weight": 0.5}]},
     )  # fmt: skip
     summary = train(lm)
     assert len(summary["losses"]) == 2 and all(torch.isfinite(torch.tensor(summary["losses"])))
     legs = lineage_of(tmp_path / "lm" / "final")
     assert [leg["objective"] for leg in legs] == ["ctc", "lm"] and legs[1]["tokens"] > 0
-    assert legs[1]["data"][0]["tasks"] == ["transcribe"] and legs[1]["samples"] % 3 == 0
+    assert legs[1]["data"][0]["tasks"] == ["transcribe"] and legs[1]["data"][0]["weight"] == 0.5
     meta = adapter_metadata(tmp_path / "lm" / "final" / "adapter.safetensors")
     assert meta["ctc_emissions"] == "argmax"
     assert meta["connector_layers"] == "2"  # the 1-layer base grew to its init adapter's depth

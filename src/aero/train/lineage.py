@@ -24,15 +24,17 @@ def lineage_of(path) -> list[dict]:
     return json.loads(adapter_metadata(adapter_file(path)).get(LINEAGE_KEY, "[]"))
 
 
-def data_record(manifest: str, tasks: list[str] | None = None) -> dict:
-    """A manifest path with the recipe and seed that made it, when synthesis recorded them, and
-    the tasks the leg kept of it (when it kept only some)."""
+def data_record(manifest: str, tasks: list[str] | None = None, weight: float = 1.0) -> dict:
+    """A manifest path with the recipe and seed that made it, when synthesis recorded them, the
+    tasks the leg kept of it (when it kept only some) and its mixture weight (when not 1)."""
     made = Path(manifest).with_suffix(".synth.json")
     record = {"manifest": str(manifest)}
     if made.is_file():
         record.update(json.loads(made.read_text()))
     if tasks is not None:
         record["tasks"] = list(tasks)
+    if weight != 1.0:
+        record["weight"] = weight
     return record
 
 
@@ -47,7 +49,7 @@ def leg(config, objective: str, **seen) -> dict:
         "objective": objective,
         **{k: round(v, 3) if isinstance(v, float) else v for k, v in seen.items()},
         "seed": config.seed,
-        "data": [data_record(spec.path, spec.tasks) for spec in config.data],
+        "data": [data_record(spec.path, spec.tasks, spec.weight) for spec in config.data],
         "date": date.today().isoformat(),
         "config": settings,
     }
