@@ -1,8 +1,8 @@
 """The connector stage's CTC loss (forward + backward), before and after session 3's rewrite, side
 by side in one run, on a batch shaped like aero-mini v2's: frames at 12.5/s from clips of 2-8 s
-and a few 1-3 minute recordings, a head over 16,000 SmolLM2 tokens of width 576.
+and 1-2 minute recordings, a head over 16,000 SmolLM2 tokens of width 576.
 
-    python benchmarks/ctc_loss.py [--seconds 300] [--long 2] [--repeats 3]
+    python benchmarks/ctc_loss.py [--seconds 300] [--long 1] [--repeats 3]
 
 - before: each recording's full (T, S + 1) logits, log-softmax, its targets' columns gathered,
   every recording padded to the batch's longest and widest, one batched `ctc_loss` (float32);
@@ -31,7 +31,7 @@ TOKENS_PER_SECOND = 3.5  # SmolLM2 tokens of a transcript per second of speech
 
 def batch(seconds: float, long: int, vocab: int, hidden: int, seed: int = 0):
     rng = random.Random(seed)
-    lengths = [int(rng.uniform(60, 180) * RATE) for _ in range(long)]
+    lengths = [int(rng.uniform(60, 120) * RATE) for _ in range(long)]
     while sum(lengths) < seconds * RATE:
         lengths.append(int(rng.uniform(2, 8) * RATE))
     frames = [torch.randn(n, hidden) * 0.05 for n in lengths]
@@ -73,14 +73,14 @@ def timed(fn, frames, repeats: int) -> tuple[float, float]:
         loss = fn(inputs)
         loss.backward()
         runs.append(time.perf_counter() - start)
-        value = float(loss)
+        value = float(loss.detach())
     return statistics.median(runs), value
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=300, help="audio per batch")
-    parser.add_argument("--long", type=int, default=2, help="long recordings in the batch")
+    parser.add_argument("--long", type=int, default=1, help="long recordings in the batch")
     parser.add_argument("--vocab", type=int, default=16000)
     parser.add_argument("--hidden", type=int, default=576)
     parser.add_argument("--repeats", type=int, default=3)
