@@ -248,7 +248,8 @@ def ctc_batch_loss(
         own = rows[offset : offset + len(u) + 1]
         offset += len(u) + 1
         log_probs = (f @ own.T).float() - z[:, None]  # (T_i, 1 + unique targets)
-        ctc = ctc + _gathered_ctc(log_probs, [u.index(t) + 1 for t in ids])
+        column = {t: k + 1 for k, t in enumerate(u)}
+        ctc = ctc + _gathered_ctc(log_probs, [column[t] for t in ids])
     ctc = ctc / total
     return ctc, best.split(sizes)
 
