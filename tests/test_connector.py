@@ -215,6 +215,8 @@ def test_ctc_then_lm_stage_on_the_connector_with_lineage(tmp_path, monkeypatch):
     meta = adapter_metadata(tmp_path / "lm" / "final" / "adapter.safetensors")
     assert meta["ctc_emissions"] == "argmax"
     assert meta["connector_layers"] == "2"  # the 1-layer base grew to its init adapter's depth
+    saved = json.loads((tmp_path / "lm" / "final" / "model" / "config.json").read_text())
+    assert saved["ctc_emissions"] == "argmax" and saved["connector_layers"] == 2
     exported = load_file(tmp_path / "lm" / "final" / "adapter.safetensors")
     for name, tensor in weights.items():
         if ".summary." in name:  # the summary token trains in the LM stage

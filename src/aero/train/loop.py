@@ -61,7 +61,8 @@ def load_model_and_processor(name: str):
 
 def load_base(config: TrainConfig):
     """The run's base model and processor, its "ctc" connector as deep as the run needs
-    (`connector_layers`, or the init adapter's depth)."""
+    (`connector_layers`, or the init adapter's depth) and emitting what the run reads
+    (`ctc_emissions`): for training, and for the export's saved model."""
     model, processor = load_model_and_processor(config.model)
     layers = connector_depth(config)
     if layers and model.config.projector_type != "ctc":
@@ -71,6 +72,7 @@ def load_base(config: TrainConfig):
         )
     if layers:
         model.grow_connector(layers)
+    model.config.ctc_emissions = emission_mode(config, model.config)
     return model, processor
 
 
@@ -244,7 +246,6 @@ def _prepare_model(config: TrainConfig, model, dist: Distributed):
     mode."""
     lora = lora_settings(config) if config.preset == "lora" else None
     model = apply_preset(model, config.preset, config.train_audio_tower, lora)
-    model.config.ctc_emissions = emission_mode(config, model.config)
     if config.init_adapter:
         continue_from_adapter(model, config.init_adapter, config.preset, lora)
     model.to(dist.device)
