@@ -3,6 +3,7 @@ engine and the training stages use the same emissions as the ids count, the publ
 unchanged, and every export records its projector and lineage."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -121,7 +122,7 @@ def test_connector_alone_transcribes_the_tokens_the_lm_reads(ctc_engine):
             embeddings = model.get_input_embeddings().weight
             best = projector.logits(projector.frames([window])[0], projector.emittable(embeddings))
             best = best.argmax(-1).tolist()
-            (_, emitted) = model.ctc_parts(model.encode_windows(values, frames))[0]
+            emitted = model.ctc_parts(model.encode_windows(values, frames))[0].emitted
         blank = len(vocabulary)
         ids = [
             int(vocabulary[b]) for k, b in enumerate(best) if b != blank and best[k - 1 : k] != [b]
@@ -132,11 +133,37 @@ def test_connector_alone_transcribes_the_tokens_the_lm_reads(ctc_engine):
         model.config.ctc_emissions = "argmax"
         try:
             with torch.no_grad():
-                (_, hard) = model.ctc_parts(model.encode_windows(values, frames))[0]
+                hard = model.ctc_parts(model.encode_windows(values, frames))[0].emitted
         finally:
             model.config.ctc_emissions = "mix"
         torch.testing.assert_close(hard, embeddings[ids], rtol=0, atol=0)
     assert texts[2] == ""  # too short for one frame
+
+
+def test_joint_decoding_writes_only_what_the_connector_can_emit(ctc_engine):
+    """Transcripts are decoded jointly with the connector's CTC scores (greedy and beams), so a
+    token the head cannot emit is never written; a chat reply is the LM's alone."""
+    from aero.decoding import GenerationOptions
+
+    processor = ctc_engine.processor
+    mask = ctc_engine.model.audio_modal_projector.vocab_mask
+    saved = mask.clone()
+    mask[1::2] = False  # the head emits every other token only
+    try:
+        audio = tone(2.0, 300)
+        options = GenerationOptions(max_new_tokens=12)
+        lm_alone = ctc_engine.transcribe([audio], options=replace(options, ctc_weight=0))[0]
+        assert any(not mask[t] for t in lm_alone.token_ids)  # the random LM wanders off
+        for beams in (1, 2):
+            joint = ctc_engine.transcribe([audio], options=replace(options, num_beams=beams))[0]
+            assert joint.token_ids and all(mask[t] for t in joint.token_ids)
+        messages = processor.transcription_messages(audio)
+        chats = [
+            ctc_engine.chat(messages, replace(options, ctc_weight=w)).token_ids for w in (0, 0.5)
+        ]
+        assert chats[0] == chats[1]
+    finally:
+        mask.copy_(saved)
 
 
 def test_hf_style_call_without_the_counter_is_a_clear_error(ctc_engine):

@@ -90,9 +90,11 @@ def _options(
     repetition_guard: bool = True,
     fallback: bool = False,
     beam_size: int = 1,
+    ctc_weight: float | None = None,
 ):
     from aero.decoding import FALLBACK_TEMPERATURES, GenerationOptions
 
+    joint = {} if ctc_weight is None else {"ctc_weight": ctc_weight}
     try:
         return GenerationOptions(
             max_new_tokens=max_new_tokens,
@@ -100,6 +102,7 @@ def _options(
             repetition_guard=repetition_guard,
             fallback_temperatures=FALLBACK_TEMPERATURES if fallback else (),
             num_beams=beam_size,
+            **joint,
         )
     except ValueError as err:
         typer.echo(f"error: {err}", err=True)
@@ -177,6 +180,11 @@ def transcribe(
         "temperature fallback).",
     ),
     beam_size: int = typer.Option(1, help="Beam search with this many beams (1: greedy)."),
+    ctc_weight: float = typer.Option(
+        None,
+        help="Weight of a CTC connector's scores in joint CTC/LM decoding (aero-mini v2; "
+        "0: the LM alone; default 0.5).",
+    ),
     word_timestamps: bool | None = typer.Option(
         None, "--word-timestamps/--no-word-timestamps", help=WORD_TIMESTAMPS_HELP
     ),
@@ -197,7 +205,9 @@ def transcribe(
     if not paths:
         typer.echo("error: no audio files found in the given paths.", err=True)
         raise typer.Exit(2)
-    options = _options(max_new_tokens, fallback=fallback, beam_size=beam_size)
+    options = _options(
+        max_new_tokens, fallback=fallback, beam_size=beam_size, ctc_weight=ctc_weight
+    )
     engine = _load_engine(model, batch_size, int8, threads)
     targets = output_paths(paths, Path(output_dir), format)
     if word_timestamps is None:  # a model without its own aligner borrows aero-mini's on request

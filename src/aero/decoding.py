@@ -24,6 +24,8 @@ from typing import Any, NamedTuple
 
 import torch
 
+from aero.ctc_scoring import CtcPrefixScorer, PrefixState, joint_step
+
 DEFAULT_MAX_NEW_TOKENS = 512  # reply budget of a chat (or evaluation) request given none
 FALLBACK_TEMPERATURES = (0.2, 0.4, 0.6, 0.8, 1.0)  # Whisper's and faster-whisper's after greedy
 
@@ -55,6 +57,9 @@ class GenerationOptions:
     fallback_temperatures: tuple[float, ...] = ()
     # > 1: beam search (greedy, temperature 0), as Whisper's beam_size; not for streams.
     num_beams: int = 1
+    # Joint CTC/LM decoding of transcripts (models with a "ctc" connector): each step's
+    # candidates are scored (1 - w) * LM + w * the connector's CTC prefix score; 0: LM alone.
+    ctc_weight: float = 0.5
 
     def __post_init__(self):
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
@@ -86,6 +91,8 @@ class GenerationOptions:
                 "num_beams must be 1, or > 1 with temperature 0 and no "
                 f"no_repeat_ngram_size, not {self.num_beams}."
             )
+        if not 0.0 <= self.ctc_weight < 1.0:
+            raise ValueError(f"ctc_weight must be in [0, 1), not {self.ctc_weight}.")
         if self.fallback_temperatures and not self.repetition_guard:
             raise ValueError(
                 "fallback_temperatures needs the repetition guard on: the guard is "
@@ -145,6 +152,8 @@ class Prefill(NamedTuple):
     cache: Any  # the KV cache (a transformers DynamicCache), one row per prompt
     attention_mask: torch.Tensor  # (rows, prompt length)
     positions: torch.Tensor  # (rows, prompt length) position ids, counting real tokens only
+    # per row, the CTC prefix scorer of a transcription by a "ctc" connector (joint decoding)
+    ctc: Sequence[CtcPrefixScorer | None] = ()
 
 
 @dataclass
@@ -184,6 +193,53 @@ def _pick(
         sorted_probs = sorted_probs.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+class JointRows:
+    """Joint CTC/LM decoding for the rows of a batch that have a CTC prefix scorer: their LM
+    scores are replaced by `joint_step`'s, and each row's CTC state follows its chosen tokens."""
+
+    def __init__(
+        self,
+        scorers: Sequence[CtcPrefixScorer | None],
+        eos_ids: Collection[int],
+        weight: float,
+    ):
+        self.scorers, self.eos_ids, self.weight = list(scorers), eos_ids, weight
+        self.states = [s.initial() if s is not None else None for s in self.scorers]
+        self.children: dict[int, dict[int, PrefixState]] = {}
+
+    @classmethod
+    def of(cls, prefill: Prefill, eos_ids: Collection[int], options: GenerationOptions):
+        """The rows' joint scoring, or None when no row has a scorer or the weight is 0."""
+        if options.ctc_weight == 0 or not any(s is not None for s in prefill.ctc):
+            return None
+        return cls(prefill.ctc, eos_ids, options.ctc_weight)
+
+    def rescore(self, logits: torch.Tensor, active: Sequence[int]) -> torch.Tensor:
+        """(B, V) next-token logits of the `active` rows -> joint scores where a row has CTC."""
+        for slot, row in enumerate(active):
+            scorer = self.scorers[row]
+            if scorer is not None:
+                logprobs = torch.log_softmax(logits[slot], dim=-1)
+                state = self.states[row]
+                logits[slot], self.children[row] = joint_step(
+                    logprobs, scorer, state, self.eos_ids, self.weight
+                )
+        return logits
+
+    def fork(self, parents: Sequence[int], tokens: Sequence[int]) -> None:
+        """Beam search: the new rows are `parents`' rows followed by `tokens`."""
+        states = [self.states[p] for p in parents]
+        children = [self.children.get(p, {}) for p in parents]
+        self.scorers = [self.scorers[p] for p in parents]
+        self.states = [c.get(t, s) for c, t, s in zip(children, tokens, states)]
+        self.children = {}
+
+    def advance(self, row: int, token: int) -> None:
+        child = self.children.pop(row, {}).get(token)
+        if child is not None:  # a token CTC does not know leaves the state as it was
+            self.states[row] = child
 
 
 class Decoder:
@@ -226,7 +282,9 @@ class Decoder:
     def _greedy(self) -> Iterator[list[tuple[int, int]]]:
         """Every row one token per step (argmax or a sample); finished rows leave the batch."""
         options, B = self.options, len(self.limits)
-        out, cache, attention_mask, positions = self.prefill(list(range(B)))
+        prefill = self.prefill(list(range(B)))
+        out, cache, attention_mask, positions = prefill[:4]
+        joint = JointRows.of(prefill, self.eos_ids, options)
         device = attention_mask.device
         generator = None
         if options.temperature > 0 and options.seed is not None:
@@ -245,10 +303,14 @@ class Decoder:
                     banned = bans[row].banned(tokens[row])
                     if banned:
                         logits[slot, banned] = float("-inf")
+            if joint is not None:
+                logits = joint.rescore(logits, active)
             chosen = _pick(logits, options, generator).tolist()
             events, keep = [], []
             for slot, (row, token) in enumerate(zip(active, chosen)):
                 events.append((row, token))
+                if joint is not None:
+                    joint.advance(row, token)
                 if token in self.eos_ids:
                     reasons[row] = "stop"
                     continue
@@ -293,7 +355,8 @@ def beam_search(
     guard stops finishes too (cut at its loop), but wins only when every finished one looped.
     """
     K = options.num_beams
-    out, cache, attention_mask, positions = prefill
+    out, cache, attention_mask, positions = prefill[:4]
+    joint = JointRows.of(prefill, eos_ids, options)
     device = attention_mask.device
     beams: list[list[int]] = [[]]
     scores = torch.zeros(1, device=device)
@@ -302,11 +365,15 @@ def beam_search(
     finished: list[tuple[bool, float, list[int], str]] = []
     while True:
         logprobs = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+        if joint is not None:  # each beam is a row of its own
+            logprobs = joint.rescore(logprobs, list(range(len(beams))))
         total = (scores[:, None] + logprobs).flatten()
         vocab = logprobs.shape[-1]
         parents, new_beams, new_scores = [], [], []
         best = total.topk(min(2 * K, total.numel()))
         for score, index in zip(best.values.tolist(), best.indices.tolist()):
+            if score == float("-inf"):  # joint scoring leaves fewer than 2K candidates
+                break
             parent, token = divmod(index, vocab)
             ended = token in eos_ids
             ids = beams[parent] + ([] if ended else [token])
@@ -325,6 +392,8 @@ def beam_search(
             break
         index = torch.tensor(parents, device=device)
         cache.batch_select_indices(index)
+        if joint is not None:
+            joint.fork(parents, [b[-1] for b in new_beams])
         beams, scores = new_beams, torch.tensor(new_scores, device=device)
         attention_mask = torch.cat(
             [attention_mask[index], attention_mask.new_ones((len(beams), 1))], dim=1

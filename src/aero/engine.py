@@ -48,6 +48,7 @@ from aero.audio import (
     split_windows,
     window_tokens,
 )
+from aero.ctc_scoring import CtcPosteriors, CtcPrefixScorer
 from aero.decoding import DEFAULT_MAX_NEW_TOKENS, Decoded, Decoder, GenerationOptions, Prefill
 from aero.processing import AeroProcessor, count_audio_tokens_with
 from aero.timestamps import ALIGNER_FILE, Word, WordAligner
@@ -115,6 +116,8 @@ class Prepared:
     audios: list[AudioInfo]
     max_new_tokens: int
     warnings: list[str] = field(default_factory=list)
+    # the reply is the audio's transcript: a "ctc" connector's CTC scores may join the decoding
+    transcription: bool = False
 
 
 def audio_info(duration: float) -> AudioInfo:
@@ -168,8 +171,11 @@ class Engine:
         eos = eos if eos is not None else tok.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos])
         self.pad_id = tok.pad_token_id
-        # a "ctc" projector: token counts come from the audio itself
+        # a "ctc" projector: token counts come from the audio itself, and its CTC posteriors
+        # score transcripts (joint CTC/LM decoding)
         self.compressed = count_audio_tokens_with(model, processor)
+        if self.compressed is not None:
+            self.compressed.posteriors = True
 
     @classmethod
     def load(
@@ -254,7 +260,8 @@ class Engine:
                 f"holds {self.context} ({max(room, 0)} left for the reply); send at most "
                 f"~{fits:.0f} s of audio per request (split the recording) or lower max_new_tokens."
             )
-        return Prepared(ids, list(audio.windows), audios, budget, list(audio.warnings))
+        windows = list(audio.windows)
+        return Prepared(ids, windows, audios, budget, list(audio.warnings), transcription)
 
     # ----- batched generation ----------------------------------------------------------------
 
@@ -361,8 +368,11 @@ class Engine:
         attention_mask = batch["attention_mask"].to(device)
         embeds = model.get_input_embeddings()(input_ids)
         windows = [w for p in prepared for w in p.windows]
+        scorers: list[CtcPrefixScorer | None] = [None] * len(prepared)
         if windows and self.compressed is not None:
-            embeds = model.merge_audio(input_ids, embeds, self.compressed.features(windows))
+            features, posteriors = self.compressed.take(windows)
+            embeds = model.merge_audio(input_ids, embeds, features)
+            scorers = _ctc_scorers(prepared, posteriors)
         elif windows:
             values, frames = self.processor.audio_features(windows)
             features = model.get_audio_features(values.to(device), frames.to(device))
@@ -377,7 +387,7 @@ class Engine:
             use_cache=True,
             logits_to_keep=1,
         )
-        return Prefill(out, cache, attention_mask, positions)
+        return Prefill(out, cache, attention_mask, positions, scorers)
 
     def _result(self, p: Prepared, decoded: Decoded, options: GenerationOptions) -> Result:
         """A finished row (a loop already cut to its first copy) as a Result with its text."""
@@ -489,6 +499,21 @@ class Engine:
         """One conversation (audio content parts and text, several turns) -> the reply."""
         options = options or GenerationOptions()
         return self.generate_all([self.prepare(messages, options, root=root)], options)[0]
+
+
+def _ctc_scorers(
+    prepared: Sequence[Prepared], posteriors: Sequence[CtcPosteriors | None]
+) -> list[CtcPrefixScorer | None]:
+    """A CTC prefix scorer over each transcription's windows (`posteriors`: every window of
+    `prepared`, in order); None for the other requests."""
+    scorers: list[CtcPrefixScorer | None] = []
+    start = 0
+    for p in prepared:
+        own = posteriors[start : start + len(p.windows)]
+        start += len(p.windows)
+        usable = p.transcription and own and all(post is not None for post in own)
+        scorers.append(CtcPrefixScorer(CtcPosteriors.cat(own)) if usable else None)
+    return scorers
 
 
 def _combine(parts: list[Result], timestamps: bool) -> Result:

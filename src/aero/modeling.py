@@ -19,6 +19,8 @@ D encoder width, H LM width, N = total real audio tokens over all windows.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
@@ -27,6 +29,7 @@ from transformers.models.qwen2_audio.modeling_qwen2_audio import Qwen2AudioEncod
 
 from aero.audio import ENCODER_LOOKAHEAD_FRAMES, N_FRAMES, encoder_output_lengths
 from aero.chat_format import AUDIO_TOKEN, WHISPER_LARGE_V3_ENCODER
+from aero.ctc_scoring import CtcPosteriors
 
 # Qwen2.5's 151643 base tokens + 22 specials + <image>, <video> -> <|AUDIO|> is id 151667.
 # (The reference default 151648 is stale; scripts that use the release hard-code 151667.)
@@ -187,24 +190,47 @@ class CtcConnector(nn.Module):
     ) -> torch.Tensor:
         """(n, H) frames -> (m, H) LM inputs, one per CTC emission (m <= n): the posterior mix
         of the run's tokens ("mix") or the most likely token's own embedding ("argmax")."""
-        embeddings = self.emittable(embeddings)
-        logits = self.logits(h, embeddings).float()
+        return self.emit(h, embeddings, emissions)[0]
+
+    def emit(
+        self, h: torch.Tensor, embeddings: torch.Tensor, emissions: str = "mix"
+    ) -> tuple[torch.Tensor, CtcPosteriors]:
+        """`compress`, and the frames' CTC posteriors (for joint CTC/LM decoding)."""
+        table = self.emittable(embeddings)
+        logits = self.logits(h, table).float()
+        blank = table.shape[0]
+        log_norm = logits.logsumexp(-1)
+        posteriors = CtcPosteriors(
+            h.detach(),
+            embeddings.detach(),
+            self.vocab_mask[: embeddings.shape[0]],
+            float(self.log_scale.detach().exp()),
+            log_norm,
+            logits[:, blank] - log_norm,
+        )
         best = logits.argmax(-1)
-        blank = embeddings.shape[0]
         starts = torch.ones_like(best, dtype=torch.bool)
         starts[1:] = best[1:] != best[:-1]
         keep = starts & (best != blank)
         if not bool(keep.any()):
-            return h.new_zeros((0, embeddings.shape[1]))
+            return h.new_zeros((0, table.shape[1])), posteriors
         if emissions == "argmax":
-            return embeddings[best[keep]].to(h.dtype)
+            return table[best[keep]].to(h.dtype), posteriors
         # a run of frames emitting one token: average its posteriors over the real tokens
         run = torch.cumsum(starts.long(), 0) - 1
         probs = logits[:, :blank].softmax(-1)
         pooled = torch.zeros(int(run[-1]) + 1, blank, device=h.device).index_add_(0, run, probs)
         pooled = pooled[run[keep]]
         pooled = pooled / pooled.sum(-1, keepdim=True)
-        return (pooled.to(embeddings.dtype) @ embeddings).to(h.dtype)
+        return (pooled.to(table.dtype) @ table).to(h.dtype), posteriors
+
+
+class CtcPart(NamedTuple):
+    """One window through a "ctc" connector."""
+
+    mean: torch.Tensor  # (k*D,) the mean of its stacked encoder frames (the summary's input)
+    emitted: torch.Tensor  # (e, H) the LM inputs of its CTC emissions
+    posteriors: CtcPosteriors  # its frames' CTC posteriors
 
 
 class AeroPreTrainedModel(PreTrainedModel):
@@ -372,18 +398,21 @@ class AeroForConditionalGeneration(AeroPreTrainedModel, GenerationMixin):
             return list(out.split([s.shape[0] for s in stacked]))
         return [
             torch.cat([projector.summary(pooled)[None], emitted.to(pooled.dtype)])
-            for pooled, emitted in self.ctc_parts(windows)
+            for pooled, emitted, _ in self.ctc_parts(windows)
         ]
 
-    def ctc_parts(self, windows: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """ "ctc" projector: per window, the mean of its stacked frames (k*D,) and its CTC
-        emissions (e, H); its LM inputs are `summary(mean)` then the emissions (1 + e tokens)."""
+    def ctc_parts(self, windows: list[torch.Tensor]) -> list[CtcPart]:
+        """ "ctc" projector: per window, the mean of its stacked frames (k*D,), its CTC
+        emissions (e, H) and its frames' CTC posteriors; its LM inputs are `summary(mean)` then
+        the emissions (1 + e tokens)."""
         stacked = self.stack_frames(windows)
         projector = self.audio_modal_projector
         embeddings = self.get_input_embeddings().weight
         mode = self.config.ctc_emissions
-        emitted = [projector.compress(h, embeddings, mode) for h in projector.frames(stacked)]
-        return [(s.mean(0), e) for s, e in zip(stacked, emitted)]
+        return [
+            CtcPart(s.mean(0), *projector.emit(h, embeddings, mode))
+            for s, h in zip(stacked, projector.frames(stacked))
+        ]
 
     def merge_audio(
         self, input_ids: torch.Tensor, inputs_embeds: torch.Tensor, audio_features: torch.Tensor

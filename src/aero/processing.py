@@ -678,7 +678,10 @@ class CompressedAudio:
 
     def __init__(self, model, processor: AeroProcessor, keep: int = 8192):
         self.model, self.processor, self.keep = model, processor, keep
-        self._done: OrderedDict[int, tuple] = OrderedDict()  # id -> (window, mean, emissions)
+        # id -> (window, mean, emissions, CTC posteriors or None)
+        self._done: OrderedDict[int, tuple] = OrderedDict()
+        # keep each window's CTC posteriors for joint decoding (an Engine turns this on)
+        self.posteriors = False
 
     @torch.no_grad()
     def count(self, windows: Sequence[np.ndarray]) -> list[int]:
@@ -693,25 +696,32 @@ class CompressedAudio:
             parts = self.model.ctc_parts(encoded)
         finally:
             self.model.train(training)
-        for window, (pooled, emitted) in zip(windows, parts):
-            self._done[id(window)] = (window, pooled, emitted)
+        for window, part in zip(windows, parts):
+            kept = part.posteriors if self.posteriors else None
+            self._done[id(window)] = (window, part.mean, part.emitted, kept)
             self._done.move_to_end(id(window))
         while len(self._done) > self.keep:
             self._done.popitem(last=False)
-        return [1 + emitted.shape[0] for _, emitted in parts]
+        return [1 + part.emitted.shape[0] for part in parts]
 
     def features(self, windows: Sequence[np.ndarray]) -> torch.Tensor:
         """(N, H) inputs of the windows, in order, as counted."""
+        return self.take(windows)[0]
+
+    def take(self, windows: Sequence[np.ndarray]) -> tuple[torch.Tensor, list]:
+        """`features`, and each window's CTC posteriors (None unless `posteriors` is on)."""
         missing = [w for w in windows if self._done.get(id(w), (None,))[0] is not w]
         if missing:
             self.count(missing)  # not counted through this engine's processor: count now
         summary = self.model.audio_modal_projector.summary
-        taken: dict[int, torch.Tensor] = {}
+        taken: dict[int, tuple] = {}
         for w in windows:  # each is used once, so it leaves the store
             if id(w) not in taken:
-                _, pooled, emitted = self._done.pop(id(w))
-                taken[id(w)] = torch.cat([summary(pooled)[None], emitted.to(pooled.dtype)])
-        return torch.cat([taken[id(w)] for w in windows])
+                _, pooled, emitted, posteriors = self._done.pop(id(w))
+                inputs = torch.cat([summary(pooled)[None], emitted.to(pooled.dtype)])
+                taken[id(w)] = (inputs, posteriors)
+        parts = [taken[id(w)] for w in windows]
+        return torch.cat([inputs for inputs, _ in parts]), [post for _, post in parts]
 
 
 def count_audio_tokens_with(model, processor: AeroProcessor) -> CompressedAudio | None:

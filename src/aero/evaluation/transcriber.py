@@ -29,6 +29,7 @@ class AeroTranscriber:
     batch_size: int = 8
     fallback_temperatures: tuple[float, ...] = ()  # see GenerationOptions; () = greedy only
     num_beams: int = 1  # see GenerationOptions; 1 = greedy
+    ctc_weight: float = GenerationOptions.ctc_weight  # joint CTC/LM transcripts ("ctc" models)
 
     def __post_init__(self):
         self.engine = Engine(self.model, self.processor, name=self.name, batch_size=self.batch_size)
@@ -36,20 +37,28 @@ class AeroTranscriber:
             max_new_tokens=self.max_new_tokens,
             fallback_temperatures=self.fallback_temperatures,
             num_beams=self.num_beams,
+            ctc_weight=self.ctc_weight,
         )
 
     def transcribe(self, audios: Sequence[np.ndarray], prompt: str | None = None) -> list[str]:
         """16 kHz clips (any length: long ones become several 30 s windows) -> transcripts."""
-        return self.answer(audios, [prompt or self.processor.transcribe_prompt] * len(audios))
+        prompts = [prompt or self.processor.transcribe_prompt] * len(audios)
+        return self.answer(audios, prompts, transcription=True)
 
-    def answer(self, audios: Sequence[np.ndarray], prompts: Sequence[str]) -> list[str]:
-        """One clip and one text prompt per sample -> the model's replies, batched by length."""
+    def answer(
+        self, audios: Sequence[np.ndarray], prompts: Sequence[str], transcription: bool = False
+    ) -> list[str]:
+        """One clip and one text prompt per sample -> the model's replies, batched by length.
+        `transcription`: the replies are the clips' transcripts (the engine's budget for them, and
+        joint CTC/LM decoding with a "ctc" connector)."""
         if len(audios) != len(prompts):
             raise ValueError(
                 f"Got {len(audios)} audios but {len(prompts)} prompts; pass one prompt per audio."
             )
         prepared = [
-            self.engine.prepare(self.processor.transcription_messages(a, p), self.options)
+            self.engine.prepare(
+                self.processor.transcription_messages(a, p), self.options, transcription
+            )
             for a, p in zip(audios, prompts)
         ]
         return [r.text for r in self.engine.generate_all(prepared, self.options)]
