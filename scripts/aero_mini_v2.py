@@ -10,7 +10,8 @@ A session continues the shipped model:
 2. the connector stage (CTC, no LM) from the shipped connector (the fresh one the first time),
    `configs/aero-mini-v2-ctc.yaml`;
 3. the LM stage from that connector plus the shipped LoRA (fresh LoRA the first time),
-   `configs/aero-mini-v2-lm.yaml`;
+   `configs/aero-mini-v2-lm.yaml`; with --lm-steps 0 none: the new connector goes on under the
+   LoRA as it was (argmax emissions are text tokens, so a better connector needs no new LoRA);
 4. the held-out table (`scripts/eval_aero_mini.py`) of the new adapter, beside Whisper tiny.en;
 5. with --ship, the new adapter replaces the shipped one when its held-out WER is lower than
    the shipped adapter's on both short sets (slt and espeak), else it becomes the candidate
@@ -111,12 +112,17 @@ def session(args) -> None:
     if start:  # go on from the newest v2 connector, and then from its LoRA
         connector = adapter_part(start, work.root / "runs" / f"v2-s{args.seed}-init.safetensors")
         ctc["init_adapter"] = str(connector)
+    if args.lm_steps == 0 and not start:
+        sys.exit("--lm-steps 0 goes on with the LoRA of an earlier session; there is none yet")
     ctc_out = work.train(f"v2-s{args.seed}-ctc", REPO / "configs" / "aero-mini-v2-ctc.yaml", ctc)
     lm["init_adapter"] = str(ctc_out)
     if start:
         both = work.root / "runs" / f"v2-s{args.seed}-lm-init.safetensors"
         lm["init_adapter"] = str(adapter_part(ctc_out, both, lora_from=start))
-    new = work.train(f"v2-s{args.seed}-lm", REPO / "configs" / "aero-mini-v2-lm.yaml", lm)
+    if args.lm_steps == 0:  # the new connector under the LoRA as it was (its emissions are text)
+        new = Path(lm["init_adapter"])
+    else:
+        new = work.train(f"v2-s{args.seed}-lm", REPO / "configs" / "aero-mini-v2-lm.yaml", lm)
     evaluate(work, new, f"v2-s{args.seed}")
     if args.ship:
         ship_if_better(work, new, f"v2-s{args.seed}")
@@ -202,6 +208,9 @@ def replay(args) -> None:
         base.write_text("{}\n")
         previous = work.train(name, base, settings)
         connector, lora = (previous, lora) if leg["objective"] == "ctc" else (connector, previous)
+    if lora is not None and legs[-1]["objective"] == "ctc":  # a session without an LM leg
+        final = work.root / "runs" / "replay-final.safetensors"
+        lora = adapter_part(connector, final, lora_from=lora)
     print(f"replayed: {lora or connector}")
 
 
@@ -211,7 +220,9 @@ def main() -> None:
     one = sub.add_parser("session", help="one training session from the shipped adapter")
     one.add_argument("--seed", type=int, required=True, help="data seed, new for each session")
     one.add_argument("--ctc-steps", type=int, default=400)
-    one.add_argument("--lm-steps", type=int, default=150)
+    one.add_argument(
+        "--lm-steps", type=int, default=150, help="0: no LM leg (the new connector, the old LoRA)"
+    )
     one.add_argument("--ctc-minutes", type=float, help="end the connector leg after this long")
     one.add_argument("--lm-minutes", type=float, help="end the LM leg after this long")
     one.add_argument(

@@ -6,7 +6,9 @@
 ASR (corpus WER, Whisper normalizer): heldout-espeak, heldout-slt, heldout-long; aero-mini
 decodes each long recording in ONE generation (all its 30 s windows in one prompt), faster-whisper
 with its own sequential 30 s decoding. Also aero-mini with int8 dynamic quantization on the
-short sets. A "ctc" connector is also scored alone (greedy CTC, no LM: what its LM stage reads).
+short sets. A "ctc" connector is also scored alone (greedy CTC, no LM: what its LM stage reads),
+and its whole model transcribes with joint CTC/LM decoding (--ctc-weight) and, on the short sets,
+with the LM alone.
 Spoken instructions (heldout-instruct): agreement with the text LLM's answer to the
 written question. Understanding (heldout-understanding): exact-match accuracy per question kind.
 Writes one results.json + samples.jsonl per (model, set) under --output and prints a markdown table.
@@ -48,9 +50,15 @@ def main() -> None:
         help="parts to skip: aero (every aero-mini part: Whisper alone) whisper int8 espeak slt "
         "long instruct understanding",
     )
+    parser.add_argument(
+        "--ctc-weight",
+        type=float,
+        default=None,
+        help="joint CTC/LM decoding weight for a 'ctc' connector (default: the engine's)",
+    )
     args = parser.parse_args()
 
-    from aero.decoding import FALLBACK_TEMPERATURES
+    from aero.decoding import FALLBACK_TEMPERATURES, GenerationOptions
     from aero.evaluation.transcriber import AeroTranscriber
     from aero.models import load, load_with_adapter
 
@@ -67,7 +75,9 @@ def main() -> None:
     if args.prompt and processor is not None:
         processor.transcribe_prompt = args.prompt
 
-    def aero(max_new_tokens: int, label: str = "aero-mini") -> AeroTranscriber:
+    weight = GenerationOptions.ctc_weight if args.ctc_weight is None else args.ctc_weight
+
+    def aero(max_new_tokens: int, label: str = "aero-mini", ctc: bool = True) -> AeroTranscriber:
         return AeroTranscriber(
             label,
             model,
@@ -75,6 +85,7 @@ def main() -> None:
             max_new_tokens=max_new_tokens,
             num_beams=args.beams,
             fallback_temperatures=FALLBACK_TEMPERATURES if args.fallback else (),
+            ctc_weight=weight if ctc else 0.0,
         )
 
     sets = {
@@ -113,6 +124,8 @@ def main() -> None:
         connector = CtcTranscriber("aero-mini connector (greedy CTC, no LM)", model, processor)
         for name in asr_sets + ([] if "long" in args.skip else ["long"]):
             asr(connector, "aero-mini connector alone", name)
+        for name in asr_sets if weight > 0 else []:  # what joint decoding adds
+            asr(aero(ASR_SETS[name], ctc=False), "aero-mini LM alone", name)
     if "whisper" not in args.skip:
         from aero.convert.whisper_ct2 import PACKAGE, package_file
         from aero.evaluation.baselines import FasterWhisperTranscriber
