@@ -10,6 +10,7 @@ from aero.decoding import (
     FALLBACK_TEMPERATURES,
     Decoder,
     GenerationOptions,
+    LoopTokens,
     NgramBan,
     loop_start,
     repeated_ngram,
@@ -227,6 +228,25 @@ def test_repeated_ngram_rules():
     assert repeated_ngram([1, 2] + sentence * 4, GenerationOptions(repetition_max_ngram=16)) == 0
     assert repeated_ngram([5, 6, 7, 8, 9] * 6, options) == 0  # 30 tokens: not yet a loop
     assert repeated_ngram(list(range(40)), options) == 0
+
+
+def test_a_loop_whose_numbers_change_is_a_loop_but_counting_is_not():
+    """With the tokenizer's numerals, "... in 1902. ... in 1903." stops as a loop; someone
+    counting aloud ("1, 2, 3, ...") does not, and neither does ordinary text."""
+    tokenizer = make_tiny_processor().tokenizer
+    same = LoopTokens.of(tokenizer)
+    ids = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    years = ids("".join(f" It was built in {1900 + k}." for k in range(8)))
+    options = GenerationOptions()
+    assert repeated_ngram(years, options) == 0  # no two copies are the same ids
+    n = repeated_ngram(years, options, same)
+    assert n > 0 and tokenizer.decode(years[: loop_start(years, n, same)]).strip() == (
+        "It was built in 1900."
+    )
+    counting = ids(", ".join(str(k) for k in range(1, 60)))
+    assert repeated_ngram(counting, options, same) == 0
+    prose = ids("The 3 men walked 12 miles in 4 hours, and 7 more came to join them at 9.")
+    assert repeated_ngram(prose, options, same) == 0
 
 
 def test_context_limit_is_an_error_not_truncation():

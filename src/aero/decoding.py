@@ -103,21 +103,63 @@ class GenerationOptions:
 # ----- the repetition guard ------------------------------------------------------------------
 
 
-def repeated_ngram(tokens: Sequence[int], options: GenerationOptions) -> int:
-    """n if the tokens end with one n-gram repeated as a loop (see GenerationOptions), else 0."""
+@dataclass(frozen=True)
+class LoopTokens:
+    """What the repetition guard counts as the same: every numeral token is one class, so a loop
+    whose numbers change ("... in 1902. ... in 1903.") is a loop too, unless its repeated n-gram
+    is only numerals and separators (someone counting aloud). From the tokenizer:
+    `LoopTokens.of(tokenizer)`."""
+
+    numerals: frozenset[int] = frozenset()
+    separators: frozenset[int] = frozenset()  # whitespace and punctuation tokens
+
+    @classmethod
+    def of(cls, tokenizer) -> LoopTokens:
+        numerals, separators = set(), set()
+        for token, i in tokenizer.get_vocab().items():
+            text = tokenizer.convert_tokens_to_string([token])
+            if text.strip().isdigit():
+                numerals.add(i)
+            elif text and all(not c.isalnum() for c in text):
+                separators.add(i)
+        return cls(frozenset(numerals), frozenset(separators))
+
+    def canonical(self, tokens: Sequence[int]) -> list[int]:
+        return [-1 if t in self.numerals else t for t in tokens]
+
+    def counting(self, ngram: Sequence[int]) -> bool:
+        """Whether a canonical n-gram is only numerals and separators."""
+        return all(t == -1 or t in self.separators for t in ngram)
+
+
+def repeated_ngram(
+    tokens: Sequence[int], options: GenerationOptions, same: LoopTokens | None = None
+) -> int:
+    """n if the tokens end with one n-gram repeated as a loop (see GenerationOptions), else 0;
+    with `same`, numerals match one another (see LoopTokens)."""
+    longest = options.repetition_max_ngram * options.repetition_min_repeats
+    longest += options.repetition_min_tokens
+    raw = list(tokens[-longest:])
+    canonical = same.canonical(raw) if same is not None and same.numerals else None
     for n in range(1, options.repetition_max_ngram + 1):
         copies = max(options.repetition_min_repeats, math.ceil(options.repetition_min_tokens / n))
         span = n * copies
-        if len(tokens) < span:
+        if len(raw) < span:
             break
-        tail = tokens[-span:]
+        tail = raw[-span:]
         if tail[:-n] == tail[n:]:  # period n over the whole span
             return n
+        if canonical is not None:
+            tail = canonical[-span:]
+            if tail[:-n] == tail[n:] and not same.counting(tail[-n:]):
+                return n
     return 0
 
 
-def loop_start(tokens: Sequence[int], n: int) -> int:
+def loop_start(tokens: Sequence[int], n: int, same: LoopTokens | None = None) -> int:
     """Index just after the first copy of the repeated n-gram that ends `tokens`."""
+    if same is not None and same.numerals:
+        tokens = same.canonical(tokens)
     i = len(tokens) - n
     while i - n >= 0 and tokens[i - n : i] == tokens[i : i + n]:
         i -= n
@@ -164,15 +206,19 @@ class Decoded:
     finish_reason: str  # "stop" (end of turn), "length" (max_new_tokens), "repetition" (guard)
 
 
-def _decoded(ids: list[int], reason: str, options: GenerationOptions) -> Decoded:
+def _decoded(
+    ids: list[int], reason: str, options: GenerationOptions, same: LoopTokens | None = None
+) -> Decoded:
     if reason == "repetition":
-        ids = ids[: loop_start(ids, repeated_ngram(ids, options))]
+        ids = ids[: loop_start(ids, repeated_ngram(ids, options, same), same)]
     return Decoded(ids, reason)
 
 
-def _stop_reason(ids: Sequence[int], limit: int, options: GenerationOptions) -> str | None:
+def _stop_reason(
+    ids: Sequence[int], limit: int, options: GenerationOptions, same: LoopTokens | None = None
+) -> str | None:
     """Why a reply that did not end its turn stops after its last token, or None to go on."""
-    if options.repetition_guard and repeated_ngram(ids, options):
+    if options.repetition_guard and repeated_ngram(ids, options, same):
         return "repetition"
     if len(ids) >= limit:
         return "length"
@@ -258,9 +304,10 @@ class Decoder:
         max_new_tokens: Sequence[int],
         eos_ids: Collection[int],
         options: GenerationOptions,
+        same: LoopTokens | None = None,
     ):
         self.lm, self.prefill, self.limits = lm, prefill, list(max_new_tokens)
-        self.eos_ids, self.options = eos_ids, options
+        self.eos_ids, self.options, self.same = eos_ids, options, same
         self.results: list[Decoded] | None = None
 
     def run(self) -> list[Decoded]:
@@ -272,7 +319,9 @@ class Decoder:
     def steps(self) -> Iterator[list[tuple[int, int]]]:
         if self.options.num_beams > 1:
             self.results = [
-                beam_search(self.lm, self.prefill([row]), limit, self.eos_ids, self.options)
+                beam_search(
+                    self.lm, self.prefill([row]), limit, self.eos_ids, self.options, self.same
+                )
                 for row, limit in enumerate(self.limits)
             ]
             yield [(row, t) for row, r in enumerate(self.results) for t in r.token_ids]
@@ -317,7 +366,7 @@ class Decoder:
                 tokens[row].append(token)
                 if bans is not None:
                     bans[row].add(tokens[row])
-                reasons[row] = _stop_reason(tokens[row], self.limits[row], options)
+                reasons[row] = _stop_reason(tokens[row], self.limits[row], options, self.same)
                 if reasons[row] is None:
                     keep.append(slot)
             yield events
@@ -341,12 +390,17 @@ class Decoder:
                 use_cache=True,
             )
         self.results = [
-            _decoded(tokens[row], reasons[row] or "length", options) for row in range(B)
+            _decoded(tokens[row], reasons[row] or "length", options, self.same) for row in range(B)
         ]
 
 
 def beam_search(
-    lm, prefill: Prefill, max_new_tokens: int, eos_ids: Collection[int], options: GenerationOptions
+    lm,
+    prefill: Prefill,
+    max_new_tokens: int,
+    eos_ids: Collection[int],
+    options: GenerationOptions,
+    same: LoopTokens | None = None,
 ) -> Decoded:
     """One prompt, `num_beams` hypotheses kept per step by summed log-probability.
 
@@ -377,7 +431,7 @@ def beam_search(
             parent, token = divmod(index, vocab)
             ended = token in eos_ids
             ids = beams[parent] + ([] if ended else [token])
-            reason = "stop" if ended else _stop_reason(ids, max_new_tokens, options)
+            reason = "stop" if ended else _stop_reason(ids, max_new_tokens, options, same)
             if reason == "stop":
                 finished.append((False, score / (len(ids) + 1), ids, reason))
             elif reason is not None:
@@ -408,4 +462,4 @@ def beam_search(
         )
     # The loop ends only with a finished hypothesis: K of them, or every candidate finished.
     _, _, ids, reason = max(finished, key=lambda f: (not f[0], f[1]))
-    return _decoded(ids, reason, options)
+    return _decoded(ids, reason, options, same)

@@ -49,7 +49,14 @@ from aero.audio import (
     window_tokens,
 )
 from aero.ctc_scoring import CtcPosteriors, CtcPrefixScorer
-from aero.decoding import DEFAULT_MAX_NEW_TOKENS, Decoded, Decoder, GenerationOptions, Prefill
+from aero.decoding import (
+    DEFAULT_MAX_NEW_TOKENS,
+    Decoded,
+    Decoder,
+    GenerationOptions,
+    LoopTokens,
+    Prefill,
+)
 from aero.processing import AeroProcessor, count_audio_tokens_with
 from aero.timestamps import ALIGNER_FILE, Word, WordAligner
 
@@ -171,6 +178,7 @@ class Engine:
         eos = eos if eos is not None else tok.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos])
         self.pad_id = tok.pad_token_id
+        self.loop_tokens = LoopTokens.of(tok)  # numerals match in the repetition guard
         # a "ctc" projector: token counts come from the audio itself, and its CTC posteriors
         # score transcripts (joint CTC/LM decoding)
         self.compressed = count_audio_tokens_with(model, processor)
@@ -352,6 +360,7 @@ class Engine:
             [p.max_new_tokens for p in prepared],
             self.eos_ids,
             options,
+            self.loop_tokens,
         )
 
     def _decode(self, prepared: Sequence[Prepared], options: GenerationOptions) -> list[Result]:
