@@ -6,21 +6,23 @@ WER and seconds for each CTC weight on the first N transcriptions of a manifest.
 
 Pick the weight on data the adapter has not trained on and that is not a held-out set (e.g. the
 next session's new synthetic data before it trains), then read the held-out table once.
-Prints one line per weight: corpus WER (substitutions, deletions, insertions), seconds, and the
-time ratio to the LM alone.
+Prints one line per weight, and one for the connector alone (greedy CTC, no LM): corpus WER
+(substitutions, deletions, insertions), seconds, and the time ratio to the first weight.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from pathlib import Path
 
 from aero.audio import load_audio
-from aero.data.manifest import DatasetSpec, read_dataset
 from aero.evaluation.answers import as_asr_items, chat_manifest_items
 from aero.evaluation.transcriber import AeroTranscriber
 from aero.evaluation.wer import corpus_score, score_texts
 from aero.models import load_with_adapter
+from aero.train.align import CtcTranscriber
 
 
 def main() -> None:
@@ -34,23 +36,28 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=256)
     args = parser.parse_args()
 
-    rows = [s for s in read_dataset(DatasetSpec(args.manifest)) if s.get("task") == args.task]
-    ids = {s["id"] for s in rows[: args.limit]}
+    rows = [json.loads(line) for line in Path(args.manifest).read_text().splitlines()]
+    ids = {r["id"] for r in rows if r.get("task") == args.task}
     items = [i for i in as_asr_items(chat_manifest_items(args.manifest)) if i.id in ids]
+    items = items[: args.limit]
     model, processor = load_with_adapter(args.adapter)
     clips = [load_audio(i.audio) for i in items]  # decoded once for every weight
     references = [i.text for i in items]
     baseline = None
     print(f"{len(items)} items of {args.manifest}, beams {args.beams}", flush=True)
-    for weight in args.weights:
-        transcriber = AeroTranscriber(
-            f"w{weight}",
-            model,
-            processor,
-            args.max_new_tokens,
-            num_beams=args.beams,
-            ctc_weight=weight,
-        )
+    runs = [(f"ctc_weight {w:.2f}", w) for w in args.weights] + [("connector alone", None)]
+    for label, weight in runs:
+        if weight is None:  # greedy CTC, no LM: what the LM reads
+            transcriber = CtcTranscriber("connector", model, processor)
+        else:
+            transcriber = AeroTranscriber(
+                label,
+                model,
+                processor,
+                args.max_new_tokens,
+                num_beams=args.beams,
+                ctc_weight=weight,
+            )
         start = time.perf_counter()
         hypotheses = []
         for k in range(0, len(clips), 8):
@@ -59,7 +66,7 @@ def main() -> None:
         baseline = baseline or seconds
         score = corpus_score(score_texts(references, hypotheses))
         print(
-            f"ctc_weight {weight:.2f}: WER {100 * score.error_rate:.1f}% "
+            f"{label}: WER {100 * score.error_rate:.1f}% "
             f"(S {score.substitutions} D {score.deletions} I {score.insertions} "
             f"of {score.reference_units}), {seconds:.1f} s, x{seconds / baseline:.2f}",
             flush=True,
