@@ -18,7 +18,11 @@ def posteriors(logits: torch.Tensor, emittable=None) -> CtcPosteriors:
     if emittable is None:
         emittable = torch.ones(V, dtype=torch.bool)
     embeddings = torch.eye(V, V + 1)
-    return CtcPosteriors(logits, embeddings, emittable, 1.0, log_norm, logits[:, V] - log_norm)
+    best = logits.argmax(-1)
+    best = torch.where(best == V, -1, best)
+    return CtcPosteriors(
+        logits, embeddings, emittable, 1.0, log_norm, logits[:, V] - log_norm, best
+    )
 
 
 def collapse(path) -> tuple[int, ...]:
@@ -124,3 +128,16 @@ def test_joint_step_drops_an_insertion_and_an_early_end():
     # weight 0 is the LM alone
     scores, children = joint_step(lm, scorer, scorer.initial(), {eos}, weight=0.0)
     assert int(scores.argmax()) == 1 and children == {}
+
+
+def test_the_frames_put_their_next_token_among_the_candidates():
+    """When the LM's candidates miss what the audio says next, the frames' own next token is
+    scored too (and wins on its CTC score)."""
+    eos = 9
+    scorer = CtcPrefixScorer(posteriors(frames_saying([2, 0, 1])))
+    state = walk(scorer, (2,))
+    assert state.start == 0 and scorer.posteriors.said_after(state.start, 2, 2) == [0, 1]
+    lm = torch.full((10,), -5.0)
+    lm[[3, 4, eos]] = torch.tensor([-0.1, -0.2, -0.3])  # not one of them is said
+    scores, children = joint_step(lm.log_softmax(-1), scorer, state, {eos}, 0.5, candidates=3)
+    assert int(scores.argmax()) == 0 and 0 in children

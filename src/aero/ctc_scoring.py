@@ -21,6 +21,8 @@ import torch
 
 NEG_INF = float("-inf")
 CANDIDATES = 10  # the LM's most likely tokens scored by CTC at each step (ESPnet's pre-beam)
+# ... and the next tokens the frames themselves say after where the reply's last token starts
+CTC_CANDIDATES, LOOKAHEAD_FRAMES = 2, 25
 
 
 class CtcPosteriors:
@@ -30,7 +32,8 @@ class CtcPosteriors:
 
     `frames` (T, H) are the connector's outputs; a token's logit is `scale * frame . embedding`
     (only the tokens of `emittable` have one); `log_norm` (T,) is each frame's log-partition over
-    the emittable tokens and the blank, `blank` (T,) the blank's log-probability.
+    the emittable tokens and the blank, `blank` (T,) the blank's log-probability; `best` (T,)
+    each frame's most likely token (-1: the blank).
     """
 
     def __init__(
@@ -41,9 +44,11 @@ class CtcPosteriors:
         scale: float,
         log_norm: torch.Tensor,
         blank: torch.Tensor,
+        best: torch.Tensor,
     ):
         self.frames, self.embeddings, self.emittable = frames.float(), embeddings, emittable
         self.scale, self.log_norm, self.blank = scale, log_norm.double(), blank.double()
+        self.best = best
 
     @property
     def length(self) -> int:
@@ -60,7 +65,23 @@ class CtcPosteriors:
             first.scale,
             torch.cat([p.log_norm for p in parts]),
             torch.cat([p.blank for p in parts]),
+            torch.cat([p.best for p in parts]),
         )
+
+    def said_after(self, frame: int, last: int | None, count: int) -> list[int]:
+        """The first `count` distinct tokens the frames say after `frame` (where the reply's last
+        token `last` starts; its own run is skipped), within LOOKAHEAD_FRAMES."""
+        ahead = self.best[frame + 1 : frame + 1 + LOOKAHEAD_FRAMES].tolist()
+        k = 0
+        while k < len(ahead) and last is not None and ahead[k] == last:
+            k += 1
+        out: list[int] = []
+        for token in ahead[k:]:
+            if token >= 0 and token not in out:
+                out.append(token)
+                if len(out) == count:
+                    break
+        return out
 
     def columns(self, tokens: Sequence[int]) -> torch.Tensor:
         """(T, K) float64 log-probabilities of `tokens` at every frame (-inf: not emittable)."""
@@ -83,6 +104,7 @@ class PrefixState:
     blank: torch.Tensor  # (T,)
     last: int | None  # the prefix's last token (None: the empty prefix)
     score: float
+    start: int = -1  # the frame where the last token most likely starts (-1: none yet)
 
 
 def _shifted(values: torch.Tensor, first: float) -> torch.Tensor:
@@ -112,7 +134,9 @@ class CtcPrefixScorer:
         """The states of the prefix followed by each token; a state's `score` is the extended
         prefix's log-probability (-inf for a token the head cannot emit)."""
         if self.posteriors.length == 0 or not tokens:
-            return [PrefixState(state.nonblank, state.blank, t, NEG_INF) for t in tokens]
+            return [
+                PrefixState(state.nonblank, state.blank, t, NEG_INF, state.start) for t in tokens
+            ]
         x = self.posteriors.columns(tokens)  # (T, K)
         # phi[t]: the prefix is complete by frame t and the next frame may start the new token
         # (after a repeated token only through a blank)
@@ -126,14 +150,16 @@ class CtcPrefixScorer:
         entries = _shifted(phi, start) - _shifted(L, 0.0)  # phi[t-1] - L[t-1]
         entries = entries.nan_to_num(nan=NEG_INF)  # -inf - -inf: a token never emitted
         nonblank = L + torch.logcumsumexp(entries, 0)
-        score = torch.logsumexp(entries + L, 0)  # the new token starts at some frame
+        starts = entries + L  # log-probability that the new token starts at each frame
+        score = torch.logsumexp(starts, 0)
+        where = starts.argmax(0).tolist()
         # blank[t] = b[t] + logaddexp(nonblank[t-1], blank[t-1]), blank[0] = -inf
         B = self.blank_cumsum[:, None]
         into = _shifted(nonblank, NEG_INF) - _shifted(B.expand_as(x), 0.0)
         blank = B + torch.logcumsumexp(into.nan_to_num(nan=NEG_INF), 0)
         nonblank, blank = nonblank.nan_to_num(nan=NEG_INF), blank.nan_to_num(nan=NEG_INF)
         return [
-            PrefixState(nonblank[:, k], blank[:, k], t, float(score[k]))
+            PrefixState(nonblank[:, k], blank[:, k], t, float(score[k]), where[k])
             for k, t in enumerate(tokens)
         ]
 
@@ -148,12 +174,14 @@ def joint_step(
 ) -> tuple[torch.Tensor, dict[int, PrefixState]]:
     """One row's next-token scores under joint decoding: (V,) LM log-probabilities ->
     (V,) `(1 - weight) * LM + weight * (CTC prefix score - the prefix's)` over the LM's
-    `candidates` best tokens and the end-of-turn tokens (-inf elsewhere), and the CTC state
-    of each scored token. A row whose candidates CTC rules out entirely keeps the LM's scores."""
+    `candidates` best tokens, the next tokens the frames say after the reply's last one, and
+    the end-of-turn tokens (-inf elsewhere), and the CTC state of each scored token. A row whose
+    candidates CTC rules out entirely keeps the LM's scores."""
     if weight == 0:
         return logprobs, {}
     top = logprobs.topk(min(candidates, logprobs.shape[0])).indices.tolist()
-    tokens = [t for t in top if t not in eos_ids]
+    said = scorer.posteriors.said_after(state.start, state.last, CTC_CANDIDATES)
+    tokens = list(dict.fromkeys(t for t in top + said if t not in eos_ids))
     ends = [t for t in eos_ids if 0 <= t < logprobs.shape[0]]
     states = scorer.extend(state, tokens)
     ctc = torch.full_like(logprobs, NEG_INF)

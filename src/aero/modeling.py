@@ -200,6 +200,9 @@ class CtcConnector(nn.Module):
         logits = self.logits(h, table).float()
         blank = table.shape[0]
         log_norm = logits.logsumexp(-1)
+        best = logits.argmax(-1)
+        vocabulary = self.vocab_mask[: embeddings.shape[0]].nonzero()[:, 0]
+        said = torch.where(best == blank, -1, vocabulary[best.clamp(max=blank - 1)])
         posteriors = CtcPosteriors(
             h.detach(),
             embeddings.detach(),
@@ -207,8 +210,8 @@ class CtcConnector(nn.Module):
             float(self.log_scale.detach().exp()),
             log_norm,
             logits[:, blank] - log_norm,
+            said,
         )
-        best = logits.argmax(-1)
         starts = torch.ones_like(best, dtype=torch.bool)
         starts[1:] = best[1:] != best[:-1]
         keep = starts & (best != blank)
