@@ -98,6 +98,26 @@ def test_aero_mini_applies_the_shipped_adapter(monkeypatch, tmp_path):
         load("aero-mini")
 
 
+def test_an_adapter_file_loads_on_the_base_it_names(monkeypatch, tmp_path):
+    """`load("…/adapter.safetensors")` (and so `--model` in the CLI): the base built with the
+    adapter's projector settings, the adapter applied."""
+    model, processor = make_tiny_model(), make_tiny_processor()
+    asked = []
+
+    def base(cache_dir=None, projector=None):
+        asked.append(projector)
+        return model, processor
+
+    monkeypatch.setattr(models, "build_aero_mini_base", base)
+    adapter = tmp_path / "adapter.safetensors"
+    trained = torch.full_like(model.audio_modal_projector.linear.bias, 0.25)
+    save_file({"audio_modal_projector.linear.bias": trained}, adapter, {"projector_stack": "4"})
+    got, _ = load(str(adapter))
+    torch.testing.assert_close(got.audio_modal_projector.linear.bias, trained)
+    assert asked and asked[0]["projector_stack"] == 4
+    assert models.aligner_file(str(adapter)) == models.aligner_file("aero-mini")
+
+
 def test_adapter_lora_factors_are_merged(tmp_path):
     model = make_tiny_model()
     module = "language_model.model.layers.0.self_attn.q_proj"

@@ -151,8 +151,11 @@ def _looks_like_path(name: str) -> bool:
 def load(
     name_or_path: str | os.PathLike = AERO_MINI, cache_dir: str | os.PathLike | None = None
 ) -> tuple[AeroForConditionalGeneration, AeroProcessor]:
-    """A model and its processor: a checkpoint directory, "aero-mini", or a hub id."""
+    """A model and its processor: a checkpoint directory, "aero-mini", an adapter file made on
+    aero-mini's base (e.g. `checkpoints/aero-mini-v2/adapter.safetensors`), or a hub id."""
     name = str(name_or_path)
+    if name.endswith(".safetensors") and Path(name).expanduser().is_file():
+        return load_with_adapter(Path(name).expanduser(), cache_dir)
     if Path(name).expanduser().is_dir():
         directory = Path(name).expanduser()
         return AeroForConditionalGeneration.from_pretrained(
@@ -192,7 +195,7 @@ def aligner_file(name_or_path: str | os.PathLike) -> Path | None:
     from aero.timestamps import ALIGNER_FILE
 
     name = str(name_or_path)
-    if name in (AERO_MINI, AERO_MINI_BASE):  # one encoder, one aligner
+    if name in (AERO_MINI, AERO_MINI_BASE) or name.endswith(".safetensors"):  # one encoder
         path = ADAPTER_FILE.parent / ALIGNER_FILE
     else:
         path = Path(name).expanduser() / ALIGNER_FILE
