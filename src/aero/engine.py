@@ -268,8 +268,8 @@ class Engine:
                 f"holds {self.context} ({max(room, 0)} left for the reply); send at most "
                 f"~{fits:.0f} s of audio per request (split the recording) or lower max_new_tokens."
             )
-        windows = list(audio.windows)
-        return Prepared(ids, windows, audios, budget, list(audio.warnings), transcription)
+        warnings = list(audio.warnings)
+        return Prepared(ids, list(audio.windows), audios, budget, warnings, transcription)
 
     # ----- batched generation ----------------------------------------------------------------
 

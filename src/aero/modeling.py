@@ -193,39 +193,46 @@ class CtcConnector(nn.Module):
         return self.emit(h, embeddings, emissions)[0]
 
     def emit(
-        self, h: torch.Tensor, embeddings: torch.Tensor, emissions: str = "mix"
-    ) -> tuple[torch.Tensor, CtcPosteriors]:
-        """`compress`, and the frames' CTC posteriors (for joint CTC/LM decoding)."""
+        self,
+        h: torch.Tensor,
+        embeddings: torch.Tensor,
+        emissions: str = "mix",
+        posteriors: bool = False,
+    ) -> tuple[torch.Tensor, CtcPosteriors | None]:
+        """`compress`, and with `posteriors` the frames' CTC posteriors (for joint CTC/LM
+        decoding; None without)."""
         table = self.emittable(embeddings)
         logits = self.logits(h, table).float()
         blank = table.shape[0]
-        log_norm = logits.logsumexp(-1)
         best = logits.argmax(-1)
-        vocabulary = self.vocab_mask[: embeddings.shape[0]].nonzero()[:, 0]
-        said = torch.where(best == blank, -1, vocabulary[best.clamp(max=blank - 1)])
-        posteriors = CtcPosteriors(
-            h.detach(),
-            embeddings.detach(),
-            self.vocab_mask[: embeddings.shape[0]],
-            float(self.log_scale.detach().exp()),
-            log_norm,
-            logits[:, blank] - log_norm,
-            said,
-        )
+        kept = self._posteriors(h, embeddings, logits, best) if posteriors else None
         starts = torch.ones_like(best, dtype=torch.bool)
         starts[1:] = best[1:] != best[:-1]
         keep = starts & (best != blank)
         if not bool(keep.any()):
-            return h.new_zeros((0, table.shape[1])), posteriors
+            return h.new_zeros((0, table.shape[1])), kept
         if emissions == "argmax":
-            return table[best[keep]].to(h.dtype), posteriors
+            return table[best[keep]].to(h.dtype), kept
         # a run of frames emitting one token: average its posteriors over the real tokens
         run = torch.cumsum(starts.long(), 0) - 1
         probs = logits[:, :blank].softmax(-1)
         pooled = torch.zeros(int(run[-1]) + 1, blank, device=h.device).index_add_(0, run, probs)
         pooled = pooled[run[keep]]
         pooled = pooled / pooled.sum(-1, keepdim=True)
-        return (pooled.to(table.dtype) @ table).to(h.dtype), posteriors
+        return (pooled.to(table.dtype) @ table).to(h.dtype), kept
+
+    def _posteriors(
+        self, h: torch.Tensor, embeddings: torch.Tensor, logits: torch.Tensor, best: torch.Tensor
+    ) -> CtcPosteriors:
+        """The frames' CTC posteriors from their (n, S + 1) logits and most likely classes."""
+        blank = logits.shape[1] - 1
+        mask = self.vocab_mask[: embeddings.shape[0]]
+        log_norm = logits.logsumexp(-1)
+        vocabulary = mask.nonzero()[:, 0]  # table row -> LM token id
+        said = torch.where(best == blank, -1, vocabulary[best.clamp(max=blank - 1)])
+        scale = float(self.log_scale.detach().exp())
+        blanks = logits[:, blank] - log_norm
+        return CtcPosteriors(h.detach(), embeddings.detach(), mask, scale, log_norm, blanks, said)
 
 
 class CtcPart(NamedTuple):
@@ -233,7 +240,7 @@ class CtcPart(NamedTuple):
 
     mean: torch.Tensor  # (k*D,) the mean of its stacked encoder frames (the summary's input)
     emitted: torch.Tensor  # (e, H) the LM inputs of its CTC emissions
-    posteriors: CtcPosteriors  # its frames' CTC posteriors
+    posteriors: CtcPosteriors | None  # its frames' CTC posteriors, when asked for
 
 
 class AeroPreTrainedModel(PreTrainedModel):
@@ -404,16 +411,16 @@ class AeroForConditionalGeneration(AeroPreTrainedModel, GenerationMixin):
             for pooled, emitted, _ in self.ctc_parts(windows)
         ]
 
-    def ctc_parts(self, windows: list[torch.Tensor]) -> list[CtcPart]:
+    def ctc_parts(self, windows: list[torch.Tensor], posteriors: bool = False) -> list[CtcPart]:
         """ "ctc" projector: per window, the mean of its stacked frames (k*D,), its CTC
-        emissions (e, H) and its frames' CTC posteriors; its LM inputs are `summary(mean)` then
-        the emissions (1 + e tokens)."""
+        emissions (e, H) and, with `posteriors`, its frames' CTC posteriors; its LM inputs are
+        `summary(mean)` then the emissions (1 + e tokens)."""
         stacked = self.stack_frames(windows)
         projector = self.audio_modal_projector
         embeddings = self.get_input_embeddings().weight
         mode = self.config.ctc_emissions
         return [
-            CtcPart(s.mean(0), *projector.emit(h, embeddings, mode))
+            CtcPart(s.mean(0), *projector.emit(h, embeddings, mode, posteriors))
             for s, h in zip(stacked, projector.frames(stacked))
         ]
 

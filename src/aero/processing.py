@@ -693,12 +693,11 @@ class CompressedAudio:
         self.model.eval()  # no dropout: the emissions are the connector's own (a frozen part)
         try:
             encoded = self.model.encode_windows(values.to(device), frames.to(device))
-            parts = self.model.ctc_parts(encoded)
+            parts = self.model.ctc_parts(encoded, self.posteriors)
         finally:
             self.model.train(training)
         for window, part in zip(windows, parts):
-            kept = part.posteriors if self.posteriors else None
-            self._done[id(window)] = (window, part.mean, part.emitted, kept)
+            self._done[id(window)] = (window, part.mean, part.emitted, part.posteriors)
             self._done.move_to_end(id(window))
         while len(self._done) > self.keep:
             self._done.popitem(last=False)
