@@ -195,3 +195,71 @@ def test_bad_objective_and_missing_init_adapter_are_config_errors(base, manifest
         config(base, manifest, tmp_path, objective="mse").validate()
     with pytest.raises(ConfigError, match="init_adapter .*nope does not exist"):
         train(config(base, manifest, tmp_path, objective="lm", init_adapter=str(tmp_path / "nope")))
+
+
+def test_ctc_stage_trains_the_encoder_top_and_later_legs_carry_it(
+    base, manifest, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("AERO_CACHE", str(tmp_path / "cache"))
+    top = config(base, manifest, tmp_path / "top", max_steps=4, encoder_layers=1, encoder_lr=1e-2)
+    train(top)
+    weights = load_file(tmp_path / "top" / "final" / "adapter.safetensors")
+    encoder = {k for k in weights if k.startswith("audio_tower.")}
+    original = AeroForConditionalGeneration.from_pretrained(base).state_dict()
+    assert encoder and all(
+        k.startswith(("audio_tower.layers.1.", "audio_tower.layer_norm.")) for k in encoder
+    )
+    assert "audio_tower.layers.1.fc1.weight" in encoder
+    assert not torch.equal(
+        weights["audio_tower.layers.1.fc1.weight"], original["audio_tower.layers.1.fc1.weight"]
+    )
+
+    # resumed mid-run, the encoder layers come back with the rest of the state
+    train(
+        config(base, manifest, tmp_path / "b", max_steps=4, encoder_layers=1, encoder_lr=1e-2),
+        stop_after=2,
+    )
+    train(config(base, manifest, tmp_path / "b", max_steps=4, encoder_layers=1, encoder_lr=1e-2))
+    resumed = load_file(tmp_path / "b" / "final" / "adapter.safetensors")
+    for k in encoder:
+        torch.testing.assert_close(resumed[k], weights[k])
+
+    # an LM leg and a CTC leg that train no encoder layer carry them into their exports unchanged
+    lm = apply_overrides(
+        TrainConfig(),
+        dict(
+            model=str(base),
+            output_dir=str(tmp_path / "lm"),
+            data=[{"path": str(manifest)}],
+            preset="lora",
+            lora_r=4,
+            pack_length=256,
+            max_steps=1,
+            progress=False,
+            init_adapter=str(tmp_path / "top" / "final"),
+        ),
+    )
+    train(lm)
+    train(
+        config(
+            base,
+            manifest,
+            tmp_path / "again",
+            max_steps=1,
+            init_adapter=str(tmp_path / "top" / "final"),
+        )
+    )
+    for leg in ("lm", "again"):
+        exported = load_file(tmp_path / leg / "final" / "adapter.safetensors")
+        for k in encoder:
+            torch.testing.assert_close(exported[k], weights[k])
+    model = AeroForConditionalGeneration.from_pretrained(tmp_path / "lm" / "final" / "model")
+    torch.testing.assert_close(
+        model.state_dict()["audio_tower.layers.1.fc1.weight"],
+        weights["audio_tower.layers.1.fc1.weight"],
+    )
+
+    with pytest.raises(ConfigError, match="encoder_layers is for objective ctc"):
+        config(base, manifest, tmp_path, objective="lm", encoder_layers=1).validate()
+    with pytest.raises(ConfigError, match="encoder_layers is 3; the encoder has 2 layers"):
+        train(config(base, manifest, tmp_path / "deep", encoder_layers=3))

@@ -49,6 +49,7 @@ from aero.modeling import CtcConnector
 from aero.processing import content_text, is_audio_part
 from aero.train.lineage import leg, lineage_metadata, projector_metadata
 from aero.train.logs import JsonlLog, due
+from aero.train.presets import carried_state
 from aero.train.schedule import cosine_schedule
 
 TRANSCRIPTION_TASKS = ("transcribe", "long")
@@ -292,7 +293,10 @@ class _Stage:
         """The 30 s windows of several recordings (`per_audio` of them each, in order) -> one
         (n_i, H) tensor of per-frame vectors per recording."""
         values, mask = self.processor.audio_features(windows)
-        with torch.no_grad(), self.autocast:
+        # the encoder's trained top layers (`encoder_layers`) keep their graph; the frozen ones
+        # below take no gradient, so autograd records nothing there
+        grad = torch.is_grad_enabled() and bool(trained_encoder(self.model))
+        with torch.set_grad_enabled(grad), self.autocast:
             encoded = self.model.encode_windows(values, mask)
         projected, start = [], 0
         with self.autocast:
@@ -379,6 +383,7 @@ def train_ctc(config, model, processor, out: Path, stop_after: int | None = None
 
     model.requires_grad_(False)
     model.audio_modal_projector.requires_grad_(True)
+    encoder = [p for _, p in train_encoder_top(model, config.encoder_layers)]
     pairs, lengths, unreadable = _transcription_pairs(config, processor)
     if isinstance(model.audio_modal_projector, CtcConnector):
         grow_vocabulary(model.audio_modal_projector, pairs, processor.tokenizer)
@@ -388,9 +393,13 @@ def train_ctc(config, model, processor, out: Path, stop_after: int | None = None
     params = [
         p for n, p in model.audio_modal_projector.named_parameters() if not n.startswith("summary.")
     ] + list(stage.head.parameters())
+    groups = [{"params": params}]
+    if encoder:
+        groups.append({"params": encoder, "lr": config.encoder_lr or config.lr})
     optimizer = torch.optim.AdamW(
-        params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
+        groups, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
     )
+    params = params + encoder  # clipped together
     scheduler = cosine_schedule(
         optimizer, config.warmup_steps, config.cosine_steps, config.min_lr_ratio
     )
@@ -454,6 +463,36 @@ def train_ctc(config, model, processor, out: Path, stop_after: int | None = None
     return {**summary, "adapter": str(_export(model, config, out, state))}
 
 
+def train_encoder_top(model, layers: int) -> list[tuple[str, nn.Parameter]]:
+    """Make the encoder's top `layers` transformer layers and its final norm trainable (none for
+    0) -> their (name, parameter) pairs, named as in the model."""
+    if layers == 0:
+        return []
+    depth = len(model.audio_tower.layers)
+    if layers > depth:
+        from aero.train.config import ConfigError
+
+        raise ConfigError(f"encoder_layers is {layers}; the encoder has {depth} layers.")
+    prefixes = [f"audio_tower.layers.{k}." for k in range(depth - layers, depth)]
+    chosen = [
+        (name, p)
+        for name, p in model.named_parameters()
+        if name.startswith((*prefixes, "audio_tower.layer_norm."))
+    ]
+    for _, p in chosen:
+        p.requires_grad_(True)
+    return chosen
+
+
+def trained_encoder(model) -> dict[str, torch.Tensor]:
+    """The encoder's trainable parameters by name (empty while it is frozen)."""
+    return {
+        f"audio_tower.{name}": p
+        for name, p in model.audio_tower.named_parameters()
+        if p.requires_grad
+    }
+
+
 def grow_vocabulary(connector: CtcConnector, pairs: list[tuple[str, str]], tokenizer) -> int:
     """Let the connector emit every token of these transcripts: a fresh connector (all tokens
     allowed) is narrowed to them, one trained before keeps its tokens and adds these. Returns
@@ -480,6 +519,8 @@ def _export(model, config, out: Path, state: CtcState) -> Path:
     projector's settings and the lineage in its metadata."""
     projector = model.audio_modal_projector.state_dict()
     weights = {f"audio_modal_projector.{k}": v for k, v in projector.items()}
+    # the encoder layers it trained, and those an earlier leg trained that it carried
+    weights |= carried_state(model) | {k: p.detach() for k, p in trained_encoder(model).items()}
     metadata = {"preset": "projector", "objective": "ctc", "base_model": config.model}
     this = leg(
         config,
@@ -545,6 +586,7 @@ def _save_state(path: Path, stage: _Stage, optimizer, scheduler, state: CtcState
     torch.save(
         {
             "projector": stage.model.audio_modal_projector.state_dict(),
+            "encoder": {k: p.detach() for k, p in trained_encoder(stage.model).items()},
             "head": stage.head.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
@@ -564,6 +606,12 @@ def _load_state(path: Path, stage: _Stage, optimizer, scheduler) -> CtcState:
         not k.startswith("summary.") for k in missing
     ):  # summary: not trained here
         raise RuntimeError(f"{path} does not fit this projector: {missing + unexpected}")
+    encoder = trained_encoder(stage.model)
+    if set(saved.get("encoder", {})) != set(encoder):
+        raise RuntimeError(f"{path} was saved with other trained encoder layers than this run's.")
+    with torch.no_grad():
+        for name, tensor in saved.get("encoder", {}).items():
+            encoder[name].copy_(tensor)
     stage.head.load_state_dict(saved["head"])
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])

@@ -47,6 +47,10 @@ class TrainConfig:
     # projector_type "ctc": deepen the connector to this many transformer layers (the new ones
     # start as the identity); an init adapter trained deeper sets its own depth
     connector_layers: int | None = None
+    # objective ctc: also train the encoder's top N transformer layers and its final norm, at
+    # `encoder_lr` (None: `lr`); they are exported with the connector and later runs carry them
+    encoder_layers: int = 0
+    encoder_lr: float | None = None
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.0
@@ -135,6 +139,13 @@ class TrainConfig:
             raise ConfigError(f"ctc_norm_penalty must be >= 0, got {self.ctc_norm_penalty}.")
         if self.connector_layers is not None and self.connector_layers <= 0:
             raise ConfigError(f"connector_layers must be positive, got {self.connector_layers}.")
+        if self.encoder_layers < 0:
+            raise ConfigError(f"encoder_layers must be >= 0, got {self.encoder_layers}.")
+        if self.encoder_layers and self.objective != "ctc":
+            raise ConfigError(
+                "encoder_layers is for objective ctc; an lm run trains the whole encoder with "
+                "train_audio_tower."
+            )
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise ConfigError(f"max_minutes must be positive, got {self.max_minutes}.")
         if self.schedule_steps is not None and self.schedule_steps < self.max_steps:

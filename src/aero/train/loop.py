@@ -35,6 +35,7 @@ from aero.train.lineage import leg, lineage_metadata, projector_metadata
 from aero.train.logs import JsonlLog, MetricsLog, due
 from aero.train.presets import (
     apply_preset,
+    carried_state,
     connector_depth,
     continue_from_adapter,
     emission_mode,
@@ -471,6 +472,7 @@ def export(
     a normal save_pretrained directory."""
     # Gathered full tensors, named as in the model (LoRA factors under peft's names).
     weights = {k.removeprefix("model."): v for k, v in ckpt.trainable_state(module).items()}
+    weights |= carried_state(model)  # encoder layers an earlier CTC leg trained
     if not dist.is_main:
         return
     metadata = {

@@ -58,7 +58,9 @@ def continue_from_adapter(model, path, preset: str, lora: dict | None) -> None:
     Its weights are loaded into the parameters this run trains, LoRA factors into the fresh LoRA
     layers (same rank, alpha and targets), so the run's exported adapter is again complete on the
     base model. Under the `full` preset its LoRA is merged into the LM, which the export holds
-    whole. Anything the export would silently drop is a ConfigError instead.
+    whole. Encoder weights the run does not train (layers an earlier CTC leg trained) are loaded
+    and carried into its export unchanged (`carried_state`). Anything else the export would
+    silently drop is a ConfigError instead.
     """
     from safetensors.torch import load_file
 
@@ -69,8 +71,11 @@ def continue_from_adapter(model, path, preset: str, lora: dict | None) -> None:
     path = adapter_file(path)
     weights = load_file(str(path))
     has_lora = any(".lora_" in name for name in weights)
+    carried = model.__dict__.setdefault("carried_weights", set())
     if has_lora and preset == "full":
         apply_adapter(model, path)  # merged into the LM weights, which this run trains and exports
+        frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+        carried |= {n for n in weights if n.startswith("audio_tower.") and n in frozen}
         return
     if has_lora and preset != "lora":
         raise ConfigError(
@@ -98,7 +103,9 @@ def continue_from_adapter(model, path, preset: str, lora: dict | None) -> None:
             raise ConfigError(
                 f"init_adapter {path} has {name}, which this model does not have{hint}."
             )
-        if not params[name].requires_grad:
+        if not params[name].requires_grad and name.startswith("audio_tower."):
+            carried.add(name)  # an encoder layer an earlier leg trained: loaded, exported as is
+        elif not params[name].requires_grad:
             raise ConfigError(
                 f"init_adapter {path} has {name}, which this run does not train, so its export "
                 "would lose it (train_audio_tower or preset differ from the earlier run)."
@@ -134,3 +141,10 @@ def connector_depth(config) -> int | None:
         if metadata.get("projector_type") == "ctc" and metadata.get("connector_layers"):
             depths.append(int(metadata["connector_layers"]))
     return max(depths) if depths else None
+
+
+def carried_state(model) -> dict[str, torch.Tensor]:
+    """The frozen weights this run loaded from its init adapter and exports unchanged (encoder
+    layers an earlier CTC leg trained), by name."""
+    names = model.__dict__.get("carried_weights", set())
+    return {name: model.get_parameter(name).detach() for name in sorted(names)}
