@@ -1,8 +1,8 @@
 """Alignment stage: teach the projector to speak the LM's embedding language, without the LM.
 
-`objective: ctc` trains only the projector (the encoder frozen, its features computed under
-no_grad) with a CTC loss whose classes are the LM's own token embeddings plus one learned
-blank: the logit of token v at audio token t is `scale * <h_t, E_v>`. Transcription samples
+`objective: ctc` trains the projector (with `encoder_layers: N` also the encoder's top N
+layers; the rest of the encoder frozen, computed without a graph) with a CTC loss whose classes
+are the LM's own token embeddings plus one learned blank: the logit of token v at audio token t is `scale * <h_t, E_v>`. Transcription samples
 only (one audio, the assistant turn is the transcript). Each step costs an encoder forward
 and one (N, H) x (H, V) product, no LM forward or backward (aero-mini on 2 cores: 41x real
 time, vs 18x for the LM stage), and its loss is the alignment itself; its output initialises
@@ -16,7 +16,8 @@ Notable choices:
   held-out manifest is decoded the same way every `eval_every` steps.
 - State (projector, blank, scale, optimizer, step, data position) is saved atomically every
   `save_every` steps to `ctc_state.pt`; rerunning the command resumes from it. The result is
-  `final/adapter.safetensors` (projector weights only, preset `projector`).
+  `final/adapter.safetensors` (preset `projector`: the projector's weights, and any encoder
+  layers trained here or by an earlier leg).
 """
 
 from __future__ import annotations
