@@ -93,6 +93,20 @@ def test_head_logits_are_scaled_dot_products_with_the_embeddings():
     assert head.norm_penalty(E[:3] / E[:3].norm(dim=-1, keepdim=True) * head.reference_norm) < 1e-10
 
 
+def lm_config(base, manifest, out, **kw):
+    """A tiny LM-objective LoRA run on the same data (the stage after this one)."""
+    values = dict(
+        model=str(base),
+        output_dir=str(out),
+        data=[{"path": str(manifest)}],
+        preset="lora",
+        lora_r=4,
+        pack_length=256,
+        progress=False,
+    )
+    return apply_overrides(TrainConfig(), values | kw)
+
+
 def test_transcription_pairs_follow_the_task_field(manifest):
     samples = read_dataset(DatasetSpec(str(manifest)))
     pairs = [transcription_pair(s) for s in samples]
@@ -133,22 +147,15 @@ def test_ctc_stage_trains_the_projector_only_and_hands_off(base, manifest, tmp_p
 
     # Stage 2 starts from it: with projector_lr 0 its exported projector is the stage-1 projector
     # while the LoRA factors (lr > 0) move.
-    lm = apply_overrides(
-        TrainConfig(),
-        dict(
-            model=str(base),
-            output_dir=str(tmp_path / "lm"),
-            data=[{"path": str(manifest)}],
-            preset="lora",
-            lora_r=4,
-            batching="pack",
-            pack_length=256,
-            max_steps=2,
-            lr=1e-2,
-            projector_lr=0.0,
-            progress=False,
-            init_adapter=str(out / "final"),
-        ),
+    lm = lm_config(
+        base,
+        manifest,
+        tmp_path / "lm",
+        batching="pack",
+        max_steps=2,
+        lr=1e-2,
+        projector_lr=0.0,
+        init_adapter=str(out / "final"),
     )
     train(lm)
     exported = load_file(tmp_path / "lm" / "final" / "adapter.safetensors")
@@ -225,19 +232,8 @@ def test_ctc_stage_trains_the_encoder_top_and_later_legs_carry_it(
         torch.testing.assert_close(resumed[k], weights[k])
 
     # an LM leg and a CTC leg that train no encoder layer carry them into their exports unchanged
-    lm = apply_overrides(
-        TrainConfig(),
-        dict(
-            model=str(base),
-            output_dir=str(tmp_path / "lm"),
-            data=[{"path": str(manifest)}],
-            preset="lora",
-            lora_r=4,
-            pack_length=256,
-            max_steps=1,
-            progress=False,
-            init_adapter=str(tmp_path / "top" / "final"),
-        ),
+    lm = lm_config(
+        base, manifest, tmp_path / "lm", max_steps=1, init_adapter=str(tmp_path / "top" / "final")
     )
     train(lm)
     train(
