@@ -95,16 +95,9 @@ def test_head_logits_are_scaled_dot_products_with_the_embeddings():
 
 def lm_config(base, manifest, out, **kw):
     """A tiny LM-objective LoRA run on the same data (the stage after this one)."""
-    values = dict(
-        model=str(base),
-        output_dir=str(out),
-        data=[{"path": str(manifest)}],
-        preset="lora",
-        lora_r=4,
-        pack_length=256,
-        progress=False,
+    return config(
+        base, manifest, out, objective="lm", preset="lora", lora_r=4, pack_length=256, **kw
     )
-    return apply_overrides(TrainConfig(), values | kw)
 
 
 def test_transcription_pairs_follow_the_task_field(manifest):
