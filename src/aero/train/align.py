@@ -391,20 +391,7 @@ def train_ctc(config, model, processor, out: Path, stop_after: int | None = None
         grow_vocabulary(model.audio_modal_projector, pairs, processor.tokenizer)
     stage = _Stage(model, processor, config)
     heldout = _heldout_pairs(config)
-    # CTC trains what the CTC loss reads (a connector's summary token trains in the LM stage)
-    params = [
-        p for n, p in model.audio_modal_projector.named_parameters() if not n.startswith("summary.")
-    ] + list(stage.head.parameters())
-    groups = [{"params": params}]
-    if encoder:
-        groups.append({"params": encoder, "lr": config.encoder_lr or config.lr})
-    optimizer = torch.optim.AdamW(
-        groups, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
-    )
-    params = params + encoder  # clipped together
-    scheduler = cosine_schedule(
-        optimizer, config.warmup_steps, config.cosine_steps, config.min_lr_ratio
-    )
+    params, optimizer, scheduler = _optimizer(config, model, stage, encoder)
     state_path = out / "ctc_state.pt"
     state = CtcState(skipped=len(unreadable))  # unreadable rows count from the start
     if config.resume and state_path.exists():
@@ -463,6 +450,24 @@ def train_ctc(config, model, processor, out: Path, stop_after: int | None = None
     if state.step < config.max_steps and not timed_out:
         return summary
     return {**summary, "adapter": str(_export(model, config, out, state))}
+
+
+def _optimizer(config, model, stage: _Stage, encoder: list[nn.Parameter]):
+    """-> (every trained parameter, AdamW, its cosine schedule). CTC trains what the CTC loss
+    reads (a connector's summary token trains in the LM stage); encoder layers at `encoder_lr`."""
+    params = [
+        p for n, p in model.audio_modal_projector.named_parameters() if not n.startswith("summary.")
+    ] + list(stage.head.parameters())
+    groups = [{"params": params}]
+    if encoder:
+        groups.append({"params": encoder, "lr": config.encoder_lr or config.lr})
+    optimizer = torch.optim.AdamW(
+        groups, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
+    )
+    scheduler = cosine_schedule(
+        optimizer, config.warmup_steps, config.cosine_steps, config.min_lr_ratio
+    )
+    return params + encoder, optimizer, scheduler
 
 
 def train_encoder_top(model, layers: int) -> list[tuple[str, nn.Parameter]]:
