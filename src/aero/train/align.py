@@ -4,11 +4,10 @@
 layers; the rest of the encoder frozen, computed without a graph) with a CTC loss whose classes
 are the LM's own token embeddings plus one learned blank: the logit of token v at audio token t
 is `scale * <h_t, E_v>`. Transcription samples only (one audio, the assistant turn is the
-transcript). Each step costs an encoder forward
-and one (N, H) x (H, V) product, no LM forward or backward (aero-mini on 2 cores: 41x real
-time, vs 18x for the LM stage), and its loss is the alignment itself; its output initialises
-that stage (`init_adapter`), whose LM then starts from audio tokens that already point at the
-words.
+transcript). Each step costs an encoder forward and one (N, H) x (H, V) product, no LM forward
+or backward (aero-mini on 2 cores: 41x real time, vs 18x for the LM stage), and its loss is
+the alignment itself; its output initialises that stage (`init_adapter`), whose LM then starts
+from audio tokens that already point at the words.
 
 Notable choices:
 - A penalty keeps the projected vectors' norms near the median norm of the LM's embedding
