@@ -14,7 +14,8 @@ A session continues the shipped model:
    LoRA as it was (argmax emissions are text tokens, so a better connector needs no new LoRA);
 4. the held-out table (`scripts/eval_aero_mini.py`) of the new adapter, beside Whisper tiny.en;
 5. with --ship, the new adapter replaces the shipped one when its held-out WER is lower than
-   the shipped adapter's on both short sets (slt and espeak), else it becomes the candidate
+   the shipped adapter's on both short sets (slt and espeak) and its instruction F1 and
+   understanding accuracy are no lower, else it becomes the candidate
    (`checkpoints/aero-mini-v2/`) the next session goes on from; either way its lineage is in its
    metadata (steps, samples, tokens, data recipe and seed, the whole config).
 
@@ -151,27 +152,35 @@ def evaluate(work: Work, adapter: Path | None, label: str) -> Path:
     return out
 
 
-def short_wer(results: Path) -> dict[str, float]:
-    out = {}
-    for name in ("slt", "espeak"):
-        path = results / "aero-mini" / name / "results.json"
-        out[name] = json.loads(path.read_text())["wer_percent"]
+def held_out(results: Path) -> dict[str, float]:
+    """The figures a new adapter must beat: WER on the short sets (lower is better), the spoken
+    instructions' token F1 and the understanding accuracy (higher is better)."""
+
+    def read(name: str, key: str) -> float:
+        return json.loads((results / "aero-mini" / name / "results.json").read_text())[key]
+
+    out = {name: read(name, "wer_percent") for name in ("slt", "espeak")}
+    out["instruct"] = read("instruct", "token_f1_percent")
+    out["understanding"] = read("understanding", "accuracy_percent")
     return out
 
 
 def ship_if_better(work: Work, new: Path, label: str) -> None:
+    """Ship when the new adapter transcribes both short sets better and answers instructions and
+    questions at least as well as the shipped one."""
     from aero.adapter import convert_adapter
 
-    ours = short_wer(work.root / "eval-results" / label)
-    theirs = short_wer(evaluate(work, None, "shipped"))
-    print(f"held-out WER, new {ours} vs shipped {theirs}")
-    if all(ours[k] < theirs[k] for k in ours):
+    ours = held_out(work.root / "eval-results" / label)
+    theirs = held_out(evaluate(work, None, "shipped"))
+    print(f"held-out, new {ours} vs shipped {theirs}")
+    better = all(ours[k] < theirs[k] for k in ("slt", "espeak")) and all(
+        ours[k] >= theirs[k] for k in ("instruct", "understanding")
+    )
+    if better:
         print(f"shipped: {convert_adapter(new, ADAPTER_FILE)}")
         CANDIDATE.unlink(missing_ok=True)
     else:  # kept, so that the next session goes on from it
-        print(
-            f"not shipped (no better on a short set); candidate: {convert_adapter(new, CANDIDATE)}"
-        )
+        print(f"not shipped (behind on one); candidate: {convert_adapter(new, CANDIDATE)}")
 
 
 def replay(args) -> None:
