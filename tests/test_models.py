@@ -116,6 +116,11 @@ def test_an_adapter_file_loads_on_the_base_it_names(monkeypatch, tmp_path):
     torch.testing.assert_close(got.audio_modal_projector.linear.bias, trained)
     assert asked and asked[0]["projector_stack"] == 4
     assert models.aligner_file(str(adapter)) == models.aligner_file("aero-mini")
+    # one that trained encoder layers has other frames: no aligner of its own (aero-mini's whole
+    # model is borrowed instead)
+    layer = {"audio_tower.layer_norm.bias": torch.zeros(model.config.audio_config.d_model)}
+    save_file(layer, adapter, {"projector_stack": "4"})
+    assert models.aligner_file(str(adapter)) is None
 
 
 def test_adapter_lora_factors_are_merged(tmp_path):

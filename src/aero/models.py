@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import (
     AutoTokenizer,
@@ -190,11 +191,17 @@ def load(
 
 
 def aligner_file(name_or_path: str | os.PathLike) -> Path | None:
-    """The word aligner for a model: aero-mini's shipped one, or `aligner.safetensors` in a
-    checkpoint directory; None when there is none (hub ids: none yet)."""
+    """The word aligner for a model: aero-mini's shipped one (also for an adapter file on its
+    base that leaves its encoder as it is), or `aligner.safetensors` in a checkpoint directory;
+    None when there is none (hub ids: none yet; an adapter that trained encoder layers: its
+    frames are not the ones the aligner learned, so the engine borrows aero-mini's whole)."""
     from aero.timestamps import ALIGNER_FILE
 
     name = str(name_or_path)
+    if name.endswith(".safetensors") and Path(name).is_file():
+        with safe_open(name, "pt") as adapter:
+            if any(key.startswith("audio_tower.") for key in adapter.keys()):
+                return None
     if name in (AERO_MINI, AERO_MINI_BASE) or name.endswith(".safetensors"):  # one encoder
         path = ADAPTER_FILE.parent / ALIGNER_FILE
     else:
