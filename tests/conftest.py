@@ -180,14 +180,17 @@ PUBLISHED_CHAT_TEMPLATE = (
 )
 
 
-def make_published_checkpoint(path: Path, seed: int = 0, **text_overrides) -> Path:
+def make_published_checkpoint(
+    path: Path, seed: int = 0, aero: dict | None = None, **text_overrides
+) -> Path:
     """A tiny random checkpoint laid out as the published conversion lays out lmms-lab/Aero-1-Audio.
 
     Qwen2 tokenizer with `<image>`, `<video>`, `<|AUDIO|>` added last; LM embeddings padded to a
     multiple of 64 and tied (`tie_word_embeddings: true`, no lm_head in the files); remote-code
     `auto_map` pointers in config.json, processor_config.json and tokenizer_config.json; the
     reference's chat template in chat_template.json; Whisper's preprocessor_config.json.
-    `text_overrides` change the LM's config (vLLM's CPU attention needs head_dim >= 32).
+    `text_overrides` change the LM's config (vLLM's CPU attention needs head_dim >= 32), `aero`
+    the model's own (a "ctc" connector).
     """
     from transformers import AutoTokenizer, WhisperFeatureExtractor
 
@@ -195,7 +198,7 @@ def make_published_checkpoint(path: Path, seed: int = 0, **text_overrides) -> Pa
     tied = dict(tie_word_embeddings=True, eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"))
     padded = -(-len(tok) // 64) * 64  # the published 151,668 entries -> 152,000 rows
     text = dict(vocab_size=padded, **tied, **text_overrides)
-    config = tiny_config(TINY_QWEN2_TOKENIZER, text=text, tie_word_embeddings=True)
+    config = tiny_config(TINY_QWEN2_TOKENIZER, text=text, tie_word_embeddings=True, **(aero or {}))
     torch.manual_seed(seed)
     model = AeroForConditionalGeneration(config).eval()
     with torch.no_grad():  # a larger logit spread keeps greedy choices away from ties

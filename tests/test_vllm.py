@@ -49,8 +49,14 @@ def tiny_published(tmp_path_factory) -> Path:
     """A tiny random Aero in the published layout (tied embeddings, Qwen2 LM) that vLLM's CPU
     attention takes (head_dim 32), with weights scaled so the greedy reply depends on the audio
     (the random LM otherwise echoes its last input id)."""
+    return vllm_sized_checkpoint(tmp_path_factory.mktemp("vllm") / "Aero-1-Audio")
+
+
+def vllm_sized_checkpoint(path: Path, aero: dict | None = None) -> Path:
+    """`make_published_checkpoint` at the size above, its weights scaled as above."""
     path = make_published_checkpoint(
-        tmp_path_factory.mktemp("vllm") / "Aero-1-Audio",
+        path,
+        aero=aero,
         hidden_size=64,
         num_attention_heads=2,
         num_key_value_heads=1,
@@ -60,6 +66,8 @@ def tiny_published(tmp_path_factory) -> Path:
     weights["language_model.model.embed_tokens.weight"] /= 20
     weights["language_model.model.norm.weight"] *= 20
     for name in weights:
+        if not weights[name].is_floating_point():
+            continue  # a "ctc" connector's vocabulary mask
         if name.endswith(("o_proj.weight", "down_proj.weight")) or "projector" in name:
             weights[name] *= 30
     save_file(weights, path / "model.safetensors", metadata={"format": "pt"})
@@ -78,9 +86,10 @@ def clips(tmp_path_factory) -> dict[float, Path]:
 
 
 def aero_reference(model_dir: Path, wavs: list[Path], max_tokens: int = MAX_TOKENS) -> list[dict]:
-    """aero's engine: prompt ids and greedy ids (no repetition guard: vLLM has none)."""
+    """aero's engine: prompt ids and greedy ids (no repetition guard: vLLM has none; the LM's
+    scores alone, as vLLM decodes a "ctc" connector's model)."""
     engine = Engine.load(str(model_dir))
-    options = GenerationOptions(max_new_tokens=max_tokens, repetition_guard=False)
+    options = GenerationOptions(max_new_tokens=max_tokens, repetition_guard=False, ctc_weight=0)
     results = engine.transcribe([str(w) for w in wavs], PROMPT, options)
     out = []
     for wav, result in zip(wavs, results):
@@ -242,14 +251,30 @@ def test_aero_mini_greedy_tokens_equal_aeros_engine(tmp_path):
     assert_same(reference, got[2], eos)
 
 
-def test_a_ctc_projector_is_refused_with_a_clear_message():
-    """A projector whose token count depends on what is said cannot be sized before the encoder
-    runs, which vLLM's prompt replacement needs: the plugin says so and names `aero serve`."""
+def test_a_ctc_connector_gets_aeros_token_counts_and_greedy_tokens(clips, tmp_path):
+    """A "ctc" connector (argmax emissions): vLLM's processor runs the encoder and connector, so
+    the prompt has the engine's number of audio tokens per window, and the LM reads the same
+    summary and emitted embeddings: the same prompt ids and greedy ids."""
+    ctc = dict(projector_type="ctc", projector_stack=2, connector_layers=1, ctc_emissions="argmax")
+    model_dir = vllm_sized_checkpoint(tmp_path / "ctc", aero=ctc)
+    order = [3.0, 65.0, 12.0]
+    reference = aero_reference(model_dir, [clips[s] for s in order])
+    audio_id = json.loads((model_dir / "config.json").read_text())["audio_token_index"]
+    counts = [r["prompt_ids"].count(audio_id) for r in reference]
+    assert len(set(counts)) == 3
+    assert len({tuple(r["token_ids"]) for r in reference}) == 3  # the reply depends on the audio
+    got = vllm_generate(model_dir, [[clips[s] for s in order]], tmp_path)
+    assert_same(reference, got[0], set(Engine.load(str(model_dir)).eos_ids))
+
+
+def test_a_ctc_connector_with_mixed_emissions_is_refused_with_a_clear_message():
+    """A "mix" emission is a blend of embeddings, not a token id vLLM's prompt could hold: the
+    plugin says so and names `aero serve`."""
     code = (
         "from types import SimpleNamespace\n"
         "from aero.vllm.model import check_servable\n"
-        "check_servable(SimpleNamespace(projector_type='ctc'))\n"
+        "check_servable(SimpleNamespace(projector_type='ctc', ctc_emissions='mix'))\n"
     )
     run = subprocess.run([str(VLLM_PYTHON), "-c", code], capture_output=True, text=True)
     assert run.returncode != 0
-    assert "depends on what is said" in run.stderr and "`aero serve`" in run.stderr
+    assert "'argmax' only" in run.stderr and "`aero serve`" in run.stderr

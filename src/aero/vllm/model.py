@@ -14,8 +14,11 @@ what is Aero's own:
   computation of `aero.modeling.AeroForConditionalGeneration.encode_windows`.
 - Transcription (`/v1/audio/transcriptions`): the whole recording is one prompt (vLLM's own
   30 s chunking is off), with the checkpoint's transcription prompt as the instruction.
-- A projector whose token count depends on the audio content ("ctc") cannot be served: vLLM
-  sizes the prompt before the encoder runs. The error says so and names `aero serve`.
+- A "ctc" connector (aero-mini v2) emits a number of tokens that depends on what is said, and
+  vLLM sizes the prompt before the model runs: the processor runs the encoder and connector
+  (`aero.vllm.audio.CtcFront`) and hands the model each window's summary input and emitted
+  token ids. Decoding is vLLM's (the LM's scores alone); aero's engine by default also weighs
+  in the connector's CTC scores (`ctc_weight`), which vLLM cannot.
 """
 
 from __future__ import annotations
@@ -25,10 +28,8 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 import torch
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-from torch import nn
 from transformers import BatchFeature
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-from transformers.models.qwen2_audio.modeling_qwen2_audio import Qwen2AudioEncoder
 from vllm.config import ModelConfig, SpeechToTextConfig, VllmConfig
 from vllm.config.multimodal import MultiModalDummyOptions
 from vllm.config.speech_to_text import SpeechToTextParams
@@ -59,37 +60,30 @@ from vllm.sequence import IntermediateTensors
 from vllm.transformers_utils.processor import cached_processor_from_config
 
 from aero.audio import (
-    ENCODER_LOOKAHEAD_FRAMES,
-    N_FRAMES,
     N_SAMPLES,
     SAMPLE_RATE,
     audio_tokens_for_samples,
-    encoder_output_lengths,
     mel_frames,
     window_tokens,
 )
 from aero.chat_format import AUDIO_TOKEN
+from aero.vllm.audio import AeroAudio, check_ctc_emissions, ctc_front
 from aero.vllm.config import AeroProcessor, AeroVllmConfig
 from aero.vllm.prompt import (
     WINDOW_SEPARATOR,
-    length_groups,
     placeholder_ids,
     recording_windows,
     window_features,
 )
 
-SERVABLE_PROJECTORS = ("linear", "mlp")  # token counts known from the audio's length alone
+SERVABLE_PROJECTORS = ("linear", "mlp", "ctc")
 
 
 def check_servable(config) -> None:
     """A clear error for a config vLLM cannot serve (see the module docstring)."""
     kind = getattr(config, "projector_type", "linear")
     if kind == "ctc":
-        raise ValueError(
-            "This Aero model's projector_type is 'ctc': its number of audio tokens depends on "
-            "what is said, and vLLM must know each audio's token count from its length before "
-            "the encoder runs, so vLLM cannot serve it; serve it with `aero serve`."
-        )
+        check_ctc_emissions(config)
     if kind not in SERVABLE_PROJECTORS:
         raise ValueError(
             f"projector_type {kind!r} is not one aero.vllm knows "
@@ -97,9 +91,16 @@ def check_servable(config) -> None:
         )
 
 
-def longest_audio_windows(seq_len: int, stack: int) -> int:
+def most_window_tokens(config) -> int:
+    """The most tokens one 30 s window gives: its frame tokens, for "ctc" at most one emission
+    per frame token after the summary token."""
+    tokens = window_tokens(N_SAMPLES, config.projector_stack)
+    return tokens + 1 if config.projector_type == "ctc" else tokens
+
+
+def longest_audio_windows(seq_len: int, config) -> int:
     """Full 30 s windows of the longest recording whose tokens (and separators) fit `seq_len`."""
-    return max(1, seq_len // (window_tokens(N_SAMPLES, stack) + 1))
+    return max(1, seq_len // (most_window_tokens(config) + 1))
 
 
 # ----- processing: recordings -> windows, features and prompt ids ----------------------------
@@ -129,8 +130,8 @@ class AeroProcessingInfo(BaseProcessingInfo):
         self, seq_len: int, mm_counts: Mapping[str, int] | None = None
     ) -> Mapping[str, int]:
         # Any length: a recording may fill the whole context (one item, many windows).
-        stack = self.get_hf_config().projector_stack
-        return {"audio": longest_audio_windows(seq_len, stack) * window_tokens(N_SAMPLES, stack)}
+        config = self.get_hf_config()
+        return {"audio": longest_audio_windows(seq_len, config) * most_window_tokens(config)}
 
 
 class AeroDummyInputsBuilder(BaseDummyInputsBuilder[AeroProcessingInfo]):
@@ -140,7 +141,7 @@ class AeroDummyInputsBuilder(BaseDummyInputsBuilder[AeroProcessingInfo]):
     def get_dummy_mm_data(
         self, seq_len: int, mm_counts: Mapping[str, int], mm_options: MultiModalDummyOptions
     ) -> MultiModalDataDict:
-        windows = longest_audio_windows(seq_len, self.info.get_hf_config().projector_stack)
+        windows = longest_audio_windows(seq_len, self.info.get_hf_config())
         audios = self._get_dummy_audios(
             length=windows * N_SAMPLES,
             num_audios=mm_counts.get("audio", 0),
@@ -153,27 +154,45 @@ class AeroMultiModalProcessor(BaseMultiModalProcessor[AeroProcessingInfo]):
     def _call_hf_processor(
         self, hf_data: Mapping[str, object], hf_kwargs: Mapping[str, object]
     ) -> BatchFeature:
-        """Each recording -> its windows' (W, M, T) log-mel, (W,) real frames, (W,) tokens."""
-        stack = self.info.get_hf_config().projector_stack
+        """Each recording -> its windows' (W, M, T) log-mel, (W,) real frames, (W,) tokens; for
+        a "ctc" connector instead its windows' (W, k*D) summary inputs and emitted ids."""
+        config = self.info.get_hf_config()
         extractor = self.info.get_hf_processor().feature_extractor
         values, frames, tokens = [], [], []
         for samples in hf_data.get("audio", []):
-            windows, counts = recording_windows(np.asarray(samples), stack)
+            windows, counts = recording_windows(np.asarray(samples), config.projector_stack)
             values.append(window_features(extractor, windows))
             frames.append(torch.tensor([mel_frames(len(w)) for w in windows]))
             tokens.append(torch.tensor(counts))
+        if config.projector_type == "ctc":
+            return self._ctc_features(config, values, frames)
         return BatchFeature(
             {"audio_values": values, "audio_frames": frames, "audio_window_tokens": tokens}
         )
 
+    def _ctc_features(self, config, values: list, frames: list) -> BatchFeature:
+        """Run the encoder and connector here (see the module docstring)."""
+        front = ctc_front(self.info.ctx.model_config.model, config)
+        means, ids, tokens = [], [], []
+        for item_values, item_frames in zip(values, frames):
+            parts = front.emissions(list(item_values), item_frames.tolist())
+            means.append(torch.stack([mean for mean, _ in parts]))
+            ids.append(torch.cat([emitted for _, emitted in parts]))
+            tokens.append(torch.tensor([1 + len(emitted) for _, emitted in parts]))
+        return BatchFeature({"audio_means": means, "audio_ids": ids, "audio_window_tokens": tokens})
+
     def _get_mm_fields_config(
         self, hf_inputs: BatchFeature, hf_processor_mm_kwargs: Mapping[str, object]
     ) -> Mapping[str, MultiModalFieldConfig]:
-        return dict(
-            audio_values=MultiModalFieldConfig.batched("audio"),
-            audio_frames=MultiModalFieldConfig.batched("audio", keep_on_cpu=True),
-            audio_window_tokens=MultiModalFieldConfig.batched("audio", keep_on_cpu=True),
-        )
+        batched = MultiModalFieldConfig.batched
+        if "audio_ids" in hf_inputs:
+            fields = {"audio_means": batched("audio"), "audio_ids": batched("audio")}
+        else:
+            fields = {
+                "audio_values": batched("audio"),
+                "audio_frames": batched("audio", keep_on_cpu=True),
+            }
+        return fields | {"audio_window_tokens": batched("audio", keep_on_cpu=True)}
 
     def _get_prompt_updates(
         self,
@@ -195,28 +214,6 @@ class AeroMultiModalProcessor(BaseMultiModalProcessor[AeroProcessingInfo]):
 # ----- the model ---------------------------------------------------------------------------
 
 
-def _fit(values: torch.Tensor, T: int) -> torch.Tensor:
-    """(M, T_i) -> (M, T): cut, or zero-pad frames past the lookahead (they are masked keys)."""
-    values = values[:, :T]
-    return nn.functional.pad(values, (0, T - values.shape[-1]))
-
-
-class AeroAudioProjector(nn.Module):
-    """N, k*D -> N, H: `linear` (published), or Linear-GELU-Linear (`mlp`, aero-mini)."""
-
-    def __init__(self, config: AeroVllmConfig):
-        super().__init__()
-        hidden = config.text_config.hidden_size
-        width = config.audio_config.d_model * config.projector_stack
-        self.linear = nn.Linear(width, hidden, bias=True)
-        mlp = config.projector_type == "mlp"
-        self.linear2 = nn.Linear(hidden, hidden, bias=True) if mlp else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.linear(x)
-        return self.linear2(nn.functional.gelu(x)) if self.linear2 is not None else x
-
-
 def language_model_architecture(text_config) -> str:
     """The causal-LM class a text config names (vLLM registers the same class names)."""
     if getattr(text_config, "architectures", None):
@@ -231,7 +228,7 @@ def language_model_architecture(text_config) -> str:
     AeroMultiModalProcessor, info=AeroProcessingInfo, dummy_inputs=AeroDummyInputsBuilder
 )
 class AeroForConditionalGeneration(
-    nn.Module, SupportsMultiModal, SupportsPP, SupportsTranscription
+    AeroAudio, SupportsMultiModal, SupportsPP, SupportsTranscription
 ):
     supported_languages = {"en": "English"}  # what aero's models were trained on
 
@@ -247,8 +244,8 @@ class AeroForConditionalGeneration(
         check_servable(config)
         self.config = config
         with self._mark_tower_model(vllm_config, "audio"):
-            self.audio_tower = Qwen2AudioEncoder(config.audio_config)
-            self.audio_modal_projector = AeroAudioProjector(config)
+            # a "ctc" model's encoder runs in the processor (`CtcFront`); here only its summary
+            self.build_audio(config, tower=config.projector_type != "ctc")
         with self._mark_language_model(vllm_config):
             self.language_model = init_vllm_registered_model(
                 vllm_config=vllm_config,
@@ -260,52 +257,10 @@ class AeroForConditionalGeneration(
 
     # ----- audio -> embeddings ---------------------------------------------------------------
 
-    def encode(self, values: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
-        """(W, M, T) log-mel, (W,) real frames -> (W, P//2, D) encoder output (padded keys
-        masked; rows past a window's tokens are not meaningful)."""
-        tower = self.audio_tower
-        positions, _ = encoder_output_lengths(frames)
-        x = values.to(dtype=tower.conv1.weight.dtype, device=tower.conv1.weight.device)
-        x = nn.functional.gelu(tower.conv1(x))
-        x = nn.functional.gelu(tower.conv2(x)).transpose(1, 2)  # W, P, D
-        P = x.shape[1]
-        x = x + tower.embed_positions.weight[:P]
-        pad = torch.arange(P, device=x.device)[None, :] >= positions.to(x.device)[:, None]
-        mask = torch.zeros(pad.shape, dtype=x.dtype, device=x.device)
-        mask = mask.masked_fill(pad, torch.finfo(x.dtype).min)[:, None, None, :]
-        for layer in tower.layers:
-            x = layer(x, mask)
-            x = x[0] if isinstance(x, tuple) else x
-        x = tower.avg_pooler(x.transpose(1, 2)).transpose(1, 2)  # W, P//2, D
-        return tower.layer_norm(x)
-
-    def encode_windows(self, windows: list[torch.Tensor], frames: list[int]) -> list[torch.Tensor]:
-        """Windows [(M, T_i)] -> their real tokens [(n_i, D)], encoded in groups of similar
-        length, each group cut to its longest window + the convolutions' lookahead."""
-        out: list[torch.Tensor | None] = [None] * len(windows)
-        for group in length_groups(frames):
-            T = min(max(f for _, f in group) + ENCODER_LOOKAHEAD_FRAMES, N_FRAMES)
-            batch = torch.stack([_fit(windows[i], T) for i, _ in group])
-            group_frames = torch.tensor([f for _, f in group])
-            features = self.encode(batch, group_frames)
-            _, tokens = encoder_output_lengths(group_frames)
-            for (i, _), feats, n in zip(group, features, tokens.tolist()):
-                out[i] = feats[:n]
-        return out  # type: ignore[return-value]
-
-    def project(self, windows: list[torch.Tensor]) -> list[torch.Tensor]:
-        """[(n_i, D)] -> [(ceil(n_i / k), H)]: stack k frames per token (zero-padding the last
-        group), then the projector."""
-        k = self.config.projector_stack
-        stacked = []
-        for feats in windows:
-            feats = nn.functional.pad(feats, (0, 0, 0, (-feats.shape[0]) % k))
-            stacked.append(feats.reshape(-1, k * feats.shape[-1]))
-        projected = self.audio_modal_projector(torch.cat(stacked))
-        return list(projected.split([s.shape[0] for s in stacked]))
-
     def embed_multimodal(self, **kwargs: object) -> MultiModalEmbeddings:
         """Every recording's windows encoded together -> one (N_i, H) tensor per recording."""
+        if kwargs.get("audio_ids") is not None:
+            return self.embed_ctc(kwargs["audio_means"], kwargs["audio_ids"], kwargs)
         values, frames = kwargs.get("audio_values"), kwargs.get("audio_frames")
         if values is None:
             return []
@@ -320,6 +275,18 @@ class AeroForConditionalGeneration(
         for item, tensor in zip(owner, projected):
             per_item[item].append(tensor)
         return tuple(torch.cat(parts) for parts in per_item)
+
+    def embed_ctc(self, means, ids, kwargs: dict) -> MultiModalEmbeddings:
+        """A "ctc" connector's recordings: per window `summary(mean)`, then the embeddings of
+        the ids it emitted (counted by the processor's `CtcFront`)."""
+        summary = self.audio_modal_projector.summary
+        out = []
+        for item_means, item_ids, tokens in zip(means, ids, kwargs["audio_window_tokens"]):
+            summaries = summary(item_means.to(summary.weight.dtype))
+            emitted = self.language_model.embed_input_ids(item_ids).to(summaries.dtype)
+            parts = emitted.split([n - 1 for n in tokens.tolist()])
+            out.append(torch.cat([t for s, e in zip(summaries, parts) for t in (s[None], e)]))
+        return tuple(out)
 
     # ----- the LM ------------------------------------------------------------------------------
 
@@ -341,8 +308,10 @@ class AeroForConditionalGeneration(
         return self.language_model.compute_logits(hidden_states)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        # The published names are this module's names: no mapping needed.
-        return AutoWeightsLoader(self).load_weights(weights)
+        # The published names are this module's names: no mapping needed. A "ctc" model's
+        # encoder weights are the processor's (`CtcFront`).
+        skip = ["audio_tower."] if self.audio_tower is None else None
+        return AutoWeightsLoader(self, ignore_unexpected_prefixes=skip).load_weights(weights)
 
     # ----- transcription (/v1/audio/transcriptions) ---------------------------------------------
 
@@ -378,8 +347,12 @@ class AeroForConditionalGeneration(
     def get_num_audio_tokens(
         cls, audio_duration_s: float, stt_config: SpeechToTextConfig, model_config: ModelConfig
     ) -> int | None:
-        stack = model_config.hf_config.projector_stack
-        return sum(audio_tokens_for_samples(round(audio_duration_s * SAMPLE_RATE), stack))
+        config = model_config.hf_config
+        counts = audio_tokens_for_samples(
+            round(audio_duration_s * SAMPLE_RATE), config.projector_stack
+        )
+        # a "ctc" connector: at most one emission per frame token, after each window's summary
+        return sum(counts) + (len(counts) if config.projector_type == "ctc" else 0)
 
     @classmethod
     def post_process_output(cls, text: str) -> str:
