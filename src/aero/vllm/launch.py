@@ -42,10 +42,12 @@ def find_vllm_python(explicit: str | None = None) -> str:
 
 
 def checkpoint_dir(model: str) -> str:
-    """What `vllm serve` can read for `model`: a directory or hub id as is; aero-mini saved."""
+    """What `vllm serve` can read for `model`: a directory or hub id as is; aero-mini, and an
+    adapter file made on its base, saved."""
     from aero.models import ADAPTER_FILE, AERO_MINI, AERO_MINI_BASE, load
 
-    if model not in (AERO_MINI, AERO_MINI_BASE):
+    adapter = model.endswith(".safetensors") and Path(model).expanduser().is_file()
+    if model not in (AERO_MINI, AERO_MINI_BASE) and not adapter:
         return model
     from aero.convert.cache import cached_conversion
 
@@ -54,8 +56,12 @@ def checkpoint_dir(model: str) -> str:
         loaded.save_pretrained(directory)
         processor.save_pretrained(directory)
 
-    source = ADAPTER_FILE if model == AERO_MINI else Path(__file__)
-    return str(cached_conversion(f"{model}-vllm", source, EXPORT_VERSION, export))
+    if adapter:
+        source = Path(model).expanduser().resolve()
+        name = f"{source.parent.name}-adapter-vllm"
+    else:
+        source, name = (ADAPTER_FILE if model == AERO_MINI else Path(__file__)), f"{model}-vllm"
+    return str(cached_conversion(name, source, EXPORT_VERSION, export))
 
 
 def serve_command(
