@@ -131,13 +131,14 @@ def session(args) -> None:
 
 def lm_data(data: str) -> list[dict]:
     """The LM leg's mixture of one seed's data: every short transcription, the instructions and
-    questions, and a quarter of the long recordings (each a 1-3 minute batch of its own, they took
-    half of session 2's LM steps)."""
+    questions twice (from session 6: they lag the shipped adapter's, the transcripts do not), and
+    a quarter of the long recordings (each a 1-3 minute batch of its own, they took half of
+    session 2's LM steps)."""
     train = f"{data}/train.jsonl"
     return [
         {"path": train, "tasks": ["transcribe"]},
         {"path": f"{data}/neural.jsonl"},
-        {"path": train, "tasks": ["instruct", "understand"]},
+        {"path": train, "tasks": ["instruct", "understand"], "weight": 2.0},
         {"path": train, "tasks": ["long"], "weight": 0.25},
     ]
 
