@@ -115,12 +115,26 @@ def test_an_adapter_file_loads_on_the_base_it_names(monkeypatch, tmp_path):
     got, _ = load(str(adapter))
     torch.testing.assert_close(got.audio_modal_projector.linear.bias, trained)
     assert asked and asked[0]["projector_stack"] == 4
-    assert models.aligner_file(str(adapter)) == models.aligner_file("aero-mini")
-    # one that trained encoder layers has other frames: no aligner of its own (aero-mini's whole
-    # model is borrowed instead)
+    assert models.aligner_file(str(adapter)) == models.aligner_file("aero-mini-base")
+    # one that trained encoder layers has other frames: no aligner of its own (the aligner with
+    # Whisper's own encoder is borrowed instead)
     layer = {"audio_tower.layer_norm.bias": torch.zeros(model.config.audio_config.d_model)}
     save_file(layer, adapter, {"projector_stack": "4"})
     assert models.aligner_file(str(adapter)) is None
+
+
+def test_a_shipped_adapter_that_trains_the_encoder_borrows_the_aligner(monkeypatch, tmp_path):
+    """aero-mini's aligner learned Whisper's own frames: once the shipped adapter trains encoder
+    layers (v2), "aero-mini" borrows the aligner with the base's encoder, not its own."""
+    shipped = tmp_path / "aero-mini" / "adapter.safetensors"
+    shipped.parent.mkdir()
+    (shipped.parent / "aligner.safetensors").write_bytes(b"")
+    save_file({"audio_modal_projector.linear.bias": torch.zeros(4)}, shipped)
+    monkeypatch.setattr(models, "ADAPTER_FILE", shipped)
+    assert models.aligner_file("aero-mini") == shipped.parent / "aligner.safetensors"
+    save_file({"audio_tower.layer_norm.bias": torch.zeros(4)}, shipped)
+    assert models.aligner_file("aero-mini") is None
+    assert models.aligner_file("aero-mini-base") == shipped.parent / "aligner.safetensors"
 
 
 def test_adapter_lora_factors_are_merged(tmp_path):

@@ -190,18 +190,25 @@ def load(
     )
 
 
+def _trains_encoder(adapter: Path) -> bool:
+    """Whether an adapter file holds encoder weights (its frames then differ from Whisper's)."""
+    with safe_open(str(adapter), "pt") as weights:
+        return any(key.startswith("audio_tower.") for key in weights.keys())
+
+
 def aligner_file(name_or_path: str | os.PathLike) -> Path | None:
     """The word aligner for a model: aero-mini's shipped one (also for an adapter file on its
     base that leaves its encoder as it is), or `aligner.safetensors` in a checkpoint directory;
-    None when there is none (hub ids: none yet; an adapter that trained encoder layers: its
-    frames are not the ones the aligner learned, so the engine borrows aero-mini's whole)."""
+    None when there is none (hub ids: none yet; an adapter that trained encoder layers, shipped
+    or not: its frames are not the ones the aligner learned, so the engine borrows the aligner
+    with Whisper's own encoder, `bundled_aligner`)."""
     from aero.timestamps import ALIGNER_FILE
 
     name = str(name_or_path)
-    if name.endswith(".safetensors") and Path(name).is_file():
-        with safe_open(name, "pt") as adapter:
-            if any(key.startswith("audio_tower.") for key in adapter.keys()):
-                return None
+    if name.endswith(".safetensors") and Path(name).is_file() and _trains_encoder(Path(name)):
+        return None
+    if name == AERO_MINI and ADAPTER_FILE.is_file() and _trains_encoder(ADAPTER_FILE):
+        return None
     if name in (AERO_MINI, AERO_MINI_BASE) or name.endswith(".safetensors"):  # one encoder
         path = ADAPTER_FILE.parent / ALIGNER_FILE
     else:
@@ -211,14 +218,15 @@ def aligner_file(name_or_path: str | os.PathLike) -> Path | None:
 
 @functools.cache
 def bundled_aligner():
-    """aero-mini's word aligner with its own encoder (Whisper tiny.en): word times for any model's
-    transcript, since forced alignment needs only the audio and the words."""
-    from aero.timestamps import WordAligner
+    """aero-mini's word aligner with the encoder it learned on (Whisper tiny.en, as in
+    aero-mini's base): word times for any model's transcript, since forced alignment needs only
+    the audio and the words."""
+    from aero.timestamps import ALIGNER_FILE, WordAligner
 
-    path = aligner_file(AERO_MINI)
-    if path is None:
+    path = ADAPTER_FILE.parent / ALIGNER_FILE
+    if not path.is_file():
         raise FileNotFoundError(f"aero-mini's word aligner is missing from {ADAPTER_FILE.parent}.")
-    model, processor = load(AERO_MINI)
+    model, processor = load(AERO_MINI_BASE)
     return WordAligner.from_file(model, processor, path)
 
 
