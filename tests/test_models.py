@@ -178,10 +178,10 @@ def test_hub_ids_pass_through_and_missing_paths_fail_clearly(monkeypatch, tmp_pa
         load(str(tmp_path / "missing" / "checkpoint"))
 
 
-# Measured on these two clips when the adapter was shipped (stage 2 step 640): 43% WER ("The will
-# be one and two tomorrow." / "Please call me at 911."); step 240 scored 57%, the untrained base
-# >100%.
-MAX_TEST_WER = 0.7
+# Measured on these two clips when v2 was shipped (session 7): 7% WER ("The weather will be warm
+# and sunny tomorrow." / "Please call may back after lunch."); v1 (stage 2 step 640) scored 43%,
+# the untrained base >100%.
+MAX_TEST_WER = 0.25
 
 
 @pytest.mark.slow
@@ -244,4 +244,4 @@ def test_aero_mini_transcribes_a_generated_clip(tmp_path):
     texts = transcriber.transcribe(clips)
     wer = corpus_score(score_texts(sentences, texts)).error_rate
     assert wer <= MAX_TEST_WER, f"aero-mini transcribed {texts!r} (WER {wer:.0%})"
-    assert "tomorrow" in texts[0].lower() and "call me" in texts[1].lower(), texts
+    assert "sunny tomorrow" in texts[0].lower() and "after lunch" in texts[1].lower(), texts

@@ -221,14 +221,15 @@ def test_openai_client_against_vllm_serve_gets_aeros_tokens(tiny_published, clip
         assert transcription.text == chat.choices[0].message.content.strip()
 
 
-CANDIDATE = ROOT / "checkpoints" / "aero-mini-v2" / "adapter.safetensors"
+CANDIDATE = ROOT / "checkpoints" / "aero-mini-v2" / "adapter.safetensors"  # while one is kept
+NAMES = ["aero-mini"] + ([str(CANDIDATE)] if CANDIDATE.is_file() else [])
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["aero-mini", str(CANDIDATE)], ids=["aero-mini", "v2-candidate"])
+@pytest.mark.parametrize("name", NAMES, ids=["aero-mini", "v2-candidate"][: len(NAMES)])
 def test_aero_mini_greedy_tokens_equal_aeros_engine(name, tmp_path):
-    """aero-mini (Whisper tiny.en -> MLP over 4 stacked frames -> SmolLM2 + merged LoRA), and
-    the v2 candidate (its "ctc" connector), saved as a checkpoint directory as `aero serve
+    """aero-mini (v2 from session 7: Whisper tiny.en -> "ctc" connector -> SmolLM2 + merged
+    LoRA), and a v2 candidate when one is kept, saved as a checkpoint directory as `aero serve
     --engine vllm` saves them: the same prompt ids and greedy ids on vLLM."""
     import numpy as np
 

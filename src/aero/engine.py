@@ -554,8 +554,8 @@ def model_facts(engine: Engine) -> dict[str, Any]:
     rate = audio_tokens_per_second(processor.audio_stack)
     silence = processor.transcription_messages(np.zeros(N_SAMPLES, np.float32))
     probe = processor.encode_conversation(silence, add_generation_prompt=True)
-    audio_tokens = processor.tokens_per_window(probe["audio"].windows)[0]
-    text_tokens = len(probe["input_ids"]) - audio_tokens
+    # the prompt's own tokens (a "ctc" connector sizes its audio by what silence emits)
+    text_tokens = sum(int(i) != processor.audio_token_id for i in probe["input_ids"])
     room = engine.context - text_tokens
     # Longest audio whose default transcript budget (32 + 8/s) still fits:
     # rate*s + 32 + 8*s <= room.
