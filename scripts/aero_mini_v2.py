@@ -120,12 +120,12 @@ def session(args) -> None:
         "max_steps": args.lm_steps,
     }
     lm["max_minutes"] = args.lm_minutes
-    if start and args.ctc_steps:  # go on from the newest v2 connector, and then from its LoRA
-        connector = adapter_part(start, work.root / "runs" / f"v2-s{args.seed}-init.safetensors")
-        ctc["init_adapter"] = str(connector)
     if args.ctc_steps == 0:  # the LM leg alone, on the newest connector and LoRA as they are
         lm["init_adapter"] = str(start)
     else:
+        if start:  # go on from the newest v2 connector, and then from its LoRA
+            init = work.root / "runs" / f"v2-s{args.seed}-init.safetensors"
+            ctc["init_adapter"] = str(adapter_part(start, init))
         ctc_base = REPO / "configs" / "aero-mini-v2-ctc.yaml"
         ctc_out = work.train(f"v2-s{args.seed}-ctc", ctc_base, ctc)
         lm["init_adapter"] = str(ctc_out)

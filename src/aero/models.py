@@ -205,9 +205,8 @@ def aligner_file(name_or_path: str | os.PathLike) -> Path | None:
     from aero.timestamps import ALIGNER_FILE
 
     name = str(name_or_path)
-    if name.endswith(".safetensors") and Path(name).is_file() and _trains_encoder(Path(name)):
-        return None
-    if name == AERO_MINI and ADAPTER_FILE.is_file() and _trains_encoder(ADAPTER_FILE):
+    adapter = ADAPTER_FILE if name == AERO_MINI else Path(name)
+    if adapter.name.endswith(".safetensors") and adapter.is_file() and _trains_encoder(adapter):
         return None
     if name in (AERO_MINI, AERO_MINI_BASE) or name.endswith(".safetensors"):  # one encoder
         path = ADAPTER_FILE.parent / ALIGNER_FILE
