@@ -107,16 +107,18 @@ def session(args) -> None:
     data = f"data/aero-mini-v2-s{args.seed}"
     work.synth(data, str(args.recipe), args.seed)
     work.synth("data/aero-mini-heldout", "heldout", 0)
-    manifests = [{"path": f"{data}/train.jsonl"}, {"path": f"{data}/neural.jsonl"}]
+    splits = list(yaml.safe_load(args.recipe.read_text())["splits"])
+    manifests = [{"path": f"{data}/{name}.jsonl"} for name in splits]
     ctc = {
         "output_dir": f"runs/v2-s{args.seed}-ctc",
         "data": manifests + [{"path": p} for p in args.reread],
         "max_steps": args.ctc_steps,
         "max_minutes": args.ctc_minutes,
     }
+    ctc |= {k: v for k, v in (("lr", args.ctc_lr), ("encoder_lr", args.encoder_lr)) if v}
     lm = {
         "output_dir": f"runs/v2-s{args.seed}-lm",
-        "data": lm_data(data),
+        "data": lm_data(data, splits),
         "max_steps": args.lm_steps,
     }
     lm["max_minutes"] = args.lm_minutes
@@ -141,18 +143,23 @@ def session(args) -> None:
         ship_if_better(work, new, f"v2-s{args.seed}")
 
 
-def lm_data(data: str) -> list[dict]:
+def lm_data(data: str, splits: list[str]) -> list[dict]:
     """The LM leg's mixture of one seed's data: every short transcription, the instructions and
     questions twice (from session 6: they lag the shipped adapter's, the transcripts do not), and
     a quarter of the long recordings (each a 1-3 minute batch of its own, they took half of
-    session 2's LM steps)."""
-    train = f"{data}/train.jsonl"
-    return [
-        {"path": train, "tasks": ["transcribe"]},
-        {"path": f"{data}/neural.jsonl"},
-        {"path": train, "tasks": ["instruct", "understand"], "weight": 2.0},
-        {"path": train, "tasks": ["long"], "weight": 0.25},
-    ]
+    session 2's LM steps). The small neural split is read as it is."""
+    mixture = []
+    for name in splits:
+        path = f"{data}/{name}.jsonl"
+        if name == "neural":
+            mixture.append({"path": path})
+            continue
+        mixture += [
+            {"path": path, "tasks": ["transcribe"]},
+            {"path": path, "tasks": ["instruct", "understand"], "weight": 2.0},
+            {"path": path, "tasks": ["long"], "weight": 0.25},
+        ]
+    return mixture
 
 
 def evaluate(work: Work, adapter: Path | None, label: str) -> Path:
@@ -249,6 +256,8 @@ def main() -> None:
         "--lm-steps", type=int, default=150, help="0: no LM leg (the new connector, the old LoRA)"
     )
     one.add_argument("--ctc-minutes", type=float, help="end the connector leg after this long")
+    one.add_argument("--ctc-lr", type=float, help="the connector leg's peak lr (default: its YAML)")
+    one.add_argument("--encoder-lr", type=float, help="its encoder layers' lr (default: YAML)")
     one.add_argument("--lm-minutes", type=float, help="end the LM leg after this long")
     one.add_argument(
         "--reread", nargs="*", default=[], help="earlier manifests the connector leg reads again"

@@ -375,6 +375,56 @@ def test_flite_voices_render_and_never_include_the_heldout_speaker(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_more_voices_add_recorded_female_voices_and_never_the_heldout_ones(monkeypatch, tmp_path):
+    more = voice_set("more")
+    assert {v.key for v in voice_set("wide")} == {v.key for v in voice_set("train-flite")} | {
+        v.key for v in more
+    }
+    assert {v.engine for v in more} == {"espeak", "pico", "festival"}
+    assert sorted(v.key for v in more if v.gender == "female") == [
+        "espeak:mb-us1",
+        "pico:en-GB",
+        "pico:en-US",
+    ]
+    heldout = {v.key for v in voice_set("heldout")}
+    assert not heldout & {v.key for v in voice_set("wide")}
+    assert not any("slt" in v.name for v in more)
+    # without the programs: one error that names the install script
+    monkeypatch.setattr(shutil, "which", lambda tool: None)
+    for voice in (Voice("espeak", "mb-us1", None, "female"), Voice("pico", "en-US", None, "female")):
+        with pytest.raises(ToolMissing, match="install_voices.sh"):
+            render(Speech("Hello there.", voice), str(tmp_path))
+
+
+@pytest.mark.skipif(
+    shutil.which("pico2wave") is None or shutil.which("mbrola") is None,
+    reason="the 'more' voices are not installed (bash scripts/install_voices.sh)",
+)
+def test_more_voices_speak_english_that_whisper_transcribes(tmp_path):
+    from faster_whisper import WhisperModel
+
+    from aero.convert.whisper_ct2 import PACKAGE, package_file
+    from aero.evaluation.wer import score_texts
+
+    whisper = WhisperModel(
+        str(package_file(PACKAGE, "model.bin").parent), device="cpu", compute_type="int8"
+    )
+    said = "We need twelve bottles of water and a map of the city."
+    wrong = {}
+    for voice in voice_set("more"):
+        audio = render(Speech(said, voice), str(tmp_path))
+        assert audio.dtype == np.float32 and 2 * SAMPLE_RATE < audio.size < 6 * SAMPLE_RATE
+        slower = render(Speech(said, voice, rate=120, stretch=1.3), str(tmp_path))
+        assert slower.size > 1.15 * audio.size, voice.key  # rate (espeak) or stretch arrives
+        heard = " ".join(s.text for s in whisper.transcribe(audio, language="en", beam_size=1)[0])
+        (errors,) = score_texts([said], [heard])
+        wrong[voice.key] = errors.errors
+    # diphone voices are harder for Whisper than recordings (MBROLA's the most): at most 3 of the
+    # 11 words wrong for any voice, and most words right over all of them
+    assert max(wrong.values()) <= 3 and sum(wrong.values()) <= 14, wrong
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_voice_shift_raises_every_clip_and_is_checked(tmp_path):
     shifted = Split(
         "train", 6, "recorded", False, {"transcribe": 1.0}, augment=0.5, voice_shift=(150, 600)

