@@ -391,7 +391,10 @@ def test_more_voices_add_recorded_female_voices_and_never_the_heldout_ones(monke
     assert not any("slt" in v.name for v in more)
     # without the programs: one error that names the install script
     monkeypatch.setattr(shutil, "which", lambda tool: None)
-    for voice in (Voice("espeak", "mb-us1", None, "female"), Voice("pico", "en-US", None, "female")):
+    for voice in (
+        Voice("espeak", "mb-us1", None, "female"),
+        Voice("pico", "en-US", None, "female"),
+    ):
         with pytest.raises(ToolMissing, match="install_voices.sh"):
             render(Speech("Hello there.", voice), str(tmp_path))
 
