@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
-# Reproduce the shipped aero-mini adapter (stage 2d) from nothing: synthesize the data, run the
-# five training legs that made it, and evaluate the result on the held-out sets.
+# Reproduce aero-mini v1 (stage 2d, the first release) from nothing: synthesize the data, run the
+# five training legs that made it, and evaluate the result on the held-out sets. The shipped v2
+# is replayed from its lineage by `python scripts/aero_mini_v2.py replay`.
 #
 #   bash scripts/reproduce_aero_mini.sh [WORKDIR]          # the full recipe (~8 h on 2 CPU cores: docs/training.md)
 #   bash scripts/reproduce_aero_mini.sh --smoke [WORKDIR]  # every step, a few samples and steps each
-#   bash scripts/reproduce_aero_mini.sh --ship [WORKDIR]   # also copy the result into the package
+#   bash scripts/reproduce_aero_mini.sh --ship [WORKDIR]   # also ship the result (v1 replaces v2)
 #
 # WORKDIR (default: the repository root) receives data/, runs/ and eval-results/. Rerun the same
 # command to resume: finished steps are skipped (WORKDIR/runs/.done/), an interrupted synthesis
 # reuses the audio it wrote, an interrupted training leg goes on from its last checkpoint.
-# Each leg's numbers (steps, data, rates) are those of the shipped run; see README "aero-mini".
+# Each leg's numbers (steps, data, rates) are those of v1's run; see docs/aero-mini.md.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
@@ -19,7 +20,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) SMOKE=1 ;;
     --ship) SHIP=1 ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
     -*) echo "unknown option: $1" >&2; exit 2 ;;
     *) break ;;
   esac
