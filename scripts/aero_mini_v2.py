@@ -40,7 +40,8 @@ from aero.models import ADAPTER_FILE, projector_settings
 from aero.train.lineage import lineage_of
 
 REPO = Path(__file__).resolve().parents[1]
-# the newest v2 adapter while the shipped aero-mini is still v1: where the next session goes on
+# an adapter trained after the shipped one that did not ship (behind it on some figure): where
+# the next session goes on
 CANDIDATE = REPO / "checkpoints" / "aero-mini-v2" / "adapter.safetensors"
 RECIPE = REPO / "configs" / "data" / "aero-mini-v2.yaml"
 FINAL = "final/adapter.safetensors"
@@ -87,10 +88,11 @@ def shipped_is_v2() -> bool:
 
 
 def latest_v2() -> Path | None:
-    """The adapter a session goes on from: the shipped one once it is v2, else the candidate."""
-    if shipped_is_v2():
-        return ADAPTER_FILE
-    return CANDIDATE if CANDIDATE.is_file() else None
+    """The adapter a session goes on from: the candidate when one is kept (a session that did not
+    ship leaves it; shipping removes it), else the shipped one once it is v2."""
+    if CANDIDATE.is_file():
+        return CANDIDATE
+    return ADAPTER_FILE if shipped_is_v2() else None
 
 
 def session(args) -> None:
