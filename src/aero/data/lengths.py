@@ -35,9 +35,9 @@ def audio_samples(path: Path) -> int:
         return round(info.frames * SAMPLE_RATE / info.samplerate)
     except Exception:
         pass
-    import av
+    try:  # not a libsndfile format: FFmpeg's container header (PyAV missing: an error too)
+        import av
 
-    try:
         with av.open(str(path)) as container:
             stream = container.streams.audio[0]
             if stream.duration is not None and stream.time_base is not None:

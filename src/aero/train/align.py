@@ -48,6 +48,7 @@ from aero.data.manifest import (
 )
 from aero.modeling import CtcConnector
 from aero.processing import content_text, is_audio_part
+from aero.train.distributed import training_device
 from aero.train.lineage import leg, lineage_metadata, projector_metadata
 from aero.train.logs import JsonlLog, due
 from aero.train.presets import carried_state
@@ -93,7 +94,9 @@ class CTCHead(nn.Module):
         self.tokens = self.to_class = None
         if connector is not None:
             self.tokens = connector.vocab_mask[: embeddings.shape[0]].nonzero()[:, 0]
-            self.to_class = torch.full((embeddings.shape[0],), -1, dtype=torch.long)
+            self.to_class = torch.full(
+                (embeddings.shape[0],), -1, dtype=torch.long, device=self.tokens.device
+            )
             self.to_class[self.tokens] = torch.arange(len(self.tokens))
             embeddings = embeddings[self.tokens]
         self.register_buffer("embeddings", embeddings.detach().float(), persistent=False)
@@ -183,7 +186,7 @@ def _gathered_ctc(log_probs: torch.Tensor, target: list[int]) -> torch.Tensor:
     it; (T, C) log-probabilities normalised over the whole vocabulary, not over these columns)."""
     ctc = nn.functional.ctc_loss(
         log_probs[:, None],
-        torch.tensor([target], dtype=torch.long),
+        torch.tensor([target], dtype=torch.long, device=log_probs.device),
         torch.tensor([log_probs.shape[0]]),
         torch.tensor([len(target)]),
         blank=0,
@@ -262,43 +265,39 @@ class _Stage:
         projector = model.audio_modal_projector
         self.connector = projector if isinstance(projector, CtcConnector) else None
         self.head = CTCHead(model.get_input_embeddings().weight, self.connector)
-        self.autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(config.bf16))
+        self.device = model.get_input_embeddings().weight.device
+        bf16 = bool(config.bf16)
+        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
         self.dtype = torch.bfloat16 if config.bf16 else torch.float32
 
     def forward(self, pairs: list[tuple[str, str]], failed: list | None = None):
         """Per readable sample: projected audio (n_i, H), target ids, reference text. Unreadable
         audio raises, or with `failed` given is appended there as (path, error) and left out."""
-        windows, per_audio, kept = [], [], []
-        for path, text in pairs:
-            try:
-                loaded = self.processor.load_windows([path])
-            except (AudioError, OSError) as err:
-                if failed is None:
-                    raise
-                failed.append((path, str(err)))
-                continue
-            windows += loaded.windows
-            per_audio.append(len(loaded.windows))
-            kept.append((path, text))
-        pairs = kept
-        if not pairs:
+        return self.compute(load_batch(self.processor, pairs, failed))
+
+    def compute(self, batch: LoadedBatch):
+        """`forward` of a batch `load_batch` read (in a data-loader worker, or just now)."""
+        if not batch.pairs:
             return [], [], []
-        projected = self.project_recordings(windows, per_audio)
+        projected = self.project_recordings(batch.features, batch.per_audio)
         targets = [
             self.head.classes(self.processor.tokenizer(text, add_special_tokens=False)["input_ids"])
-            for _, text in pairs
+            for _, text in batch.pairs
         ]
-        return projected, targets, [text for _, text in pairs]
+        return projected, targets, [text for _, text in batch.pairs]
 
-    def project_recordings(self, windows: list, per_audio: list[int]) -> list[torch.Tensor]:
-        """The 30 s windows of several recordings (`per_audio` of them each, in order) -> one
-        (n_i, H) tensor of per-frame vectors per recording."""
-        values, mask = self.processor.audio_features(windows)
+    def project_recordings(self, windows, per_audio: list[int]) -> list[torch.Tensor]:
+        """The 30 s windows of several recordings (`per_audio` of them each, in order), or their
+        (log-mel, mask) features, -> one (n_i, H) tensor of per-frame vectors per recording."""
+        if isinstance(windows, tuple):
+            values, mask = windows
+        else:
+            values, mask = self.processor.audio_features(windows)
         # the encoder's trained top layers (`encoder_layers`) keep their graph; the frozen ones
         # below take no gradient, so autograd records nothing there
         grad = torch.is_grad_enabled() and bool(trained_encoder(self.model))
         with torch.set_grad_enabled(grad), self.autocast:
-            encoded = self.model.encode_windows(values, mask)
+            encoded = self.model.encode_windows(values.to(self.device), mask.to(self.device))
         projected, start = [], 0
         with self.autocast:
             for n in per_audio:
@@ -329,6 +328,69 @@ class _Stage:
             ).strip()
             for b in best
         ]
+
+
+@dataclass
+class LoadedBatch:
+    """A CTC batch read from disk: the readable (audio, text) pairs, the log-mel features and
+    mask of their 30 s windows, windows per pair, and (path, error) of the unreadable ones."""
+
+    pairs: list
+    features: tuple | None
+    per_audio: list[int]
+    failed: list
+
+
+def load_batch(processor, pairs: list[tuple[str, str]], failed: list | None = None) -> LoadedBatch:
+    """Decode and featurise a batch (CPU work, done in data-loader workers when the config asks
+    for them). Unreadable audio raises, or with `failed` given is listed there and left out."""
+    windows, per_audio, kept, bad = [], [], [], []
+    for path, text in pairs:
+        try:
+            loaded = processor.load_windows([path])
+        except (AudioError, OSError) as err:
+            if failed is None:
+                raise
+            bad.append((path, str(err)))
+            continue
+        windows += loaded.windows
+        per_audio.append(len(loaded.windows))
+        kept.append((path, text))
+    if failed is not None:
+        failed += bad
+    features = processor.audio_features(windows) if windows else None
+    return LoadedBatch(kept, features, per_audio, bad)
+
+
+class _BatchReader:
+    """A data-loader dataset of whole CTC batches: item k is `load_batch` of batch k."""
+
+    def __init__(self, processor, pairs, batches: list[list[int]], strict: bool):
+        self.processor, self.pairs, self.batches, self.strict = processor, pairs, batches, strict
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, k: int) -> LoadedBatch:
+        chosen = [self.pairs[i] for i in self.batches[k]]
+        return load_batch(self.processor, chosen, None if self.strict else [])
+
+
+def _loaded(processor, pairs, batches, start: int, config):
+    """Batches `start`.. of an epoch, loaded ahead by `num_workers` processes (0: here, in
+    turn, as each step asks)."""
+    reader = _BatchReader(processor, pairs, batches, config.strict_data)
+    if config.num_workers == 0:
+        yield from (reader[k] for k in range(start, len(batches)))
+        return
+    loader = torch.utils.data.DataLoader(
+        reader,
+        sampler=range(start, len(batches)),
+        batch_size=None,
+        num_workers=config.num_workers,
+        prefetch_factor=4,
+    )
+    yield from loader
 
 
 class CtcTranscriber:
@@ -388,6 +450,7 @@ def train_ctc(config, model, processor, out: Path, stop_after: int | None = None
     pairs, lengths, unreadable = _transcription_pairs(config, processor)
     if isinstance(model.audio_modal_projector, CtcConnector):
         grow_vocabulary(model.audio_modal_projector, pairs, processor.tokenizer)
+    model.to(training_device())
     stage = _Stage(model, processor, config)
     heldout = _heldout_pairs(config)
     params, optimizer, scheduler = _optimizer(config, model, stage, encoder)
@@ -402,18 +465,18 @@ def train_ctc(config, model, processor, out: Path, stop_after: int | None = None
             [{"stage": "length", "sample": source, "error": error} for source, error in unreadable]
         )
     batches = _batches(lengths, config.token_budget, config.seed, state.epoch)
+    loaded = _loaded(processor, pairs, batches, state.position, config)
     started, steps_this_call, timed_out = time.perf_counter(), 0, False
     while state.step < config.max_steps:
         if state.position >= len(batches):
             state.epoch, state.position = state.epoch + 1, 0
             batches = _batches(lengths, config.token_budget, config.seed, state.epoch)
-        chosen = [pairs[i] for i in batches[state.position]]
-        state.position += 1
+            loaded = _loaded(processor, pairs, batches, 0, config)
         t0 = time.perf_counter()
-        failed: list = []
-        projected, targets, references = stage.forward(
-            chosen, None if config.strict_data else failed
-        )
+        batch = next(loaded)
+        state.position += 1
+        projected, targets, references = stage.compute(batch)
+        failed = batch.failed
         skips.write([{"stage": "ctc", "sample": path, "error": error} for path, error in failed])
         state.skipped += len(failed)
         if not projected:
@@ -464,7 +527,11 @@ def _optimizer(config, model, stage: _Stage, encoder: list[nn.Parameter]):
         groups, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
     )
     scheduler = cosine_schedule(
-        optimizer, config.warmup_steps, config.cosine_steps, config.min_lr_ratio
+        optimizer,
+        config.warmup_steps,
+        config.cosine_steps,
+        config.min_lr_ratio,
+        config.schedule_minutes,
     )
     return params + encoder, optimizer, scheduler
 

@@ -89,6 +89,9 @@ class TrainConfig:
     schedule_steps: int | None = (
         None  # the cosine's length if not max_steps (a run stopped before its schedule ends)
     )
+    # the cosine spans this many minutes of one call instead of steps (a run whose speed is not
+    # known ahead, e.g. on a lent GPU; set max_minutes too); its lineage records the steps it ran
+    schedule_minutes: float | None = None
     max_grad_norm: float = 1.0
     loss_reduction: str = "token"  # token | sample
     loss_chunk: int = 4096
@@ -148,6 +151,8 @@ class TrainConfig:
             )
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise ConfigError(f"max_minutes must be positive, got {self.max_minutes}.")
+        if self.schedule_minutes is not None and self.schedule_minutes <= 0:
+            raise ConfigError(f"schedule_minutes must be positive, got {self.schedule_minutes}.")
         if self.schedule_steps is not None and self.schedule_steps < self.max_steps:
             raise ConfigError(
                 f"schedule_steps ({self.schedule_steps}) "

@@ -12,17 +12,22 @@ import torch
 from aero.train.step import TrainingModule
 
 
+def training_device() -> torch.device:
+    """This process's GPU (its `LOCAL_RANK`'s under torchrun) when there is one, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
 class Distributed:
     def __init__(self):
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         self.enabled = self.world_size > 1
-        if torch.cuda.is_available():
-            torch.cuda.set_device(self.local_rank)
-            self.device = torch.device("cuda", self.local_rank)
-        else:
-            self.device = torch.device("cpu")
+        self.device = training_device()
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
         if self.enabled and not torch.distributed.is_initialized():
             torch.distributed.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
 

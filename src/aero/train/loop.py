@@ -306,7 +306,11 @@ def _optimizer(config: TrainConfig, module):
         weight_decay=config.weight_decay,
     )
     scheduler = cosine_schedule(
-        optimizer, config.warmup_steps, config.cosine_steps, config.min_lr_ratio
+        optimizer,
+        config.warmup_steps,
+        config.cosine_steps,
+        config.min_lr_ratio,
+        config.schedule_minutes,
     )
     return optimizer, scheduler, [p for _, p in trainable]
 

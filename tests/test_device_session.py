@@ -1,0 +1,85 @@
+"""scripts/device_session.py: what it carries to a lent GPU machine arrives whole and readable."""
+
+import hashlib
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from aero.audio import load_audio
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def device_script():
+    spec = importlib.util.spec_from_file_location(
+        "device_session", ROOT / "scripts" / "device_session.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_audio_travels_as_opus_and_the_manifests_follow(tmp_path, monkeypatch):
+    script = device_script()
+    monkeypatch.chdir(tmp_path)
+    data = Path("data") / "s1"
+    (data / "audio").mkdir(parents=True)
+    t = np.arange(16000 * 3) / 16000
+    tone = (0.3 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 3 * t)) / 2).astype(
+        "float32"
+    )
+    sf.write(data / "audio" / "a.flac", tone, 16000)
+    row = {
+        "id": "a",
+        "task": "transcribe",
+        "messages": [
+            {
+                "role": "user",
+                "content": [{"type": "audio_url", "audio_url": {"url": "audio/a.flac"}}],
+            },
+            {"role": "assistant", "content": [{"type": "text", "text": "a tone"}]},
+        ],
+    }
+    (data / "train.jsonl").write_text(json.dumps(row) + "\n")
+    (data / "train.synth.json").write_text(json.dumps({"recipe": "r", "seed": 1}))
+    (data / "train.failed.jsonl").write_text("")
+    stage = tmp_path / "stage"
+    assert script.transcode(data, stage, 0.97, 1) == ["train"]
+    moved = json.loads((stage / data / "train.jsonl").read_text())
+    assert script.audio_parts(moved) == [{"url": "audio/a.ogg"}]
+    assert json.loads((stage / data / "train.synth.json").read_text()) == {
+        "recipe": "r",
+        "seed": 1,
+        "carried_as": "ogg-opus-level-0.97",
+    }
+    decoded = load_audio(stage / data / "audio" / "a.ogg")
+    assert len(decoded) == len(tone)  # the same length, so the same token counts
+    assert np.corrcoef(decoded, tone)[0, 1] > 0.95
+    assert (stage / data / "audio" / "a.ogg").stat().st_size * 8 / 3 < 20_000  # < 20 kb/s
+
+
+def test_pieces_rejoin_to_the_bundle_and_the_first_holds_the_wheels(tmp_path, monkeypatch):
+    script = device_script()
+    stage = tmp_path / "stage"
+    (stage / "wheels").mkdir(parents=True)
+    (stage / "wheels" / "a.whl").write_bytes(b"w" * 3000)
+    (stage / "big.bin").write_bytes(np.random.default_rng(0).bytes(20000))
+    script.cut(stage, tmp_path / "carry", piece_mib=8000 / 2**20)
+    pieces = sorted((tmp_path / "carry").iterdir(), key=lambda p: int(p.name[1:]))
+    plan = json.loads((pieces[0] / "pieces.json").read_text())
+    assert [p.name for p in pieces] == [f"p{k}" for k in range(-(-plan["bytes"] // 8000))]
+    assert all((p / name).stat().st_size <= 8000 for p, name in zip(pieces, plan["chunks"]))
+    joined = b"".join((p / name).read_bytes() for p, name in zip(pieces, plan["chunks"]))
+    assert len(joined) == plan["bytes"] and hashlib.sha256(joined).hexdigest() == plan["sha256"]
+
+    monkeypatch.setattr(script, "STORE", pieces[0])  # the first piece alone
+    wheels = script.first_chunk_wheels(tmp_path / "first")
+    assert [w.name for w in wheels.iterdir()] == ["a.whl"]
+    assert (wheels / "a.whl").read_bytes() == b"w" * 3000
+
+    with pytest.raises(SystemExit, match="raise --piece-mib"):
+        script.cut(stage, tmp_path / "small", piece_mib=1000 / 2**20)
