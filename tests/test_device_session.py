@@ -48,13 +48,13 @@ def test_audio_travels_as_opus_and_the_manifests_follow(tmp_path, monkeypatch):
     (data / "train.synth.json").write_text(json.dumps({"recipe": "r", "seed": 1}))
     (data / "train.failed.jsonl").write_text("")
     stage = tmp_path / "stage"
-    assert script.transcode(data, stage, 0.97, 1) == ["train"]
+    assert script.transcode(data, stage, 12, 1) == ["train"]
     moved = json.loads((stage / data / "train.jsonl").read_text())
     assert script.audio_parts(moved) == [{"url": "audio/a.ogg"}]
     assert json.loads((stage / data / "train.synth.json").read_text()) == {
         "recipe": "r",
         "seed": 1,
-        "carried_as": "ogg-opus-level-0.97",
+        "carried_as": "ogg-opus-12kbps",
     }
     decoded = load_audio(stage / data / "audio" / "a.ogg")
     assert len(decoded) == len(tone)  # the same length, so the same token counts
