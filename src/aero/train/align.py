@@ -97,7 +97,7 @@ class CTCHead(nn.Module):
             self.to_class = torch.full(
                 (embeddings.shape[0],), -1, dtype=torch.long, device=self.tokens.device
             )
-            self.to_class[self.tokens] = torch.arange(len(self.tokens))
+            self.to_class[self.tokens] = torch.arange(len(self.tokens), device=self.tokens.device)
             embeddings = embeddings[self.tokens]
         self.register_buffer("embeddings", embeddings.detach().float(), persistent=False)
         norms = self.embeddings.norm(dim=-1)
@@ -245,7 +245,7 @@ def ctc_batch_loss(
     # repeats, as over the full vocabulary.
     uniques = [list(dict.fromkeys(ids)) for ids in targets]
     columns = [[head.blank_index] + u for u in uniques]
-    rows = table[torch.tensor([c for cols in columns for c in cols])]  # one gather
+    rows = table[torch.tensor([c for cols in columns for c in cols], device=table.device)]
     total = max(sum(len(ids) for ids in targets), 1)
     ctc = frames.new_zeros((), dtype=torch.float32)
     offset = 0
@@ -264,8 +264,8 @@ class _Stage:
         self.model, self.processor, self.config = model, processor, config
         projector = model.audio_modal_projector
         self.connector = projector if isinstance(projector, CtcConnector) else None
-        self.head = CTCHead(model.get_input_embeddings().weight, self.connector)
         self.device = model.get_input_embeddings().weight.device
+        self.head = CTCHead(model.get_input_embeddings().weight, self.connector).to(self.device)
         bf16 = bool(config.bf16)
         self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
         self.dtype = torch.bfloat16 if config.bf16 else torch.float32
