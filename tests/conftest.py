@@ -31,6 +31,17 @@ TINY_QWEN2_TOKENIZER = ASSETS / "tiny-qwen2-tokenizer"  # Qwen2's pre-tokenizer:
 N_MELS = 16
 
 
+def load_script(name: str):
+    """A module from scripts/ (not a package), e.g. load_script("aero_mini_v2")."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def tiny_config(tokenizer: Path = TINY_TOKENIZER, **overrides) -> AeroConfig:
     from transformers import AutoTokenizer
 

@@ -1,7 +1,6 @@
 """scripts/device_session.py: what it carries to a lent GPU machine arrives whole and readable."""
 
 import hashlib
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,17 +9,11 @@ import pytest
 import soundfile as sf
 
 from aero.audio import load_audio
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import load_script
 
 
 def device_script():
-    spec = importlib.util.spec_from_file_location(
-        "device_session", ROOT / "scripts" / "device_session.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("device_session")
 
 
 def test_audio_travels_as_opus_and_the_manifests_follow(tmp_path, monkeypatch):

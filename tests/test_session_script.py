@@ -1,20 +1,12 @@
 """scripts/aero_mini_v2.py: where the next training session goes on from."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import load_script
 
 
 def session_script():
-    spec = importlib.util.spec_from_file_location(
-        "aero_mini_v2", ROOT / "scripts" / "aero_mini_v2.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("aero_mini_v2")
 
 
 def test_a_kept_candidate_comes_before_the_shipped_adapter(tmp_path, monkeypatch):
