@@ -5,7 +5,7 @@ there, bring the adapter back.
     # one device `run` per piece, in order, each carrying its folder (carry: [".carry/pK"]):
     python3 scripts/device_session.py device .carry/p0 --probe   # installs, GPU smoke tests
     python3 scripts/device_session.py device .carry/pK           # kept in /tmp until the last
-    python3 scripts/device_session.py device .carry/pN --train --ctc-minutes 3.5 --lm-minutes 2.5
+    python3 scripts/device_session.py device .carry/pN --train --ctc-minutes 4 --lm-minutes 2.5
     python scripts/device_session.py unpack DIR [--out checkpoints/aero-mini-v2/device.safetensors]
 
 The machine there starts bare and cannot reach a package index, and each call carries at most
@@ -24,6 +24,11 @@ LoRA it started from, each ended by the clock with its cosine spread over its mi
 (`schedule_minutes`). The adapter comes back in pieces of at most 15 MiB (the tool returns at
 most 16 MiB a file) with both legs' metrics; `unpack` joins and checks it. Evaluate it here with
 `scripts/eval_aero_mini.py --adapter` as after any session.
+
+Each call also carries the working tree, and the 64 MiB covers both: take the two committed
+adapters (~86 MB) out of the tree for the calls (`rm` them; `git checkout` them after) and keep
+pieces at 62 MiB (the rest of the tree is ~2 MB). The machine goes back ~30 s after a call:
+send the pieces one straight after another. Session 9's figures: docs/aero-mini-v2.md.
 
 `device` uses the standard library only until the wheels are installed.
 """
@@ -421,7 +426,7 @@ def main() -> None:
     p.add_argument("--adapter", help="the adapter to go on from (default: the newest v2)")
     p.add_argument("--out", default=".carry", help="pieces folder (ignore it in git)")
     p.add_argument("--stage", default="/tmp/aero-device-stage")
-    p.add_argument("--piece-mib", type=float, default=60.0)
+    p.add_argument("--piece-mib", type=float, default=62.0)
     p.add_argument("--opus-kbps", type=float, default=12.0, help="the data's Opus bit rate")
     p.add_argument("--python", default="3.12", help="that machine's Python version")
     p.add_argument("--workers", type=int, default=2, help="encoding processes here")
