@@ -208,6 +208,8 @@ def test_ctc_stage_reads_ahead_in_workers_with_the_same_batches(
     assert [r["step"] for r in ahead] == list(range(1, 10))
     assert [r["loss"] for r in ahead] == pytest.approx([r["loss"] for r in sequential], rel=1e-5)
     assert [r["samples"] for r in ahead] == [r["samples"] for r in sequential]
+    # the time each step waited for its batch: all of the reading with 0 workers, less ahead
+    assert all(0 <= r["data_wait_s"] <= r["step_s"] for r in sequential + ahead)
     skipped = (tmp_path / "b" / "skipped.jsonl").read_text().splitlines()
     assert len(skipped) == len((tmp_path / "a" / "skipped.jsonl").read_text().splitlines())
 

@@ -474,6 +474,7 @@ def train_ctc(config, model, processor, out: Path, stop_after: int | None = None
             loaded = _loaded(processor, pairs, batches, 0, config)
         t0 = time.perf_counter()
         batch = next(loaded)
+        waited = time.perf_counter() - t0  # reading ahead keeps this near 0 when it keeps up
         state.position += 1
         projected, targets, references = stage.compute(batch)
         failed = batch.failed
@@ -492,6 +493,7 @@ def train_ctc(config, model, processor, out: Path, stop_after: int | None = None
         rate = audio_tokens_per_second(model.config.projector_stack)
         state.seen_seconds += sum(float(n) for n in n_tokens) / rate
         record = _ctc_record(stage, state, ctc, penalty, grad_norm, scheduler, len(projected), t0)
+        record["data_wait_s"] = waited
         if state.step % config.log_every == 0:
             decoded = stage.decode(best)
             record["train_wer"] = corpus_score(score_texts(references, decoded)).error_rate
