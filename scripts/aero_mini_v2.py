@@ -79,7 +79,8 @@ class Work:
             config |= {"max_steps": 2, "save_every": 1, "eval_every": 1, "eval_samples": 2}
         path = self.root / "runs" / f"{name}.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
-        self.step(name, ["aero", "train", str(path)])
+        # this interpreter's aero (a machine with the wheels on PYTHONPATH has no `aero` script)
+        self.step(name, [sys.executable, "-m", "aero.cli", "train", str(path)])
         return self.root / config["output_dir"] / FINAL
 
 

@@ -352,7 +352,7 @@ def environment() -> dict:
 def legs(args) -> None:
     """Both legs in the bundle (run under the installed wheels), then the adapter and metrics
     into `--out` for the tool to bring back."""
-    from aero_mini_v2 import lm_data
+    from aero_mini_v2 import Work, lm_data
 
     from aero.adapter import adapter_part, convert_adapter
 
@@ -361,6 +361,7 @@ def legs(args) -> None:
     runs = BUNDLE / "runs"
     runs.mkdir(exist_ok=True)
     name = f"{Path(data).name.removeprefix('aero-mini-')}-gpu"
+    work = Work(BUNDLE, smoke=False)
     ctc = {
         "output_dir": f"runs/{name}-ctc",
         "data": [{"path": f"{data}/{split}.jsonl"} for split in session["splits"]],
@@ -373,7 +374,7 @@ def legs(args) -> None:
         "progress": False,
         **{k: v for k, v in session["ctc"].items() if v is not None},
     }
-    ctc_out = train(REPO / "configs" / "aero-mini-v2-ctc.yaml", ctc)
+    ctc_out = work.train(f"{name}-ctc", REPO / "configs" / "aero-mini-v2-ctc.yaml", ctc)
     lm = {
         "output_dir": f"runs/{name}-lm",
         "data": lm_data(data, session["splits"]),
@@ -386,7 +387,7 @@ def legs(args) -> None:
         # the YAML's 10 warm-up steps took 110 of the first GPU leg's 150 s (19 steps in all)
         "warmup_steps": 3,
     }
-    trained = train(REPO / "configs" / "aero-mini-v2-lm.yaml", lm)
+    trained = work.train(f"{name}-lm", REPO / "configs" / "aero-mini-v2-lm.yaml", lm)
     # float16, as kept and shipped here: half the pieces to bring back
     final = convert_adapter(trained, runs / "final-fp16.safetensors")
     out = Path(args.out)
@@ -404,18 +405,6 @@ def legs(args) -> None:
             out / f"{Path(leg['output_dir']).name}.jsonl",
         )
     print(f"legs done: {final}")
-
-
-def train(base: Path, settings: dict) -> Path:
-    """`aero train` of the base YAML with `settings` over it, in the bundle; its final adapter."""
-    import yaml
-
-    config = yaml.safe_load(base.read_text()) | settings
-    path = BUNDLE / "runs" / f"{Path(settings['output_dir']).name}.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    command = [sys.executable, "-m", "aero.cli", "train", str(path)]
-    subprocess.run(command, cwd=BUNDLE, check=True)
-    return BUNDLE / config["output_dir"] / "final" / "adapter.safetensors"
 
 
 def main() -> None:

@@ -273,7 +273,10 @@ class _Stage:
     def forward(self, pairs: list[tuple[str, str]], failed: list | None = None):
         """Per readable sample: projected audio (n_i, H), target ids, reference text. Unreadable
         audio raises, or with `failed` given is appended there as (path, error) and left out."""
-        return self.compute(load_batch(self.processor, pairs, failed))
+        batch = load_batch(self.processor, pairs, strict=failed is None)
+        if failed is not None:
+            failed += batch.failed
+        return self.compute(batch)
 
     def compute(self, batch: LoadedBatch):
         """`forward` of a batch `load_batch` read (in a data-loader worker, or just now)."""
@@ -286,13 +289,10 @@ class _Stage:
         ]
         return projected, targets, [text for _, text in batch.pairs]
 
-    def project_recordings(self, windows, per_audio: list[int]) -> list[torch.Tensor]:
-        """The 30 s windows of several recordings (`per_audio` of them each, in order), or their
-        (log-mel, mask) features, -> one (n_i, H) tensor of per-frame vectors per recording."""
-        if isinstance(windows, tuple):
-            values, mask = windows
-        else:
-            values, mask = self.processor.audio_features(windows)
+    def project_recordings(self, features: tuple, per_audio: list[int]) -> list[torch.Tensor]:
+        """The (log-mel, mask) features of several recordings' 30 s windows (`per_audio` of them
+        each, in order) -> one (n_i, H) tensor of per-frame vectors per recording."""
+        values, mask = features
         # the encoder's trained top layers (`encoder_layers`) keep their graph; the frozen ones
         # below take no gradient, so autograd records nothing there
         grad = torch.is_grad_enabled() and bool(trained_encoder(self.model))
@@ -341,23 +341,21 @@ class LoadedBatch:
     failed: list
 
 
-def load_batch(processor, pairs: list[tuple[str, str]], failed: list | None = None) -> LoadedBatch:
+def load_batch(processor, pairs: list[tuple[str, str]], strict: bool) -> LoadedBatch:
     """Decode and featurise a batch (CPU work, done in data-loader workers when the config asks
-    for them). Unreadable audio raises, or with `failed` given is listed there and left out."""
+    for them). Unreadable audio raises when `strict`, else is listed in `failed` and left out."""
     windows, per_audio, kept, bad = [], [], [], []
     for path, text in pairs:
         try:
             loaded = processor.load_windows([path])
         except (AudioError, OSError) as err:
-            if failed is None:
+            if strict:
                 raise
             bad.append((path, str(err)))
             continue
         windows += loaded.windows
         per_audio.append(len(loaded.windows))
         kept.append((path, text))
-    if failed is not None:
-        failed += bad
     features = processor.audio_features(windows) if windows else None
     return LoadedBatch(kept, features, per_audio, bad)
 
@@ -373,7 +371,7 @@ class _BatchReader:
 
     def __getitem__(self, k: int) -> LoadedBatch:
         chosen = [self.pairs[i] for i in self.batches[k]]
-        return load_batch(self.processor, chosen, None if self.strict else [])
+        return load_batch(self.processor, chosen, self.strict)
 
 
 def _loaded(processor, pairs, batches, start: int, config):
@@ -416,7 +414,10 @@ class CtcTranscriber:
                 per_audio.append(len(cut))
             kept = [n for n in per_audio if n]  # a clip too short for one frame reads as ""
             with torch.no_grad():
-                projected = self.stage.project_recordings(windows, kept) if kept else []
+                projected = []
+                if kept:
+                    features = self.stage.processor.audio_features(windows)
+                    projected = self.stage.project_recordings(features, kept)
                 decoded = iter(self.stage.decode(self.stage.head.best(projected)))
             texts += [next(decoded) if n else "" for n in per_audio]
         return texts
