@@ -17,8 +17,9 @@ A session continues the shipped model:
 5. with --ship, the new adapter replaces the shipped one when its held-out WER is lower than
    the shipped adapter's on both short sets (slt and espeak) and its instruction F1 and
    understanding accuracy are no lower, else it becomes the candidate
-   (`checkpoints/aero-mini-v2/`) the next session goes on from; either way its lineage is in its
-   metadata (steps, samples, tokens, data recipe and seed, the whole config).
+   (`checkpoints/aero-mini-v2/`) the next session goes on from when it is closer to shipping
+   than the kept candidate (`verdict`); its lineage is in its metadata (steps, samples, tokens,
+   data recipe and seed, the whole config).
 
 `replay` runs every leg of an adapter's lineage again, in order, from its recorded data recipes,
 seeds, configs and step counts (each leg starting from the legs before it, as the sessions did).
@@ -188,22 +189,54 @@ def held_out(results: Path) -> dict[str, float]:
     return out
 
 
+SHORT_SETS = ("slt", "espeak")  # WER, lower is better
+ANSWERS = ("instruct", "understanding")  # token F1 and accuracy, higher is better
+
+
+def conditions_met(new: dict[str, float], shipped: dict[str, float]) -> int:
+    """How many of the four shipping conditions `new` meets against the shipped figures."""
+    return sum(new[k] < shipped[k] for k in SHORT_SETS) + sum(
+        new[k] >= shipped[k] for k in ANSWERS
+    )
+
+
+def verdict(
+    new: dict[str, float], shipped: dict[str, float], candidate: dict[str, float] | None
+) -> str:
+    """"ship" when `new` transcribes both short sets better than the shipped adapter and answers
+    instructions and questions at least as well; else "candidate" when it is closer to shipping
+    than the kept candidate (more conditions met; a tie goes to the lower short-set WER) or no
+    candidate is kept; else "keep" (the candidate stays, the new adapter is dropped)."""
+    if conditions_met(new, shipped) == len(SHORT_SETS) + len(ANSWERS):
+        return "ship"
+    if candidate is None:
+        return "candidate"
+
+    def rank(figures: dict[str, float]) -> tuple[int, float]:
+        return conditions_met(figures, shipped), -sum(figures[k] for k in SHORT_SETS)
+
+    return "candidate" if rank(new) > rank(candidate) else "keep"
+
+
 def ship_if_better(work: Work, new: Path, label: str) -> None:
-    """Ship when the new adapter transcribes both short sets better and answers instructions and
-    questions at least as well as the shipped one."""
+    """Ship the new adapter, keep it as the candidate, or drop it (`verdict`), all three
+    evaluated in the same run on the same held-out files."""
     from aero.adapter import convert_adapter
 
     ours = held_out(work.root / "eval-results" / label)
     theirs = held_out(evaluate(work, None, "shipped"))
-    print(f"held-out, new {ours} vs shipped {theirs}")
-    better = all(ours[k] < theirs[k] for k in ("slt", "espeak")) and all(
-        ours[k] >= theirs[k] for k in ("instruct", "understanding")
-    )
-    if better:
+    kept = None
+    if CANDIDATE.is_file():
+        kept = held_out(evaluate(work, CANDIDATE, "candidate"))
+    print(f"held-out, new {ours} vs shipped {theirs} and candidate {kept}")
+    outcome = verdict(ours, theirs, kept)
+    if outcome == "ship":
         print(f"shipped: {convert_adapter(new, ADAPTER_FILE)}")
         CANDIDATE.unlink(missing_ok=True)
-    else:  # kept, so that the next session goes on from it
+    elif outcome == "candidate":  # the next session goes on from it
         print(f"not shipped (behind on one); candidate: {convert_adapter(new, CANDIDATE)}")
+    else:
+        print(f"not shipped, not kept: the candidate {CANDIDATE} is closer to shipping")
 
 
 def replay(args) -> None:

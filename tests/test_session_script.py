@@ -33,3 +33,20 @@ def test_the_kept_candidate_continues_the_shipped_lineage():
     assert all(
         record["seed"] not in seeds for leg in candidate[len(shipped) :] for record in leg["data"]
     )
+
+
+def test_verdict_ships_keeps_or_drops_as_sessions_8_and_9_decided():
+    verdict = session_script().verdict
+    shipped = {"espeak": 29.3, "slt": 23.7, "instruct": 42.3, "understanding": 38.3}
+    session_8 = {"espeak": 28.7, "slt": 23.1, "instruct": 37.1, "understanding": 45.0}
+    session_9 = {"espeak": 29.8, "slt": 22.2, "instruct": 35.0, "understanding": 40.8}
+    # session 8: behind on instructions only, no candidate kept yet -> the candidate
+    assert verdict(session_8, shipped, None) == "candidate"
+    # session 9: better slt but behind on espeak and instructions -> the candidate stays
+    assert verdict(session_9, shipped, session_8) == "keep"
+    # ahead on all four -> shipped, whatever the candidate
+    ahead = session_8 | {"instruct": 42.3}
+    assert verdict(ahead, shipped, session_8) == "ship"
+    # as many conditions met as the candidate: the lower short-set WER wins
+    assert verdict(session_8 | {"slt": 22.0}, shipped, session_8) == "candidate"
+    assert verdict(session_8 | {"slt": 23.5}, shipped, session_8) == "keep"
