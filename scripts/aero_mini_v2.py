@@ -195,15 +195,13 @@ ANSWERS = ("instruct", "understanding")  # token F1 and accuracy, higher is bett
 
 def conditions_met(new: dict[str, float], shipped: dict[str, float]) -> int:
     """How many of the four shipping conditions `new` meets against the shipped figures."""
-    return sum(new[k] < shipped[k] for k in SHORT_SETS) + sum(
-        new[k] >= shipped[k] for k in ANSWERS
-    )
+    return sum(new[k] < shipped[k] for k in SHORT_SETS) + sum(new[k] >= shipped[k] for k in ANSWERS)
 
 
 def verdict(
     new: dict[str, float], shipped: dict[str, float], candidate: dict[str, float] | None
 ) -> str:
-    """"ship" when `new` transcribes both short sets better than the shipped adapter and answers
+    """ "ship" when `new` transcribes both short sets better than the shipped adapter and answers
     instructions and questions at least as well; else "candidate" when it is closer to shipping
     than the kept candidate (more conditions met; a tie goes to the lower short-set WER) or no
     candidate is kept; else "keep" (the candidate stays, the new adapter is dropped)."""
