@@ -75,6 +75,25 @@ def test_gathered_columns_ctc_equals_full_vocabulary_ctc():
     torch.testing.assert_close(g1, g2)
 
 
+def test_a_batch_of_recordings_projects_as_each_recording_alone():
+    torch.manual_seed(0)
+    model = make_tiny_model(projector_type="ctc", projector_stack=2, connector_layers=2).eval()
+    processor = make_tiny_processor()
+    stage = _Stage(model, processor, TrainConfig(bf16=False))
+    seconds = [[1.3], [0.6, 2.2], [3.0]]  # the second recording has two windows
+    windows = [torch.randn(int(s * 16000)).numpy() * 0.1 for rec in seconds for s in rec]
+    with torch.no_grad():
+        batch = stage.project_recordings(processor.audio_features(windows), [1, 2, 1])
+        alone, start = [], 0
+        for rec in seconds:
+            own = windows[start : start + len(rec)]
+            alone += stage.project_recordings(processor.audio_features(own), [len(rec)])
+            start += len(rec)
+    assert [b.shape for b in batch] == [a.shape for a in alone]
+    for b, a in zip(batch, alone):
+        torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
+
+
 def test_greedy_ctc_collapses_repeats_and_drops_blanks():
     blank = 4
     frames = [blank, 1, 1, blank, 1, 2, 2, blank, blank, 3]

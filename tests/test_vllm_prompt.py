@@ -7,7 +7,7 @@ import pytest
 import torch
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from aero import modeling
+from aero.audio import length_groups
 from aero.vllm import prompt
 from conftest import TINY_QWEN2_TOKENIZER, make_tiny_processor, tone
 
@@ -19,9 +19,12 @@ def test_vllm_prompt_renders_the_processors_template():
         )
 
 
-def test_length_groups_are_the_models():
+def test_length_groups_cover_every_window_once_within_the_slack():
     frames = [3000, 300, 310, 2900, 1200, 3000, 5, 1290]
-    assert prompt.length_groups(frames) == modeling._length_groups(frames)
+    groups = length_groups(frames)
+    assert sorted(i for g in groups for i, _ in g) == list(range(len(frames)))
+    assert [[i for i, _ in g] for g in groups] == [[6], [1, 2], [4, 7], [3, 0, 5]]
+    assert all(max(f for _, f in g) <= 1.1 * min(f for _, f in g) + 2 for g in groups)
 
 
 def vllm_style_ids(processor, samples: np.ndarray) -> list[int]:

@@ -233,6 +233,19 @@ def encoder_output_lengths(frames, stack: int = 1):
     return positions, (pooled + stack - 1) // stack
 
 
+def length_groups(lengths, slack: float = 1.1) -> list[list[tuple[int, int]]]:
+    """Windows sorted by length, cut into groups whose longest is <= slack x their shortest
+    (+2): [(index, length), ...] per group. The encoder (`encode_windows`, vLLM's audio path)
+    and the "ctc" connector run one batch per group: few calls, little padding."""
+    groups: list[list[tuple[int, int]]] = []
+    for item in sorted(enumerate(lengths), key=lambda p: p[1]):
+        if groups and item[1] <= slack * groups[-1][0][1] + 2:
+            groups[-1].append(item)
+        else:
+            groups.append([item])
+    return groups
+
+
 def window_tokens(n_samples: int, stack: int = 1) -> int:
     """Audio tokens of one window of `n_samples` samples (0 for <= 320 samples, as in the
     reference)."""

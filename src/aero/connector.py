@@ -14,6 +14,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from aero.audio import length_groups
 from aero.ctc_scoring import CtcPosteriors
 
 CTC_EMISSIONS = ("mix", "argmax")
@@ -70,7 +71,15 @@ class CtcConnector(nn.Module):
 
     def frames(self, windows: list[torch.Tensor]) -> list[torch.Tensor]:
         """Per-window stacked frames [(n_i, k*D)] -> per-frame vectors [(n_i, H)]; each window
-        is attended on its own."""
+        is attended on its own, windows of similar length in one batch (`length_groups`)."""
+        out: list[torch.Tensor] = [None] * len(windows)  # type: ignore[list-item]
+        for group in length_groups([w.shape[0] for w in windows]):
+            done = self._frames([windows[i] for i, _ in group])
+            for (i, _), frames in zip(group, done):
+                out[i] = frames
+        return out
+
+    def _frames(self, windows: list[torch.Tensor]) -> list[torch.Tensor]:
         lengths = [w.shape[0] for w in windows]
         x = self.linear(nn.utils.rnn.pad_sequence(windows, batch_first=True))
         pad = (

@@ -25,7 +25,12 @@ from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PreT
 from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
 from transformers.models.qwen2_audio.modeling_qwen2_audio import Qwen2AudioEncoder
 
-from aero.audio import ENCODER_LOOKAHEAD_FRAMES, N_FRAMES, encoder_output_lengths
+from aero.audio import (
+    ENCODER_LOOKAHEAD_FRAMES,
+    N_FRAMES,
+    encoder_output_lengths,
+    length_groups,
+)
 from aero.chat_format import AUDIO_TOKEN, WHISPER_LARGE_V3_ENCODER
 from aero.connector import CtcConnector, CtcPart
 
@@ -203,7 +208,7 @@ class AeroForConditionalGeneration(AeroPreTrainedModel, GenerationMixin):
         encoded in groups of similar length (see `get_audio_features`)."""
         groups = [None]
         if audio_attention_mask is not None and audio_values.shape[0] > 1:
-            groups = _length_groups(audio_attention_mask.sum(-1).tolist())
+            groups = length_groups(audio_attention_mask.sum(-1).tolist())
         pieces: list[tuple[int, torch.Tensor]] = []
         for group in groups:
             values, mask = audio_values, audio_attention_mask
@@ -366,20 +371,8 @@ def encoder_frame_slots(frames: list[int], frames_per_window: int) -> int:
         return len(frames) * frames_per_window
     return sum(
         len(g) * min(max(f for _, f in g) + ENCODER_LOOKAHEAD_FRAMES, frames_per_window)
-        for g in _length_groups(frames)
+        for g in length_groups(frames)
     )
-
-
-def _length_groups(frames: list[int], slack: float = 1.1) -> list[list[tuple[int, int]]]:
-    """Windows sorted by length, cut into groups whose longest is <= slack x their shortest."""
-    order = sorted(enumerate(frames), key=lambda p: p[1])
-    groups: list[list[tuple[int, int]]] = []
-    for item in order:
-        if groups and item[1] <= slack * groups[-1][0][1] + 2:
-            groups[-1].append(item)
-        else:
-            groups.append([item])
-    return groups
 
 
 def register_auto_classes() -> None:

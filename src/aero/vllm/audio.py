@@ -28,9 +28,8 @@ import torch
 from torch import nn
 from transformers.models.qwen2_audio.modeling_qwen2_audio import Qwen2AudioEncoder
 
-from aero.audio import ENCODER_LOOKAHEAD_FRAMES, N_FRAMES, encoder_output_lengths
+from aero.audio import ENCODER_LOOKAHEAD_FRAMES, N_FRAMES, encoder_output_lengths, length_groups
 from aero.connector import CtcConnector
-from aero.vllm.prompt import length_groups
 
 EMBEDDINGS = "language_model.model.embed_tokens.weight"  # the LM's input embeddings
 

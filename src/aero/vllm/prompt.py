@@ -93,15 +93,3 @@ def window_features(feature_extractor, windows: Sequence[np.ndarray]) -> torch.T
         return_tensors="pt",
     )
     return out["input_features"][:, :, :T]
-
-
-def length_groups(frames: Sequence[int], slack: float = 1.1) -> list[list[tuple[int, int]]]:
-    """Windows sorted by length, cut into groups whose longest is <= slack x their shortest
-    (+2 frames): the encoder batches of AeroForConditionalGeneration.encode_windows."""
-    groups: list[list[tuple[int, int]]] = []
-    for item in sorted(enumerate(frames), key=lambda p: p[1]):
-        if groups and item[1] <= slack * groups[-1][0][1] + 2:
-            groups[-1].append(item)
-        else:
-            groups.append([item])
-    return groups
