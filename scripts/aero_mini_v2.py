@@ -70,7 +70,7 @@ class Work:
         extra = ["--samples", "6"] if self.smoke else ["--samples", str(samples)] if samples else []
         command = ["aero", "data", "synth", out, "--recipe", recipe, "--seed", str(seed)]
         if recipe != "heldout":  # SmolLM2's answers, shared by every seed: most questions recur
-            # (seeds 12 and 13: 426 of ~470), and answering took ~30 of a session's minutes
+            # (seeds 12 and 13: 426 of ~470); seed 14's ~500 answers took 12 of its 27 minutes
             command += ["--answers-cache", "data/llm_answers.json"]
         # exit 1: a few clips failed (a tool crashed on them); the rest were written and the
         # failed ones are listed in <split>.failed.jsonl, so the session goes on without them
