@@ -22,8 +22,9 @@ and runs the same two legs as `aero_mini_v2.py session` on the GPU: the connecto
 batches decoded ahead by data-loader workers), then the LM leg from that connector plus the
 LoRA it started from, each ended by the clock with its cosine spread over its minutes
 (`schedule_minutes`). The adapter comes back in pieces of at most 15 MiB (the tool returns at
-most 16 MiB a file) with both legs' metrics; `unpack` joins and checks it. Evaluate it here with
-`scripts/eval_aero_mini.py --adapter` as after any session.
+most 16 MiB a file) with both legs' metrics and per-operator profiles (`profile_steps`);
+`unpack` joins and checks it. Evaluate it here with `scripts/eval_aero_mini.py --adapter` as
+after any session.
 
 Each call also carries the working tree, and the 64 MiB covers both: take the two committed
 adapters (~86 MB) out of the tree for the calls (`rm` them; `git checkout` them after) and keep
@@ -372,6 +373,7 @@ def legs(args) -> None:
         "schedule_minutes": args.ctc_minutes,
         "save_every": 200,
         "progress": False,
+        "profile_steps": 3,  # where the step time goes there (session 9: not the GPU)
         **{k: v for k, v in session["ctc"].items() if v is not None},
     }
     ctc_out = work.train(f"{name}-ctc", REPO / "configs" / "aero-mini-v2-ctc.yaml", ctc)
@@ -384,6 +386,7 @@ def legs(args) -> None:
         "schedule_minutes": args.lm_minutes,
         "save_every": 1_000,
         "progress": False,
+        "profile_steps": 3,
         # the YAML's 10 warm-up steps took 110 of the first GPU leg's 150 s (19 steps in all)
         "warmup_steps": 3,
     }
@@ -400,10 +403,10 @@ def legs(args) -> None:
     record = {"pieces": pieces, "sha256": sha256(final)}
     (out / "adapter.json").write_text(json.dumps(record) + "\n")
     for leg in (ctc, lm):
-        shutil.copy(
-            BUNDLE / leg["output_dir"] / "metrics.jsonl",
-            out / f"{Path(leg['output_dir']).name}.jsonl",
-        )
+        run = BUNDLE / leg["output_dir"]
+        shutil.copy(run / "metrics.jsonl", out / f"{run.name}.jsonl")
+        if (run / "profile.txt").is_file():
+            shutil.copy(run / "profile.txt", out / f"{run.name}-profile.txt")
     print(f"legs done: {final}")
 
 

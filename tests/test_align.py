@@ -295,3 +295,22 @@ def test_ctc_stage_trains_the_encoder_top_and_later_legs_carry_it(
         config(base, manifest, tmp_path, objective="lm", encoder_layers=1).validate()
     with pytest.raises(ConfigError, match="encoder_layers is 3; the encoder has 2 layers"):
         train(config(base, manifest, tmp_path / "deep", encoder_layers=3))
+
+
+def test_profile_steps_write_where_each_stage_spent_its_steps(
+    base, manifest, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("AERO_CACHE", str(tmp_path / "cache"))
+    for name, make in (("ctc", config), ("lm", lm_config)):
+        out = tmp_path / name
+        train(make(base, manifest, out, max_steps=5, profile_steps=2))
+        table = (out / "profile.txt").read_text()
+        assert table.startswith("2 steps profiled after 3")
+        for phase in ("aero.data", "aero.forward", "aero.backward", "aero.optimizer"):
+            assert phase in table, (name, phase)
+        assert "aten::" in table  # the operators under them
+    plain = tmp_path / "plain"
+    train(config(base, manifest, plain, max_steps=2))
+    assert not (plain / "profile.txt").exists()
+    with pytest.raises(ConfigError, match="profile_steps"):
+        config(base, manifest, tmp_path / "bad", profile_steps=-1).validate()

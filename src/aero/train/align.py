@@ -52,6 +52,7 @@ from aero.train.distributed import training_device
 from aero.train.lineage import leg, lineage_metadata, projector_metadata
 from aero.train.logs import JsonlLog, due
 from aero.train.presets import carried_state
+from aero.train.profiling import StepProfiler, record_function
 from aero.train.schedule import cosine_schedule
 
 TRANSCRIPTION_TASKS = ("transcribe", "long")
@@ -472,48 +473,60 @@ def train_ctc(config, model, processor, out: Path, stop_after: int | None = None
     batches = _batches(lengths, config.token_budget, config.seed, state.epoch)
     loaded = _loaded(processor, pairs, batches, state.position, config)
     started, steps_this_call, timed_out = time.perf_counter(), 0, False
-    while state.step < config.max_steps:
-        if state.position >= len(batches):
-            state.epoch, state.position = state.epoch + 1, 0
-            batches = _batches(lengths, config.token_budget, config.seed, state.epoch)
-            loaded = _loaded(processor, pairs, batches, 0, config)
-        t0 = time.perf_counter()
-        batch = next(loaded)
-        waited = time.perf_counter() - t0  # reading ahead keeps this near 0 when it keeps up
-        state.position += 1
-        projected, targets, references = stage.compute(batch)
-        failed = batch.failed
-        skips.write([{"stage": "ctc", "sample": path, "error": error} for path, error in failed])
-        state.skipped += len(failed)
-        if not projected:
-            continue
-        loss, ctc, penalty, best, n_tokens = stage.loss(projected, targets, config.ctc_norm_penalty)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        state.step += 1
-        state.seen_samples += len(projected)
-        rate = audio_tokens_per_second(model.config.projector_stack)
-        state.seen_seconds += sum(float(n) for n in n_tokens) / rate
-        record = _ctc_record(stage, state, ctc, penalty, grad_norm, scheduler, len(projected), t0)
-        record["data_wait_s"] = waited
-        if state.step % config.log_every == 0:
-            decoded = stage.decode(best)
-            record["train_wer"] = corpus_score(score_texts(references, decoded)).error_rate
-        if heldout and due(state.step, config.eval_every, config.max_steps):
-            record.update(_heldout(stage, heldout))
-        metrics.write([record])
-        if due(state.step, config.save_every, config.max_steps):
-            _save_state(state_path, stage, optimizer, scheduler, state)
-        steps_this_call += 1
-        if stop_after is not None and steps_this_call >= stop_after:
-            break
-        if config.out_of_time(started):
-            timed_out = True
-            _save_state(state_path, stage, optimizer, scheduler, state)
-            break
+    with StepProfiler(out, config.profile_steps) as profiler:
+        while state.step < config.max_steps:
+            if state.position >= len(batches):
+                state.epoch, state.position = state.epoch + 1, 0
+                batches = _batches(lengths, config.token_budget, config.seed, state.epoch)
+                loaded = _loaded(processor, pairs, batches, 0, config)
+            t0 = time.perf_counter()
+            with record_function("aero.data"):
+                batch = next(loaded)
+            waited = time.perf_counter() - t0  # reading ahead keeps this near 0 when it keeps up
+            state.position += 1
+            with record_function("aero.forward"):
+                projected, targets, references = stage.compute(batch)
+            failed = batch.failed
+            skips.write([{"stage": "ctc", "sample": p, "error": error} for p, error in failed])
+            state.skipped += len(failed)
+            if not projected:
+                continue
+            with record_function("aero.loss"):
+                loss, ctc, penalty, best, n_tokens = stage.loss(
+                    projected, targets, config.ctc_norm_penalty
+                )
+            optimizer.zero_grad(set_to_none=True)
+            with record_function("aero.backward"):
+                loss.backward()
+            with record_function("aero.optimizer"):
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+            state.step += 1
+            state.seen_samples += len(projected)
+            rate = audio_tokens_per_second(model.config.projector_stack)
+            state.seen_seconds += sum(float(n) for n in n_tokens) / rate
+            with record_function("aero.record"):
+                n = len(projected)
+                record = _ctc_record(stage, state, ctc, penalty, grad_norm, scheduler, n, t0)
+                record["data_wait_s"] = waited
+                if state.step % config.log_every == 0:
+                    decoded = stage.decode(best)
+                    wer = corpus_score(score_texts(references, decoded)).error_rate
+                    record["train_wer"] = wer
+            if heldout and due(state.step, config.eval_every, config.max_steps):
+                record.update(_heldout(stage, heldout))
+            metrics.write([record])
+            if due(state.step, config.save_every, config.max_steps):
+                _save_state(state_path, stage, optimizer, scheduler, state)
+            steps_this_call += 1
+            profiler.step()
+            if stop_after is not None and steps_this_call >= stop_after:
+                break
+            if config.out_of_time(started):
+                timed_out = True
+                _save_state(state_path, stage, optimizer, scheduler, state)
+                break
     summary = {"step": state.step, "skipped": state.skipped}
     summary["seconds"] = time.perf_counter() - started
     if state.step < config.max_steps and not timed_out:

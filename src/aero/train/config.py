@@ -73,6 +73,8 @@ class TrainConfig:
     batch_size: int = 8  # samples per batch (fixed)
     grad_accum: int = 1
     num_workers: int = 0
+    # torch.profiler over this many steps (after 3): OUTPUT_DIR/profile.txt (aero.train.profiling)
+    profile_steps: int = 0
     pad_audio_to_30s: bool = False  # the reference's encoder padding, for comparisons only
 
     # Optimisation.
@@ -151,6 +153,8 @@ class TrainConfig:
             )
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise ConfigError(f"max_minutes must be positive, got {self.max_minutes}.")
+        if self.profile_steps < 0:
+            raise ConfigError(f"profile_steps must be >= 0, got {self.profile_steps}.")
         if self.schedule_minutes is not None and self.schedule_minutes <= 0:
             raise ConfigError(f"schedule_minutes must be positive, got {self.schedule_minutes}.")
         if self.schedule_steps is not None and self.schedule_steps < self.max_steps:

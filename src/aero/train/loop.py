@@ -41,6 +41,7 @@ from aero.train.presets import (
     emission_mode,
     lora_settings,
 )
+from aero.train.profiling import StepProfiler, record_function
 from aero.train.schedule import cosine_schedule
 from aero.train.step import TrainingModule
 
@@ -169,10 +170,11 @@ def train_lm(
     data = _batches(plan, dataset, collate, config, state.consumed)
     last_batch, steps_this_call, losses = None, 0, []
     started, timed_out = time.perf_counter(), False
-    with progress:
+    with progress, StepProfiler(out, config.profile_steps if dist.is_main else 0) as profiler:
         while state.step < config.max_steps:
             t0 = time.perf_counter()
-            micro, last_batch = _micro_batches(data, config, state, skips, dist, last_batch)
+            with record_function("aero.data"):
+                micro, last_batch = _micro_batches(data, config, state, skips, dist, last_batch)
             loss, grad_norm = _optimizer_step(
                 module, micro, config, dist, use_bf16, params, optimizer, scheduler
             )
@@ -198,6 +200,7 @@ def train_lm(
             if due(state.step, config.log_every, config.max_steps) or "heldout_wer" in record:
                 metrics.write(record)
             progress.update(task, completed=state.step, info=_progress_info(record))
+            profiler.step()
             if stop_after is not None and steps_this_call >= stop_after:
                 break
             if timed_out := _clock_stops(config, started, dist):
@@ -389,15 +392,18 @@ def _optimizer_step(
     )
     loss_sum = 0.0
     for batch in micro:
-        with torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+        autocast = torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=use_bf16)
+        with record_function("aero.forward"), autocast:
             total, _ = module(batch)
         scaled = total * batch.get("_weight", 1.0) * dist.world_size / max(terms, 1.0)
-        scaled.backward()
+        with record_function("aero.backward"):
+            scaled.backward()
         loss_sum += float(total.detach()) * batch.get("_weight", 1.0)
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
+    with record_function("aero.optimizer"):
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
     return dist.sum(loss_sum) / max(terms, 1.0), grad_norm
 
 
