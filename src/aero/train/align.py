@@ -448,7 +448,6 @@ class CtcState:
 def train_ctc(config, model, processor, out: Path, stop_after: int | None = None) -> dict:
     """The CTC alignment stage (see the module docstring). Returns a summary; `stop_after`
     ends the call after that many steps without exporting (as `train` does)."""
-    from aero.evaluation.wer import corpus_score, score_texts
 
     model.requires_grad_(False)
     model.audio_modal_projector.requires_grad_(True)
@@ -491,17 +490,9 @@ def train_ctc(config, model, processor, out: Path, stop_after: int | None = None
             state.skipped += len(failed)
             if not projected:
                 continue
-            with record_function("aero.loss"):
-                loss, ctc, penalty, best, n_tokens = stage.loss(
-                    projected, targets, config.ctc_norm_penalty
-                )
-            optimizer.zero_grad(set_to_none=True)
-            with record_function("aero.backward"):
-                loss.backward()
-            with record_function("aero.optimizer"):
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
+            ctc, penalty, best, n_tokens, grad_norm = _ctc_step(
+                stage, projected, targets, config, params, optimizer, scheduler
+            )
             state.step += 1
             state.seen_samples += len(projected)
             rate = audio_tokens_per_second(model.config.projector_stack)
@@ -511,9 +502,7 @@ def train_ctc(config, model, processor, out: Path, stop_after: int | None = None
                 record = _ctc_record(stage, state, ctc, penalty, grad_norm, scheduler, n, t0)
                 record["data_wait_s"] = waited
                 if state.step % config.log_every == 0:
-                    decoded = stage.decode(best)
-                    wer = corpus_score(score_texts(references, decoded)).error_rate
-                    record["train_wer"] = wer
+                    record["train_wer"] = _train_wer(stage, best, references)
             if heldout and due(state.step, config.eval_every, config.max_steps):
                 record.update(_heldout(stage, heldout))
             metrics.write([record])
@@ -532,6 +521,27 @@ def train_ctc(config, model, processor, out: Path, stop_after: int | None = None
     if state.step < config.max_steps and not timed_out:
         return summary
     return {**summary, "adapter": str(_export(model, config, out, state))}
+
+
+def _ctc_step(stage: _Stage, projected, targets, config, params, optimizer, scheduler):
+    """Loss, backward, clipped optimizer step -> (ctc, penalty, most likely class per frame of
+    each recording, frame counts, gradient norm)."""
+    with record_function("aero.loss"):
+        loss, ctc, penalty, best, n_tokens = stage.loss(projected, targets, config.ctc_norm_penalty)
+    optimizer.zero_grad(set_to_none=True)
+    with record_function("aero.backward"):
+        loss.backward()
+    with record_function("aero.optimizer"):
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+    return ctc, penalty, best, n_tokens, grad_norm
+
+
+def _train_wer(stage: _Stage, best: list[torch.Tensor], references: list[str]) -> float:
+    from aero.evaluation.wer import corpus_score, score_texts
+
+    return corpus_score(score_texts(references, stage.decode(best))).error_rate
 
 
 def _optimizer(config, model, stage: _Stage, encoder: list[nn.Parameter]):

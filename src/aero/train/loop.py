@@ -31,6 +31,7 @@ from aero.train import checkpoint as ckpt
 from aero.train.config import ConfigError, TrainConfig
 from aero.train.distributed import Distributed, shard
 from aero.train.flops import flop_model
+from aero.train.heldout import heldout_items
 from aero.train.lineage import leg, lineage_metadata, projector_metadata
 from aero.train.logs import JsonlLog, MetricsLog, due
 from aero.train.presets import (
@@ -158,11 +159,7 @@ def train_lm(
         shard(module)
     optimizer, scheduler, params = _optimizer(config, module)
     state = _resume(config, out, module, optimizer, scheduler, RunState(skipped=unreadable))
-    heldout = None
-    if config.eval_data:
-        from aero.train.heldout import heldout_items
-
-        heldout = heldout_items(config.eval_data, config.eval_samples)
+    heldout = heldout_items(config.eval_data, config.eval_samples) if config.eval_data else None
 
     use_bf16 = config.bf16 if config.bf16 is not None else dist.device.type == "cuda"
     metrics = MetricsLog(out, dist.is_main)
