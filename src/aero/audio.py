@@ -246,6 +246,16 @@ def length_groups(lengths, slack: float = 1.1) -> list[list[tuple[int, int]]]:
     return groups
 
 
+def in_length_groups(lengths, run) -> list:
+    """`run(group)` once per `length_groups(lengths)` group, returning one result per (index,
+    length) of the group -> all results in input order."""
+    out: list = [None] * len(lengths)
+    for group in length_groups(lengths):
+        for (i, _), result in zip(group, run(group)):
+            out[i] = result
+    return out
+
+
 def window_tokens(n_samples: int, stack: int = 1) -> int:
     """Audio tokens of one window of `n_samples` samples (0 for <= 320 samples, as in the
     reference)."""

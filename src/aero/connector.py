@@ -14,7 +14,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from aero.audio import length_groups
+from aero.audio import in_length_groups
 from aero.ctc_scoring import CtcPosteriors
 
 CTC_EMISSIONS = ("mix", "argmax")
@@ -71,13 +71,9 @@ class CtcConnector(nn.Module):
 
     def frames(self, windows: list[torch.Tensor]) -> list[torch.Tensor]:
         """Per-window stacked frames [(n_i, k*D)] -> per-frame vectors [(n_i, H)]; each window
-        is attended on its own, windows of similar length in one batch (`length_groups`)."""
-        out: list[torch.Tensor] = [None] * len(windows)  # type: ignore[list-item]
-        for group in length_groups([w.shape[0] for w in windows]):
-            done = self._frames([windows[i] for i, _ in group])
-            for (i, _), frames in zip(group, done):
-                out[i] = frames
-        return out
+        is attended on its own, windows of similar length in one batch (`in_length_groups`)."""
+        lengths = [w.shape[0] for w in windows]
+        return in_length_groups(lengths, lambda g: self._frames([windows[i] for i, _ in g]))
 
     def _frames(self, windows: list[torch.Tensor]) -> list[torch.Tensor]:
         lengths = [w.shape[0] for w in windows]

@@ -29,6 +29,7 @@ from aero.audio import (
     ENCODER_LOOKAHEAD_FRAMES,
     N_FRAMES,
     encoder_output_lengths,
+    in_length_groups,
     length_groups,
 )
 from aero.chat_format import AUDIO_TOKEN, WHISPER_LARGE_V3_ENCODER
@@ -206,23 +207,19 @@ class AeroForConditionalGeneration(AeroPreTrainedModel, GenerationMixin):
     ) -> list[torch.Tensor]:
         """(W, M, T) log-mel -> W encoder outputs [(n_i, D)] of the real tokens, in input order,
         encoded in groups of similar length (see `get_audio_features`)."""
-        groups = [None]
-        if audio_attention_mask is not None and audio_values.shape[0] > 1:
-            groups = length_groups(audio_attention_mask.sum(-1).tolist())
-        pieces: list[tuple[int, torch.Tensor]] = []
-        for group in groups:
-            values, mask = audio_values, audio_attention_mask
-            if group is not None:
-                longest = max(group_frames for _, group_frames in group)
-                T = min(longest + ENCODER_LOOKAHEAD_FRAMES, audio_values.shape[-1])
-                index = torch.tensor([i for i, _ in group], device=audio_values.device)
-                values, mask = audio_values[index, :, :T], audio_attention_mask[index, :T]
-            features, tokens = self.encode_audio(values, mask)
-            order = [i for i, _ in group] if group is not None else range(features.shape[0])
-            for window, feats, n in zip(order, features, tokens.tolist()):
-                pieces.append((window, feats[:n]))
-        pieces.sort(key=lambda p: p[0])
-        return [p[1] for p in pieces]
+        if audio_attention_mask is None or audio_values.shape[0] == 1:
+            features, tokens = self.encode_audio(audio_values, audio_attention_mask)
+            return [feats[:n] for feats, n in zip(features, tokens.tolist())]
+
+        def run(group):
+            T = min(max(f for _, f in group) + ENCODER_LOOKAHEAD_FRAMES, audio_values.shape[-1])
+            index = torch.tensor([i for i, _ in group], device=audio_values.device)
+            features, tokens = self.encode_audio(
+                audio_values[index, :, :T], audio_attention_mask[index, :T]
+            )
+            return [feats[:n] for feats, n in zip(features, tokens.tolist())]
+
+        return in_length_groups(audio_attention_mask.sum(-1).tolist(), run)
 
     def project_audio(self, windows: list[torch.Tensor]) -> torch.Tensor:
         """Per-window encoder outputs [(n_i, D)] -> (N, H): stack k frames per token, project."""

@@ -448,7 +448,6 @@ class CtcState:
 def train_ctc(config, model, processor, out: Path, stop_after: int | None = None) -> dict:
     """The CTC alignment stage (see the module docstring). Returns a summary; `stop_after`
     ends the call after that many steps without exporting (as `train` does)."""
-
     model.requires_grad_(False)
     model.audio_modal_projector.requires_grad_(True)
     encoder = [p for _, p in train_encoder_top(model, config.encoder_layers)]

@@ -1,7 +1,7 @@
-"""`profile_steps: N`: torch.profiler over N training steps of a run (after 2 steps of warm-up),
+"""`profile_steps: N`: torch.profiler over N training steps of a run (after its first three),
 its per-operator table written to OUTPUT_DIR/profile.txt, so a run on a machine one holds for
-minutes (a lent GPU) says where its step time went. The loops mark their phases
-(`aero.data`, `aero.forward`, `aero.loss`, `aero.backward`, `aero.optimizer`), which the table
+minutes (a lent GPU) says where its step time went. The loops mark their phases (`aero.data`,
+`aero.forward`, `aero.loss`, `aero.backward`, `aero.optimizer`, `aero.record`), which the table
 lists beside the operators."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ class StepProfiler:
     the loop ends before (a clock-stopped run)."""
 
     def __init__(self, out: Path, steps: int):
-        self.out, self.steps, self.written = Path(out), steps, False
+        self.out, self.steps = Path(out), steps
         self.cuda = torch.cuda.is_available()
         self.profiler = None
         if steps:
@@ -41,7 +41,6 @@ class StepProfiler:
         (self.out / "profile.txt").write_text(
             header + averages.table(sort_by=sort, row_limit=40) + "\n\nby total time:\n" + phases
         )
-        self.written = True
 
     def __enter__(self) -> StepProfiler:
         if self.profiler is not None:

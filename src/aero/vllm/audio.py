@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from transformers.models.qwen2_audio.modeling_qwen2_audio import Qwen2AudioEncoder
 
-from aero.audio import ENCODER_LOOKAHEAD_FRAMES, N_FRAMES, encoder_output_lengths, length_groups
+from aero.audio import ENCODER_LOOKAHEAD_FRAMES, N_FRAMES, encoder_output_lengths, in_length_groups
 from aero.connector import CtcConnector
 
 EMBEDDINGS = "language_model.model.embed_tokens.weight"  # the LM's input embeddings
@@ -87,16 +87,15 @@ class AeroAudio(nn.Module):
     def encode_windows(self, windows: list[torch.Tensor], frames: list[int]) -> list[torch.Tensor]:
         """Windows [(M, T_i)] -> their real tokens [(n_i, D)], encoded in groups of similar
         length, each group cut to its longest window + the convolutions' lookahead."""
-        out: list[torch.Tensor | None] = [None] * len(windows)
-        for group in length_groups(frames):
+
+        def run(group):
             T = min(max(f for _, f in group) + ENCODER_LOOKAHEAD_FRAMES, N_FRAMES)
             batch = torch.stack([_fit(windows[i], T) for i, _ in group])
             group_frames = torch.tensor([f for _, f in group])
-            features = self.encode(batch, group_frames)
             _, tokens = encoder_output_lengths(group_frames)
-            for (i, _), feats, n in zip(group, features, tokens.tolist()):
-                out[i] = feats[:n]
-        return out  # type: ignore[return-value]
+            return [f[:n] for f, n in zip(self.encode(batch, group_frames), tokens.tolist())]
+
+        return in_length_groups(frames, run)
 
     def stack(self, windows: list[torch.Tensor]) -> list[torch.Tensor]:
         """[(n_i, D)] -> [(ceil(n_i / k), k*D)]: k frames per token, the last group zero-padded."""
