@@ -2,10 +2,18 @@
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from aero.evaluation.cli import app
-from aero.evaluation.report import build_table, compare_runs, load_runs, to_markdown, write_report
+from aero.evaluation.report import (
+    build_table,
+    compare_runs,
+    compare_scores,
+    load_runs,
+    to_markdown,
+    write_report,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -122,3 +130,30 @@ def test_compare_runs_pairs_by_id(tmp_path):
     )
     result = CliRunner().invoke(app, ["compare", str(a), str(b)])
     assert result.exit_code == 0 and "A 10.00 %, B 30.00 %" in result.output
+
+
+def test_compare_scores_pairs_answer_runs_by_id(tmp_path):
+    def answer(k, f1):
+        return {"id": f"q{k}", "response": "x", "token_f1": f1, "error": None}
+
+    a = _run(tmp_path, "A", "instruct", "accuracy", 0, samples=[answer(k, 0.6) for k in range(30)])
+    b_samples = [answer(k, 0.4) for k in reversed(range(30))]  # other order
+    b_samples.append({"id": "failed", "response": None, "error": "AudioError: unreadable"})
+    b = _run(tmp_path, "B", "instruct", "accuracy", 0, samples=b_samples)
+    m = compare_scores(a, b, n_resamples=200)
+    assert m.n_items == 30 and m.difference == pytest.approx(0.2) and m.a_higher_fraction == 1.0
+    result = CliRunner().invoke(app, ["compare", str(a), str(b)])
+    assert result.exit_code == 0 and "A 60.00 %, B 40.00 %, A - B +20.00 points" in result.output
+    # choice runs score 0/1 from `correct`
+    c = _run(
+        tmp_path,
+        "C",
+        "choice",
+        "accuracy",
+        0,
+        samples=[{"id": f"q{k}", "correct": k % 2 == 0, "error": None} for k in range(30)],
+    )
+    assert compare_scores(c, c).mean_a == pytest.approx(0.5)
+    empty = _run(tmp_path, "D", "instruct", "accuracy", 0, samples=[])
+    result = CliRunner().invoke(app, ["compare", str(a), str(empty)])
+    assert result.exit_code == 1 and "share no scored item ids" in result.output

@@ -1,6 +1,7 @@
 """Scoring: Whisper normalizer, S/D/I equal to jiwer, corpus vs mean rate, bootstrap, empty refs."""
 
 import jiwer
+import numpy as np
 import pytest
 
 from aero.evaluation.normalize import PROTOCOL, normalize
@@ -11,6 +12,7 @@ from aero.evaluation.wer import (
     corpus_score,
     mean_utterance_rate,
     paired_bootstrap,
+    paired_mean_bootstrap,
     score_texts,
 )
 
@@ -113,3 +115,25 @@ def test_paired_bootstrap():
         paired_bootstrap(a, b[:-1])
     with pytest.raises(ValueError, match="reference lengths"):
         paired_bootstrap(a, _utts([(11, 1)] * 40))
+
+
+def test_paired_mean_bootstrap_of_per_item_scores():
+    a = [0.5] * 20 + [1.0] * 20  # mean 0.75
+    b = [0.5] * 40  # mean 0.5: A higher on half the items, equal on the rest
+    m = paired_mean_bootstrap(a, b, n_resamples=300, seed=1)
+    assert m.mean_a == pytest.approx(0.75) and m.mean_b == pytest.approx(0.5)
+    assert m.difference == pytest.approx(0.25) and m.n_items == 40
+    assert 0 < m.ci.low <= m.difference <= m.ci.high <= 0.5
+    assert m.a_higher_fraction == 1.0
+    assert paired_mean_bootstrap(a, b, n_resamples=300, seed=1) == m
+    # noisy items that differ by little: the interval straddles zero
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0, 1, 60)
+    noisy = paired_mean_bootstrap(base + rng.normal(0, 0.2, 60) - 0.01, base, n_resamples=500)
+    assert noisy.ci.low < 0 < noisy.ci.high
+    with pytest.raises(ValueError, match="same items"):
+        paired_mean_bootstrap(a, b[:-1])
+    with pytest.raises(ValueError, match="no item"):
+        paired_mean_bootstrap([], [])
+    with pytest.raises(ValueError, match="finite"):
+        paired_mean_bootstrap([float("nan")], [0.0])

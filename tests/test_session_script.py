@@ -50,3 +50,15 @@ def test_verdict_ships_keeps_or_drops_as_sessions_8_and_9_decided():
     # as many conditions met as the candidate: the lower short-set WER wins
     assert verdict(session_8 | {"slt": 22.0}, shipped, session_8) == "candidate"
     assert verdict(session_8 | {"slt": 23.5}, shipped, session_8) == "keep"
+
+
+def test_an_answer_figure_behind_within_the_paired_interval_counts_as_no_worse():
+    verdict = session_script().verdict
+    shipped = {"espeak": 29.3, "slt": 23.7, "instruct": 42.3, "understanding": 38.3}
+    behind = {"espeak": 28.5, "slt": 22.9, "instruct": 38.2, "understanding": 44.2}
+    # 4.1 F1 points behind: not shipped when the paired interval stays below zero ...
+    assert verdict(behind | {"instruct_gap_high": -0.4}, shipped, None) == "candidate"
+    # ... shipped when it reaches zero (the held-out set cannot tell the two apart)
+    assert verdict(behind | {"instruct_gap_high": 0.7}, shipped, None) == "ship"
+    # the WER conditions have no such allowance
+    assert verdict(behind | {"slt": 23.8, "instruct_gap_high": 0.7}, shipped, None) != "ship"

@@ -9,6 +9,7 @@ from .wer import (
     bootstrap_ci,
     corpus_score,
     paired_bootstrap,
+    paired_mean_bootstrap,
     score_texts,
 )
 
@@ -24,6 +25,7 @@ __all__ = [
     "librispeech_items",
     "manifest_items",
     "paired_bootstrap",
+    "paired_mean_bootstrap",
     "run_asr_eval",
     "run_choice_eval",
     "score_texts",

@@ -272,10 +272,20 @@ def compare(
     run_b: Path = typer.Argument(..., help="Run directory of system B."),
     seed: int = typer.Option(0, help="Bootstrap seed."),
 ) -> None:
-    """Paired bootstrap of two ASR runs on the utterances both scored."""
-    from .report import compare_runs
+    """Paired bootstrap of two runs on the items both scored: WER for ASR runs, the mean score
+    (token F1 or accuracy) for answer and choice runs."""
+    from .report import compare_runs, compare_scores, is_scored_run
 
     try:
+        if is_scored_run(run_a) or is_scored_run(run_b):
+            m = compare_scores(run_a, run_b, seed=seed)
+            console.print(
+                f"{m.n_items} items: A {100 * m.mean_a:.2f} %, B {100 * m.mean_b:.2f} %, "
+                f"A - B {100 * m.difference:+.2f} points "
+                f"(95% CI {100 * m.ci.low:+.2f} to {100 * m.ci.high:+.2f}); "
+                f"A higher in {100 * m.a_higher_fraction:.1f} % of resamples"
+            )
+            return
         c = compare_runs(run_a, run_b, seed=seed)
     except _USER_ERRORS as err:
         _fail(err)

@@ -10,7 +10,9 @@ Notable choices:
   touching global backend state: WER per task per model as grouped bars, and parameters vs
   average WER when parameter counts are known.
 - `compare_runs` re-sums the per-utterance S/D/I stored in samples.jsonl, so two finished runs
-  can be compared with a paired bootstrap without realigning or rerunning anything.
+  can be compared with a paired bootstrap without realigning or rerunning anything;
+  `compare_scores` does the same for answer and choice runs from each item's stored score
+  (`token_f1` when the run has it, else `correct` as 0/1).
 """
 
 from __future__ import annotations
@@ -22,7 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from .runner import RESULTS_NAME, SAMPLES_NAME
-from .wer import PairedComparison, UtteranceErrors, paired_bootstrap
+from .wer import (
+    PairedComparison,
+    PairedMeans,
+    UtteranceErrors,
+    paired_bootstrap,
+    paired_mean_bootstrap,
+)
 
 REPORT_NAME = "report.md"
 WER_CHART = "wer_by_task.png"
@@ -209,15 +217,23 @@ def write_report(paths: Sequence[str | Path], output_dir: str | Path) -> ReportF
     return ReportFiles(markdown, charts)
 
 
-def _load_errors(run_dir: Path) -> dict[str, UtteranceErrors]:
+def _samples(run_dir: Path) -> list[dict[str, Any]]:
     path = run_dir / SAMPLES_NAME
     if not path.is_file():
         raise FileNotFoundError(
             f"No {SAMPLES_NAME} in {run_dir}; pass a directory written by `aero eval`."
         )
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def is_scored_run(run_dir: str | Path) -> bool:
+    """True for an answer or choice run (items carry a score), False for an ASR run."""
+    return not any("reference_length" in s for s in _samples(Path(run_dir)))
+
+
+def _load_errors(run_dir: Path) -> dict[str, UtteranceErrors]:
     errors = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        s = json.loads(line)
+    for s in _samples(run_dir):
         if s.get("error") is None and "reference_length" in s:
             hits = s["reference_length"] - s["substitutions"] - s["deletions"]
             errors[s["id"]] = UtteranceErrors(
@@ -235,5 +251,29 @@ def compare_runs(
     if not common:
         raise ValueError(f"Runs {run_a} and {run_b} share no scored utterance ids.")
     return paired_bootstrap(
+        [a[k] for k in common], [b[k] for k in common], n_resamples=n_resamples, seed=seed
+    )
+
+
+def _load_scores(run_dir: Path) -> dict[str, float]:
+    """Each answered item's score: its token F1 when the run judged by agreement, else 0/1."""
+    scores = {}
+    for s in _samples(run_dir):
+        if s.get("error") is None:
+            score = s.get("token_f1", s.get("correct"))
+            if score is not None:
+                scores[s["id"]] = float(score)
+    return scores
+
+
+def compare_scores(
+    run_a: str | Path, run_b: str | Path, n_resamples: int = 1000, seed: int = 0
+) -> PairedMeans:
+    """Paired bootstrap of two answer (or choice) runs' mean score over the items both answered."""
+    a, b = _load_scores(Path(run_a)), _load_scores(Path(run_b))
+    common = [k for k in a if k in b]
+    if not common:
+        raise ValueError(f"Runs {run_a} and {run_b} share no scored item ids.")
+    return paired_mean_bootstrap(
         [a[k] for k in common], [b[k] for k in common], n_resamples=n_resamples, seed=seed
     )

@@ -10,7 +10,8 @@ Notable choices:
   empty references has `error_rate=None` and a `reason`, never a division by zero.
 - Confidence intervals are percentile bootstraps over utterances with a seeded numpy Generator:
   the same seed gives the same interval. Paired comparisons resample the same utterance indices
-  for both systems, so per-utterance difficulty cancels out.
+  for both systems, so per-utterance difficulty cancels out. `paired_mean_bootstrap` does the
+  same for per-item scores where higher is better (an answer's token F1, a choice's 0/1).
 """
 
 from __future__ import annotations
@@ -85,6 +86,16 @@ class PairedComparison:
     ci: ConfidenceInterval  # of the difference
     a_better_fraction: float  # share of resamples where A's rate is strictly lower than B's
     n_utterances: int
+
+
+@dataclass(frozen=True)
+class PairedMeans:
+    mean_a: float
+    mean_b: float
+    difference: float  # mean_a - mean_b; positive means A scores higher
+    ci: ConfidenceInterval  # of the difference
+    a_higher_fraction: float  # share of resamples where A's mean is strictly higher than B's
+    n_items: int
 
 
 def align(reference: str, hypothesis: str, unit: Unit = "word") -> UtteranceErrors:
@@ -225,4 +236,34 @@ def paired_bootstrap(
         ci=_interval(rates_a - rates_b, confidence, n_resamples, seed),
         a_better_fraction=float(np.mean(rates_a < rates_b)),
         n_utterances=len(keep),
+    )
+
+
+def paired_mean_bootstrap(
+    a: Sequence[float],
+    b: Sequence[float],
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> PairedMeans:
+    """Compare the mean per-item scores of systems A and B on the same items, in the same order."""
+    if len(a) != len(b):
+        raise ValueError(
+            f"Paired comparison needs the same items: system A has {len(a)}, system B has {len(b)}."
+        )
+    if len(a) == 0:
+        raise ValueError("Paired comparison has no item to compare.")
+    scores_a, scores_b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if not (np.isfinite(scores_a).all() and np.isfinite(scores_b).all()):
+        raise ValueError("Paired comparison needs finite scores; got NaN or infinity.")
+    ones = np.ones(len(a))  # a "rate" over a denominator of one per item is the mean score
+    means_a, means_b = _resampled_rates([(scores_a, ones), (scores_b, ones)], n_resamples, seed)
+    mean_a, mean_b = float(scores_a.mean()), float(scores_b.mean())
+    return PairedMeans(
+        mean_a=mean_a,
+        mean_b=mean_b,
+        difference=mean_a - mean_b,
+        ci=_interval(means_a - means_b, confidence, n_resamples, seed),
+        a_higher_fraction=float(np.mean(means_a > means_b)),
+        n_items=len(a),
     )
