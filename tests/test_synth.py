@@ -552,3 +552,16 @@ def test_a_missing_neural_voice_package_stops_a_run_before_rendering(tmp_path, m
     with pytest.raises(ToolMissing, match=r"aero\[voices\]"):
         synthesize(tmp_path, recipe, seed=0, workers=1)
     assert not any(tmp_path.rglob("*.flac"))
+
+
+def test_a_codec_pyav_cannot_encode_stops_a_run_before_rendering(tmp_path, monkeypatch):
+    augment.check_codecs({"libopus", "pcm_mulaw"})  # both in every PyAV wheel aero allows
+    missing = ("no_such_codec", 8000, None)
+    monkeypatch.setattr(augment, "NARROWBAND_CODECS", (missing,))
+    monkeypatch.setattr(augment, "WIDEBAND_CODECS", (missing,))
+    recipe = RECIPES["tiny"].__class__(
+        "channel", (Split("train", 8, "train-espeak", False, {"transcribe": 1.0}, channel=1.0),)
+    )
+    with pytest.raises(RuntimeError, match="cannot encode no_such_codec"):
+        synthesize(tmp_path, recipe, seed=0, workers=1)
+    assert not any(tmp_path.rglob("*.flac"))

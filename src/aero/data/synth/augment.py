@@ -122,6 +122,24 @@ def plan_channel(rng: random.Random, effects: list[dict]) -> list[dict]:
     return out + gain
 
 
+def check_codecs(names: set[str]) -> None:
+    """Raise one error naming every codec in `names` this PyAV build cannot encode."""
+    import av
+
+    missing = []
+    for name in sorted(names):
+        try:
+            av.codec.Codec(name, "w")
+        except av.codec.codec.UnknownCodecError:
+            missing.append(name)
+    if missing:
+        raise RuntimeError(
+            f"PyAV {av.__version__} cannot encode {', '.join(missing)}, which the recipe's "
+            "recording channels use; install a PyAV wheel built with it (aero pins av<18.1: "
+            "18.1 dropped AMR-NB) or set the splits' channel to 0."
+        )
+
+
 def codec(audio: np.ndarray, effect: dict) -> np.ndarray:
     """16 kHz float32 audio encoded with `effect`'s codec and decoded back to 16 kHz."""
     import av
