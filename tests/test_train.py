@@ -514,3 +514,18 @@ def test_a_clock_schedule_decays_over_minutes_not_steps(monkeypatch):
         lrs.append(scheduler.get_last_lr()[0])
     # steps 1 (warm-up), then the cosine by the clock: 0 s peak, 60 s half-way, 120 s+ the floor
     assert lrs == pytest.approx([2 / 3, 1.0, 0.55, 0.1, 0.1])
+
+
+def test_bf16_follows_the_config_else_where_its_matmuls_are_native(monkeypatch):
+    from aero.train.config import use_bf16
+
+    assert use_bf16(True, "cpu") is True and use_bf16(False, "cuda") is False  # as configured
+    assert use_bf16(None, "cuda") is True and use_bf16(None, "mps") is False
+    for avx512_bf16, amx, expected in (
+        (False, False, False),
+        (True, False, True),
+        (False, True, True),
+    ):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
+        assert use_bf16(None, "cpu") is expected

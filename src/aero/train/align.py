@@ -48,6 +48,7 @@ from aero.data.manifest import (
 )
 from aero.modeling import CtcConnector
 from aero.processing import content_text, is_audio_part
+from aero.train.config import use_bf16
 from aero.train.distributed import training_device
 from aero.train.lineage import leg, lineage_metadata, projector_metadata
 from aero.train.logs import JsonlLog, due
@@ -267,9 +268,9 @@ class _Stage:
         self.connector = projector if isinstance(projector, CtcConnector) else None
         self.device = model.get_input_embeddings().weight.device
         self.head = CTCHead(model.get_input_embeddings().weight, self.connector).to(self.device)
-        bf16 = bool(config.bf16)
+        bf16 = use_bf16(config.bf16, self.device.type)
         self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
-        self.dtype = torch.bfloat16 if config.bf16 else torch.float32
+        self.dtype = torch.bfloat16 if bf16 else torch.float32
 
     def forward(self, pairs: list[tuple[str, str]], failed: list | None = None):
         """Per readable sample: projected audio (n_i, H), target ids, reference text. Unreadable

@@ -98,7 +98,9 @@ class TrainConfig:
     loss_reduction: str = "token"  # token | sample
     loss_chunk: int = 4096
     seed: int = 0
-    bf16: bool | None = None  # None: bf16 autocast on CUDA, fp32 on CPU
+    # None: bf16 autocast where its matmuls are native (CUDA; a CPU with AVX512-BF16 or AMX),
+    # else fp32 (`use_bf16`)
+    bf16: bool | None = None
 
     # Checkpoints and logs.
     save_every: int = 50
@@ -258,3 +260,19 @@ def load_config(
 
 def to_dict(config: TrainConfig) -> dict:
     return dataclasses.asdict(config)
+
+
+def use_bf16(flag: bool | None, device_type: str) -> bool:
+    """Whether a stage autocasts to bf16: `flag` when the config sets it, else where bf16 matmuls
+    are native. An AVX2-only CPU emulates them: a (512 x 576) @ (576 x 16417) product took 1.17 s
+    in bf16 and 0.30 s in fp32 on one core of session 12's AMD EPYC, 450 s for one connector
+    step that an AVX512-BF16 machine ran in ~10 s."""
+    if flag is not None:
+        return bool(flag)
+    if device_type == "cuda":
+        return True
+    if device_type != "cpu":
+        return False
+    import torch
+
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()

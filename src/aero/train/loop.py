@@ -28,7 +28,7 @@ from aero.data.collate import Collator, TrainDataset
 from aero.data.lengths import measured_dataset
 from aero.processing import IGNORE_INDEX, count_audio_tokens_with
 from aero.train import checkpoint as ckpt
-from aero.train.config import ConfigError, TrainConfig
+from aero.train.config import ConfigError, TrainConfig, use_bf16
 from aero.train.distributed import Distributed, shard
 from aero.train.flops import flop_model
 from aero.train.heldout import heldout_items
@@ -161,7 +161,7 @@ def train_lm(
     state = _resume(config, out, module, optimizer, scheduler, RunState(skipped=unreadable))
     heldout = heldout_items(config.eval_data, config.eval_samples) if config.eval_data else None
 
-    use_bf16 = config.bf16 if config.bf16 is not None else dist.device.type == "cuda"
+    bf16 = use_bf16(config.bf16, dist.device.type)
     metrics = MetricsLog(out, dist.is_main)
     progress, task = _progress(config.progress and dist.is_main, config.max_steps, state.step)
     data = _batches(plan, dataset, collate, config, state.consumed)
@@ -173,7 +173,7 @@ def train_lm(
             with record_function("aero.data"):
                 micro, last_batch = _micro_batches(data, config, state, skips, dist, last_batch)
             loss, grad_norm = _optimizer_step(
-                module, micro, config, dist, use_bf16, params, optimizer, scheduler
+                module, micro, config, dist, bf16, params, optimizer, scheduler
             )
             state.step += 1
             steps_this_call += 1
@@ -377,7 +377,7 @@ def _optimizer_step(
     micro,
     config: TrainConfig,
     dist: Distributed,
-    use_bf16: bool,
+    bf16: bool,
     params,
     optimizer,
     scheduler,
@@ -389,7 +389,7 @@ def _optimizer_step(
     )
     loss_sum = 0.0
     for batch in micro:
-        autocast = torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=use_bf16)
+        autocast = torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=bf16)
         with record_function("aero.forward"), autocast:
             total, _ = module(batch)
         scaled = total * batch.get("_weight", 1.0) * dist.world_size / max(terms, 1.0)
