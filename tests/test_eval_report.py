@@ -154,6 +154,16 @@ def test_compare_scores_pairs_answer_runs_by_id(tmp_path):
         samples=[{"id": f"q{k}", "correct": k % 2 == 0, "error": None} for k in range(30)],
     )
     assert compare_scores(c, c).mean_a == pytest.approx(0.5)
+    # answer runs judged by exact match score 0/1 from `exact`
+    e = _run(
+        tmp_path,
+        "E",
+        "understanding",
+        "accuracy",
+        0,
+        samples=[{"id": f"q{k}", "exact": k % 3 == 0, "error": None} for k in range(30)],
+    )
+    assert compare_scores(e, c).difference == pytest.approx(10 / 30 - 0.5)
     empty = _run(tmp_path, "D", "instruct", "accuracy", 0, samples=[])
     result = CliRunner().invoke(app, ["compare", str(a), str(empty)])
     assert result.exit_code == 1 and "share no scored item ids" in result.output

@@ -12,7 +12,7 @@ Notable choices:
 - `compare_runs` re-sums the per-utterance S/D/I stored in samples.jsonl, so two finished runs
   can be compared with a paired bootstrap without realigning or rerunning anything;
   `compare_scores` does the same for answer and choice runs from each item's stored score
-  (`token_f1` when the run has it, else `correct` as 0/1).
+  (`token_f1` when the run has it, else `correct` or `exact` as 0/1).
 """
 
 from __future__ import annotations
@@ -256,11 +256,12 @@ def compare_runs(
 
 
 def _load_scores(run_dir: Path) -> dict[str, float]:
-    """Each answered item's score: its token F1 when the run judged by agreement, else 0/1."""
+    """Each answered item's score: its token F1 when the run judged by agreement, else 0/1
+    (`correct` of a choice run, `exact` of an answer run judged by exact match)."""
     scores = {}
     for s in _samples(run_dir):
         if s.get("error") is None:
-            score = s.get("token_f1", s.get("correct"))
+            score = next((s[k] for k in ("token_f1", "correct", "exact") if k in s), None)
             if score is not None:
                 scores[s["id"]] = float(score)
     return scores
