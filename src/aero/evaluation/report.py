@@ -246,13 +246,17 @@ def compare_runs(
     run_a: str | Path, run_b: str | Path, n_resamples: int = 1000, seed: int = 0
 ) -> PairedComparison:
     """Paired bootstrap of two ASR runs over the utterances both scored."""
-    a, b = _load_errors(Path(run_a)), _load_errors(Path(run_b))
+    a, b = _by_common_id(run_a, run_b, _load_errors, "utterance")
+    return paired_bootstrap(a, b, n_resamples=n_resamples, seed=seed)
+
+
+def _by_common_id(run_a: str | Path, run_b: str | Path, load, what: str) -> tuple[list, list]:
+    """Both runs' entries (`load` of each run directory) for the ids both hold, in A's order."""
+    a, b = load(Path(run_a)), load(Path(run_b))
     common = [k for k in a if k in b]
     if not common:
-        raise ValueError(f"Runs {run_a} and {run_b} share no scored utterance ids.")
-    return paired_bootstrap(
-        [a[k] for k in common], [b[k] for k in common], n_resamples=n_resamples, seed=seed
-    )
+        raise ValueError(f"Runs {run_a} and {run_b} share no scored {what} ids.")
+    return [a[k] for k in common], [b[k] for k in common]
 
 
 def _load_scores(run_dir: Path) -> dict[str, float]:
@@ -271,10 +275,5 @@ def compare_scores(
     run_a: str | Path, run_b: str | Path, n_resamples: int = 1000, seed: int = 0
 ) -> PairedMeans:
     """Paired bootstrap of two answer (or choice) runs' mean score over the items both answered."""
-    a, b = _load_scores(Path(run_a)), _load_scores(Path(run_b))
-    common = [k for k in a if k in b]
-    if not common:
-        raise ValueError(f"Runs {run_a} and {run_b} share no scored item ids.")
-    return paired_mean_bootstrap(
-        [a[k] for k in common], [b[k] for k in common], n_resamples=n_resamples, seed=seed
-    )
+    a, b = _by_common_id(run_a, run_b, _load_scores, "item")
+    return paired_mean_bootstrap(a, b, n_resamples=n_resamples, seed=seed)
