@@ -191,6 +191,22 @@ def _row(job: Job, result: dict) -> dict:
     }
 
 
+def _check_tools(recipe: Recipe, jobs: list[Job]) -> None:
+    """One clear error before any rendering: a neural voice's missing package, or a codec this
+    PyAV build lacks (it would fail every clip planned with it: PyAV 18.1 dropped AMR-NB, 7.8% of
+    session 12's clips)."""
+    for neural in {
+        (v.engine, v.name)
+        for s in recipe.splits
+        for v in voice_set(s.voices)
+        if v.engine in ("kokoro", "piper")
+    }:
+        from aero.data.synth.neural import check
+
+        check(*neural)
+    augment.check_codecs({e["codec"] for j in jobs for e in j.effects if e["effect"] == "codec"})
+
+
 def synthesize(
     out: str | os.PathLike,
     recipe: Recipe,
@@ -211,22 +227,9 @@ def synthesize(
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    for neural in {
-        (v.engine, v.name)
-        for s in recipe.splits
-        for v in voice_set(s.voices)
-        if v.engine in ("kokoro", "piper")
-    }:
-        from aero.data.synth.neural import check
-
-        check(*neural)  # a missing package is one clear error before any rendering
     plans = {s.name: plan_split(s, seed, samples) for s in recipe.splits}
     all_jobs = [j for jobs in plans.values() for j in jobs]
-    # a codec this PyAV build lacks would fail every clip planned with it (PyAV 18.1 dropped
-    # AMR-NB: 7.8% of session 12's clips): one clear error before any rendering instead
-    augment.check_codecs(
-        {e["codec"] for j in all_jobs for e in j.effects if e["effect"] == "codec"}
-    )
+    _check_tools(recipe, all_jobs)
 
     asked = [j.meta["question"] for j in all_jobs if j.task == "instruct"]
     if asked:
